@@ -1,0 +1,105 @@
+//! The one configuration schema of TruthGPT.
+//!
+//! A [`Config`] is built in layers, each overriding the one before:
+//! 1. the schema's defaults (the `tiny` model);
+//! 2. an optional preset (`tiny`, `gpt2-small`, `llama-like`, `mixtral-like`, `torch-tiny-reference`);
+//! 3. an optional YAML, JSON or TOML file;
+//! 4. environment variables `TRUTHGPT_<SECTION>__<KEY>`, e.g. `TRUTHGPT_MODEL__N_LAYERS=4`;
+//! 5. `section.key=value` overrides, as the CLI's `--set` passes them.
+//!
+//! Unknown keys and wrong types are rejected while loading; [`Config::validate`] then checks the
+//! relations between fields. Every error names the field, the bad value and what is allowed.
+
+mod error;
+mod model;
+mod presets;
+mod train;
+mod validate;
+
+use std::path::Path;
+
+use figment::providers::{Env, Format, Json, Serialized, Toml, Yaml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+pub use error::{ConfigError, Invalid};
+pub use model::{
+    Balancing, ExpertGroup, ExpertKind, FfnKind, ModelConfig, MoeConfig, NormKind, NormPosition,
+    PimoeConfig, Positional, RopeScaling, RopeScalingKind,
+};
+pub use presets::PRESETS;
+pub use train::{Schedule, TrainConfig};
+
+/// The prefix of environment overrides; `__` separates the section from the key.
+pub const ENV_PREFIX: &str = "TRUTHGPT_";
+
+/// The whole configuration: what to build and how to train it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+}
+
+/// Where a configuration comes from; see the crate docs for the order.
+#[derive(Debug, Clone, Default)]
+pub struct Sources<'a> {
+    pub preset: Option<&'a str>,
+    pub file: Option<&'a Path>,
+    /// Read `TRUTHGPT_<SECTION>__<KEY>` variables.
+    pub env: bool,
+    /// `section.key=value` pairs; values parse as YAML-ish scalars (`4`, `true`, `1e-3`, `rope`).
+    pub overrides: &'a [String],
+}
+
+impl Config {
+    /// Loads and validates a configuration.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(name) = sources.preset {
+            figment = figment.merge(Yaml::string(presets::yaml(name)?));
+        }
+        if let Some(path) = sources.file {
+            figment = figment.merge(file_provider(path)?);
+        }
+        if sources.env {
+            // Only `SECTION__KEY` variables are config; others (TRUTHGPT_DEVICE, ...) are not ours.
+            figment = figment.merge(
+                Env::prefixed(ENV_PREFIX).filter(|key| key.as_str().contains("__")).split("__"),
+            );
+        }
+        for assignment in sources.overrides {
+            let (key, value) = assignment.split_once('=').ok_or_else(|| ConfigError::Override {
+                assignment: assignment.clone(),
+            })?;
+            let value: figment::value::Value = value.parse().unwrap_or_else(|never| match never {});
+            figment = figment.merge(Serialized::default(key.trim(), value));
+        }
+        let config: Config = figment.extract().map_err(ConfigError::from_figment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads one preset with nothing layered on top.
+    pub fn preset(name: &str) -> Result<Config, ConfigError> {
+        Config::load(&Sources { preset: Some(name), ..Sources::default() })
+    }
+
+    /// The configuration as YAML-compatible JSON-free text, for `config show`.
+    pub fn to_pretty_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("Config always serialises")
+    }
+}
+
+fn file_provider(path: &Path) -> Result<Figment, ConfigError> {
+    if !path.is_file() {
+        return Err(ConfigError::Missing { path: path.to_path_buf() });
+    }
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    Ok(match extension.as_str() {
+        "yaml" | "yml" => Figment::from(Yaml::file_exact(path)),
+        "json" => Figment::from(Json::file_exact(path)),
+        "toml" => Figment::from(Toml::file_exact(path)),
+        _ => return Err(ConfigError::Format { path: path.to_path_buf() }),
+    })
+}

@@ -1,0 +1,78 @@
+//! The `train:` section: batch shape, optimiser and schedule.
+
+use serde::{Deserialize, Serialize};
+
+/// Learning-rate shape after the linear warmup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Cosine decay from `lr` to `min_lr` over the remaining steps.
+    Cosine,
+    /// Linear decay from `lr` to `min_lr`.
+    Linear,
+    /// `lr` after warmup, unchanged.
+    Constant,
+}
+
+/// The `train:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub batch_size: usize,
+    pub seq_len: usize,
+    /// Total optimiser steps; the schedule decays over them.
+    pub steps: usize,
+    pub lr: f32,
+    pub min_lr: f32,
+    pub schedule: Schedule,
+    pub warmup_steps: usize,
+    /// Decoupled (AdamW) weight decay, applied to matrices only, not to norms, biases or 1-D tables.
+    pub weight_decay: f32,
+    pub betas: [f32; 2],
+    pub eps: f32,
+    /// Clip the global gradient norm to this value; 0 turns clipping off.
+    pub grad_clip: f32,
+    /// Micro-batches whose gradients are summed before each optimiser step.
+    pub grad_accum: usize,
+    /// Recompute each block's activations in backward instead of keeping them.
+    pub gradient_checkpointing: bool,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 8,
+            seq_len: 64,
+            steps: 1000,
+            lr: 3e-4,
+            min_lr: 3e-5,
+            schedule: Schedule::Cosine,
+            warmup_steps: 100,
+            weight_decay: 0.1,
+            betas: [0.9, 0.95],
+            eps: 1e-8,
+            grad_clip: 1.0,
+            grad_accum: 1,
+            gradient_checkpointing: false,
+            seed: 1337,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The learning rate at optimiser step `step` (0-based).
+    pub fn lr_at(&self, step: usize) -> f32 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f32 / self.warmup_steps as f32;
+        }
+        let decay_steps = self.steps.saturating_sub(self.warmup_steps).max(1);
+        let progress = ((step - self.warmup_steps) as f32 / decay_steps as f32).min(1.0);
+        let span = self.lr - self.min_lr;
+        match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Linear => self.lr - span * progress,
+            Schedule::Cosine => self.min_lr + 0.5 * span * (1.0 + (std::f32::consts::PI * progress).cos()),
+        }
+    }
+}

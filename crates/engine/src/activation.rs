@@ -1,0 +1,109 @@
+//! GELU (exact, erf form, as `torch.nn.functional.gelu`) and SiLU, plain and gated (GEGLU, SwiGLU).
+
+use crate::fastmath::{erf, exp};
+use crate::par::zip_chunks;
+use rayon::prelude::*;
+
+const INV_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1 / sqrt(2 pi)
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+/// The non-linearities the feed-forward layers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Gelu,
+    Silu,
+}
+
+impl Activation {
+    #[inline(always)]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Gelu => 0.5 * x * (1.0 + erf(x * INV_SQRT_2)),
+            Activation::Silu => x / (1.0 + exp(-x)),
+        }
+    }
+
+    /// d apply(x) / dx.
+    #[inline(always)]
+    pub fn derivative(self, x: f32) -> f32 {
+        match self {
+            Activation::Gelu => 0.5 * (1.0 + erf(x * INV_SQRT_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x),
+            Activation::Silu => {
+                let s = 1.0 / (1.0 + exp(-x));
+                s * (1.0 + x * (1.0 - s))
+            }
+        }
+    }
+}
+
+/// `out = act(inp)`, element-wise.
+pub fn forward(act: Activation, out: &mut [f32], inp: &[f32]) {
+    zip_chunks(out, inp, |o, x| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = act.apply(x);
+        }
+    });
+}
+
+/// `dinp = dout * act'(inp)`, written in place over `dout` (the caller no longer needs `dout`).
+pub fn backward_inplace(act: Activation, dout_dinp: &mut [f32], inp: &[f32]) {
+    zip_chunks(dout_dinp, inp, |d, x| {
+        for (d, &x) in d.iter_mut().zip(x) {
+            *d *= act.derivative(x);
+        }
+    });
+}
+
+/// Gated unit: `out = act(gate) * up` (GEGLU with GELU, SwiGLU with SiLU).
+pub fn gated_forward(act: Activation, out: &mut [f32], gate: &[f32], up: &[f32]) {
+    const CHUNK: usize = 16 * 1024;
+    out.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK)).zip(up.par_chunks(CHUNK)).for_each(|((o, g), u)| {
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = act.apply(g) * u;
+        }
+    });
+}
+
+/// Backward of [`gated_forward`]: `dgate = dout * up * act'(gate)`, `dup = dout * act(gate)` (both written).
+pub fn gated_backward(act: Activation, dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
+    const CHUNK: usize = 16 * 1024;
+    dgate
+        .par_chunks_mut(CHUNK)
+        .zip(dup.par_chunks_mut(CHUNK))
+        .zip(dout.par_chunks(CHUNK))
+        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+        .for_each(|(((dg, du), d), (g, u))| {
+            for i in 0..dg.len() {
+                dg[i] = d[i] * u[i] * act.derivative(g[i]);
+                du[i] = d[i] * act.apply(g[i]);
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derivatives_match_finite_differences() {
+        for act in [Activation::Gelu, Activation::Silu] {
+            for i in -40..=40 {
+                let x = i as f64 * 0.1;
+                let h = 1e-3f32;
+                let numeric = (act.apply(x as f32 + h) - act.apply(x as f32 - h)) / (2.0 * h);
+                let analytic = act.derivative(x as f32);
+                assert!((numeric - analytic).abs() < 2e-3, "{act:?}'({x}) = {analytic}, numeric {numeric}");
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_is_the_erf_form() {
+        // torch.nn.functional.gelu(torch.tensor([-2., -0.5, 0.5, 1., 3.]))
+        let want = [-0.045_500_26, -0.154_268_5, 0.345_731_5, 0.841_344_7, 2.995_950_4];
+        for (x, w) in [-2.0f32, -0.5, 0.5, 1.0, 3.0].iter().zip(want) {
+            assert!((Activation::Gelu.apply(*x) - w).abs() < 1e-6);
+        }
+    }
+}

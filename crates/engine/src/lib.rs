@@ -1,0 +1,23 @@
+//! The TruthGPT compute engine: f32 CPU kernels, each an explicit forward and backward over
+//! caller-owned buffers (llm.c style). Nothing here allocates per call; callers preallocate.
+//!
+//! Argument order follows llm.c: outputs, then what forward saves for backward, then inputs,
+//! weights and sizes. Parameter gradients accumulate (`+=`); input gradients are written (`=`)
+//! unless the doc says otherwise.
+//!
+//! Shape legend used in every doc comment:
+//! - `N`: rows, i.e. tokens `B * T` flattened; `B` batch, `T` time;
+//! - `C`: model width; `OC`: output width of a linear layer; `F`: feed-forward width;
+//! - `NH`: query heads, `KVH`: key/value heads, `HS`: head size; `V`: vocabulary.
+
+pub mod activation;
+pub mod attention;
+pub mod embedding;
+pub mod fastmath;
+pub mod loss;
+pub mod matmul;
+pub mod norm;
+pub mod optim;
+pub mod par;
+pub mod rng;
+pub mod rope;

@@ -1,0 +1,162 @@
+//! Matrix products through the `gemm` crate, and the linear layer built on them.
+
+use gemm::Parallelism;
+
+/// A row-major operand, optionally used transposed.
+#[derive(Clone, Copy)]
+pub enum Op<'a> {
+    /// `data` holds the (rows, cols) matrix itself.
+    N(&'a [f32]),
+    /// `data` holds the (cols, rows) matrix; the product uses its transpose.
+    T(&'a [f32]),
+}
+
+impl Op<'_> {
+    /// (row stride, column stride) of the logical (rows, cols) matrix.
+    fn strides(&self, rows: usize, cols: usize) -> (isize, isize) {
+        match self {
+            Op::N(_) => (cols as isize, 1),
+            Op::T(_) => (1, rows as isize),
+        }
+    }
+
+    fn data(&self) -> &[f32] {
+        match self {
+            Op::N(d) | Op::T(d) => d,
+        }
+    }
+}
+
+/// Products below this many multiply-adds run on the calling thread.
+const PARALLEL_THRESHOLD: usize = 1 << 16;
+
+/// `out (M, N) = a (M, K) @ b (K, N)`, or `+=` when `accumulate`.
+pub fn matmul(out: &mut [f32], a: Op, b: Op, m: usize, k: usize, n: usize, accumulate: bool) {
+    assert!(out.len() >= m * n, "matmul: out has {} elements, needs {m}x{n}", out.len());
+    assert!(a.data().len() >= m * k, "matmul: lhs has {} elements, needs {m}x{k}", a.data().len());
+    assert!(b.data().len() >= k * n, "matmul: rhs has {} elements, needs {k}x{n}", b.data().len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            out[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let (a_rs, a_cs) = a.strides(m, k);
+    let (b_rs, b_cs) = b.strides(k, n);
+    let parallelism = if m * n * k < PARALLEL_THRESHOLD {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(rayon::current_num_threads())
+    };
+    // SAFETY: the asserts above bound every index the strides can reach; `out` does not alias the inputs
+    // because it is borrowed mutably.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data().as_ptr(),
+            a_cs,
+            a_rs,
+            b.data().as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias (OC)`, torch's `nn.Linear` layout.
+pub fn linear_forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, n: usize, c: usize, oc: usize) {
+    let accumulate = match bias {
+        Some(bias) => {
+            for row in out[..n * oc].chunks_exact_mut(oc) {
+                row.copy_from_slice(bias);
+            }
+            true
+        }
+        None => false,
+    };
+    matmul(out, Op::N(inp), Op::T(weight), n, c, oc, accumulate);
+}
+
+/// Backward of [`linear_forward`]: `dinp = dout @ weight` (written, or added when `accumulate_dinp`),
+/// `dweight += dout^T @ inp`, `dbias += sum_rows(dout)`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward(
+    dinp: Option<&mut [f32]>,
+    dweight: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    n: usize,
+    c: usize,
+    oc: usize,
+    accumulate_dinp: bool,
+) {
+    if let Some(dinp) = dinp {
+        matmul(dinp, Op::N(dout), Op::N(weight), n, oc, c, accumulate_dinp);
+    }
+    matmul(dweight, Op::T(dout), Op::N(inp), oc, n, c, true);
+    if let Some(dbias) = dbias {
+        for row in dout[..n * oc].chunks_exact(oc) {
+            for (db, d) in dbias.iter_mut().zip(row) {
+                *db += d;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        out
+    }
+
+    fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        let mut t = vec![0.0; x.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                t[c * rows + r] = x[r * cols + c];
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn every_transpose_combination_matches_naive() {
+        let (m, k, n) = (37, 53, 29);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+        let want = naive(&a, &b, m, k, n);
+        let (at, bt) = (transpose(&a, m, k), transpose(&b, k, n));
+        for (lhs, rhs) in [(Op::N(&a), Op::N(&b)), (Op::T(&at), Op::N(&b)), (Op::N(&a), Op::T(&bt)), (Op::T(&at), Op::T(&bt))] {
+            let mut out = vec![1.0; m * n];
+            matmul(&mut out, lhs, rhs, m, k, n, false);
+            assert_eq!(out, want);
+            matmul(&mut out, lhs, rhs, m, k, n, true);
+            assert_eq!(out, want.iter().map(|x| 2.0 * x).collect::<Vec<_>>());
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! LayerNorm (Ba et al. 2016) and RMSNorm (Zhang & Sennrich 2019) over the last dimension.
+
+use crate::par::for_each_row;
+use rayon::prelude::*;
+
+/// `out (N, C) = (inp - mean) * rstd * weight + bias`; saves `mean (N)` and `rstd (N)` for backward.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_forward(
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    c: usize,
+    eps: f32,
+) {
+    let n = mean.len();
+    for ((x, m), r) in inp[..n * c].chunks_exact(c).zip(mean.iter_mut()).zip(rstd.iter_mut()) {
+        let mu = x.iter().sum::<f32>() / c as f32;
+        let var = x.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
+        *m = mu;
+        *r = 1.0 / (var + eps).sqrt();
+    }
+    for_each_row(&mut out[..n * c], c, |row, o| {
+        let x = &inp[row * c..(row + 1) * c];
+        let (mu, rs) = (mean[row], rstd[row]);
+        for i in 0..c {
+            o[i] = (x[i] - mu) * rs * weight[i] + bias.map_or(0.0, |b| b[i]);
+        }
+    });
+}
+
+/// Backward of [`layernorm_forward`]. `dinp` is written; `dweight`, `dbias` accumulate.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward(
+    dinp: &mut [f32],
+    dweight: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    c: usize,
+) {
+    let n = mean.len();
+    for_each_row(&mut dinp[..n * c], c, |row, dx| {
+        let (x, dy) = (&inp[row * c..(row + 1) * c], &dout[row * c..(row + 1) * c]);
+        let (mu, rs) = (mean[row], rstd[row]);
+        // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dy * weight.
+        let (mut sum_dxhat, mut sum_dxhat_xhat) = (0.0f32, 0.0f32);
+        for i in 0..c {
+            let dxhat = dy[i] * weight[i];
+            sum_dxhat += dxhat;
+            sum_dxhat_xhat += dxhat * (x[i] - mu) * rs;
+        }
+        let (mean_dxhat, mean_dxhat_xhat) = (sum_dxhat / c as f32, sum_dxhat_xhat / c as f32);
+        for i in 0..c {
+            let xhat = (x[i] - mu) * rs;
+            dx[i] = rs * (dy[i] * weight[i] - mean_dxhat - xhat * mean_dxhat_xhat);
+        }
+    });
+    let dbias = dbias.map(|d| &mut d[..c]);
+    param_grads(dweight, dbias, dout, n, c, |row, i| (inp[row * c + i] - mean[row]) * rstd[row]);
+}
+
+/// `out (N, C) = inp * rstd * weight` with `rstd = 1 / sqrt(mean(inp^2) + eps)`; saves `rstd (N)`.
+pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], inp: &[f32], weight: &[f32], c: usize, eps: f32) {
+    let n = rstd.len();
+    for (x, r) in inp[..n * c].chunks_exact(c).zip(rstd.iter_mut()) {
+        let ms = x.iter().map(|v| v * v).sum::<f32>() / c as f32;
+        *r = 1.0 / (ms + eps).sqrt();
+    }
+    for_each_row(&mut out[..n * c], c, |row, o| {
+        let x = &inp[row * c..(row + 1) * c];
+        let rs = rstd[row];
+        for i in 0..c {
+            o[i] = x[i] * rs * weight[i];
+        }
+    });
+}
+
+/// Backward of [`rmsnorm_forward`]. `dinp` is written; `dweight` accumulates.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward(
+    dinp: &mut [f32],
+    dweight: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    rstd: &[f32],
+    c: usize,
+) {
+    let n = rstd.len();
+    for_each_row(&mut dinp[..n * c], c, |row, dx| {
+        let (x, dy) = (&inp[row * c..(row + 1) * c], &dout[row * c..(row + 1) * c]);
+        let rs = rstd[row];
+        // dx = rstd * (dxhat - xhat * mean(dxhat * xhat)), xhat = x * rstd.
+        let mean_dxhat_xhat = (0..c).map(|i| dy[i] * weight[i] * x[i] * rs).sum::<f32>() / c as f32;
+        for i in 0..c {
+            dx[i] = rs * (dy[i] * weight[i] - x[i] * rs * mean_dxhat_xhat);
+        }
+    });
+    param_grads(dweight, None, dout, n, c, |row, i| inp[row * c + i] * rstd[row]);
+}
+
+/// `dweight += sum_rows(dout * xhat)`, `dbias += sum_rows(dout)`, split over column blocks so
+/// threads never share an accumulator.
+fn param_grads(
+    dweight: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    dout: &[f32],
+    n: usize,
+    c: usize,
+    xhat: impl Fn(usize, usize) -> f32 + Sync,
+) {
+    const COLS: usize = 64;
+    dweight[..c].par_chunks_mut(COLS).enumerate().for_each(|(block, dw)| {
+        for row in 0..n {
+            for (j, dw) in dw.iter_mut().enumerate() {
+                let i = block * COLS + j;
+                *dw += dout[row * c + i] * xhat(row, i);
+            }
+        }
+    });
+    if let Some(dbias) = dbias {
+        for row in dout[..n * c].chunks_exact(c) {
+            for (db, d) in dbias.iter_mut().zip(row) {
+                *db += d;
+            }
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Threading helpers. Element-wise kernels split rows over rayon; small inputs stay on the calling
+//! thread because a fork-join costs more than the work.
+
+use rayon::prelude::*;
+
+/// Below this many elements per task a kernel is not worth splitting.
+const MIN_ELEMS_PER_TASK: usize = 16 * 1024;
+
+/// Rows per task so that each task has at least `MIN_ELEMS_PER_TASK` elements.
+pub fn rows_per_task(row_len: usize) -> usize {
+    MIN_ELEMS_PER_TASK.div_ceil(row_len.max(1)).max(1)
+}
+
+/// Runs `f(row_index, out_row)` for every `row_len`-long row of `out`, in parallel for large inputs.
+pub fn for_each_row<F>(out: &mut [f32], row_len: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    let rows = rows_per_task(row_len);
+    out.par_chunks_mut(rows * row_len).enumerate().for_each(|(chunk, block)| {
+        for (r, row) in block.chunks_mut(row_len).enumerate() {
+            f(chunk * rows + r, row);
+        }
+    });
+}
+
+/// Runs `f` on matching chunks of two equally long slices, in parallel for large inputs.
+pub fn zip_chunks<F>(a: &mut [f32], b: &[f32], f: F)
+where
+    F: Fn(&mut [f32], &[f32]) + Sync,
+{
+    debug_assert_eq!(a.len(), b.len());
+    a.par_chunks_mut(MIN_ELEMS_PER_TASK).zip(b.par_chunks(MIN_ELEMS_PER_TASK)).for_each(|(a, b)| f(a, b));
+}
+
+/// A raw pointer that kernels share across rayon tasks which write provably disjoint elements
+/// (e.g. attention tasks, each owning one (batch, kv-head) slice of a strided buffer).
+#[derive(Clone, Copy)]
+pub struct DisjointPtr(*mut f32);
+
+// SAFETY: users only write through it to elements no other task touches; see each call site.
+unsafe impl Send for DisjointPtr {}
+unsafe impl Sync for DisjointPtr {}
+
+impl DisjointPtr {
+    pub fn new(data: &mut [f32]) -> Self {
+        DisjointPtr(data.as_mut_ptr())
+    }
+
+    /// # Safety
+    /// `offset..offset + len` must lie in the original slice and no other task may access it
+    /// while the returned slice lives.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(offset), len)
+    }
+}
