@@ -2,7 +2,6 @@
 
 use crate::fastmath::{erf, exp};
 use crate::par::zip_chunks;
-use rayon::prelude::*;
 
 const INV_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1 / sqrt(2 pi)
@@ -55,30 +54,28 @@ pub fn backward_inplace(act: Activation, dout_dinp: &mut [f32], inp: &[f32]) {
     });
 }
 
-/// Gated unit: `out = act(gate) * up` (GEGLU with GELU, SwiGLU with SiLU).
-pub fn gated_forward(act: Activation, out: &mut [f32], gate: &[f32], up: &[f32]) {
-    const CHUNK: usize = 16 * 1024;
-    out.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK)).zip(up.par_chunks(CHUNK)).for_each(|((o, g), u)| {
-        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-            *o = act.apply(g) * u;
+/// Gated unit over a fused projection: each row of `h (N, 2F)` is `[gate | up]`, and
+/// `out (N, F) = act(gate) * up` (GEGLU with GELU, SwiGLU with SiLU).
+pub fn gated_forward(act: Activation, out: &mut [f32], h: &[f32], f: usize) {
+    crate::par::for_each_row(out, f, |row, o| {
+        let (gate, up) = h[row * 2 * f..(row + 1) * 2 * f].split_at(f);
+        for i in 0..f {
+            o[i] = act.apply(gate[i]) * up[i];
         }
     });
 }
 
-/// Backward of [`gated_forward`]: `dgate = dout * up * act'(gate)`, `dup = dout * act(gate)` (both written).
-pub fn gated_backward(act: Activation, dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
-    const CHUNK: usize = 16 * 1024;
-    dgate
-        .par_chunks_mut(CHUNK)
-        .zip(dup.par_chunks_mut(CHUNK))
-        .zip(dout.par_chunks(CHUNK))
-        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-        .for_each(|(((dg, du), d), (g, u))| {
-            for i in 0..dg.len() {
-                dg[i] = d[i] * u[i] * act.derivative(g[i]);
-                du[i] = d[i] * act.apply(g[i]);
-            }
-        });
+/// Backward of [`gated_forward`]: `dh (N, 2F)` is written, `[dout * up * act'(gate) | dout * act(gate)]`.
+pub fn gated_backward(act: Activation, dh: &mut [f32], dout: &[f32], h: &[f32], f: usize) {
+    crate::par::for_each_row(dh, 2 * f, |row, dh| {
+        let (gate, up) = h[row * 2 * f..(row + 1) * 2 * f].split_at(f);
+        let d = &dout[row * f..(row + 1) * f];
+        let (dgate, dup) = dh.split_at_mut(f);
+        for i in 0..f {
+            dgate[i] = d[i] * up[i] * act.derivative(gate[i]);
+            dup[i] = d[i] * act.apply(gate[i]);
+        }
+    });
 }
 
 #[cfg(test)]

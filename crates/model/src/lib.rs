@@ -1,0 +1,24 @@
+//! Transformer modules on the TruthGPT engine. Each module owns parameter handles, builds the
+//! buffers its forward saves, and has an explicit backward that a reader can check against the
+//! math (llm.c style); there is no autograd graph.
+//!
+//! - [`params`]: one flat parameter buffer and a named table of tensors;
+//! - [`linear`]: `Linear`, LayerNorm/RMSNorm;
+//! - [`attention`]: causal attention with RoPE, ALiBi or T5 relative bias, GQA/MQA;
+//! - [`ffn`], [`moe`]: dense MLP/GEGLU/SwiGLU, and routed MoE/PiMoE;
+//! - [`block`], [`model`]: pre/post-norm blocks, embeddings and head, gradient checkpointing;
+//! - [`train`]: the optimiser step.
+
+pub mod attention;
+pub mod block;
+pub mod error;
+pub mod ffn;
+pub mod linear;
+pub mod model;
+pub mod moe;
+pub mod params;
+pub mod train;
+
+pub use error::{ModelError, Result};
+pub use model::Model;
+pub use train::{Batch, StepStats, Trainer};

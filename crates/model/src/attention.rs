@@ -1,0 +1,179 @@
+//! Causal self-attention: fused QKV projection, positional treatment of scores (RoPE, ALiBi, T5
+//! relative bias), tiled online-softmax attention with GQA/MQA, and the output projection.
+
+use truthgpt_config::{ModelConfig, Positional, RopeScalingKind};
+use truthgpt_engine::attention::{self as kernel, AttentionShape, ScoreBias};
+use truthgpt_engine::rope::RopeTable;
+
+use crate::linear::Linear;
+use crate::params::{Init, ParamBuilder, P};
+
+/// How positions act inside attention (learned and sinusoidal act on the embeddings instead).
+#[derive(Debug, Clone)]
+enum ScorePositions {
+    None,
+    Rope(RopeTable),
+    Alibi(Vec<f32>),
+    /// Learned (buckets, NH) table, and the bucket of every distance.
+    Relative { table: P, bucket_of_distance: Vec<u32>, buckets: usize },
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    nh: usize,
+    kvh: usize,
+    hs: usize,
+    positions: ScorePositions,
+}
+
+/// Saved for backward: `qkv (N, (NH + 2 KVH) HS)` after RoPE, `out (N, NH HS)`, `lse (B, NH, T)`.
+#[derive(Debug, Clone)]
+pub struct AttentionActs {
+    pub qkv: Vec<f32>,
+    pub out: Vec<f32>,
+    pub lse: Vec<f32>,
+}
+
+/// Backward scratch shared by all layers.
+#[derive(Debug, Clone)]
+pub struct AttentionScratch {
+    dqkv: Vec<f32>,
+    dout: Vec<f32>,
+    /// (B, buckets, NH) per-batch partial gradients of the relative bias table.
+    dbias: Vec<f32>,
+}
+
+impl Attention {
+    pub fn new(pb: &mut ParamBuilder, m: &ModelConfig, proj_std: f32) -> Self {
+        let (nh, kvh, hs) = (m.n_heads, m.n_kv_heads, m.head_dim());
+        pb.scope("attn", |pb| {
+            let qkv = Linear::new(pb, "qkv", m.d_model, (nh + 2 * kvh) * hs, m.bias, m.init_std);
+            let proj = Linear::new(pb, "proj", nh * hs, m.d_model, m.bias, proj_std);
+            let positions = match m.positional {
+                Positional::Learned | Positional::Sinusoidal => ScorePositions::None,
+                Positional::Rope => ScorePositions::Rope(rope_table(m)),
+                Positional::Alibi => ScorePositions::Alibi(kernel::alibi_slopes(nh)),
+                Positional::Relative => ScorePositions::Relative {
+                    table: pb.add("relative_bias", &[m.relative_buckets, nh], Init::Normal(m.init_std)),
+                    bucket_of_distance: kernel::relative_buckets(
+                        m.max_seq_len,
+                        m.relative_buckets,
+                        m.relative_max_distance,
+                    ),
+                    buckets: m.relative_buckets,
+                },
+            };
+            Attention { qkv, proj, nh, kvh, hs, positions }
+        })
+    }
+
+    fn shape(&self, b: usize, t: usize) -> AttentionShape {
+        AttentionShape { b, t, nh: self.nh, kvh: self.kvh, hs: self.hs }
+    }
+
+    pub fn acts(&self, b: usize, t: usize) -> AttentionActs {
+        let n = b * t;
+        AttentionActs {
+            qkv: vec![0.0; n * self.qkv.out],
+            out: vec![0.0; n * self.nh * self.hs],
+            lse: vec![0.0; b * self.nh * t],
+        }
+    }
+
+    pub fn scratch(&self, b: usize, t: usize) -> AttentionScratch {
+        let buckets = match &self.positions {
+            ScorePositions::Relative { buckets, .. } => *buckets,
+            _ => 0,
+        };
+        AttentionScratch {
+            dqkv: vec![0.0; b * t * self.qkv.out],
+            dout: vec![0.0; b * t * self.nh * self.hs],
+            dbias: vec![0.0; b * buckets * self.nh],
+        }
+    }
+
+    fn bias<'a>(&'a self, params: &'a [f32]) -> ScoreBias<'a> {
+        match &self.positions {
+            ScorePositions::None | ScorePositions::Rope(_) => ScoreBias::None,
+            ScorePositions::Alibi(slopes) => ScoreBias::Alibi { slopes },
+            ScorePositions::Relative { table, bucket_of_distance, .. } => {
+                ScoreBias::Relative { table: table.of(params), bucket_of_distance }
+            }
+        }
+    }
+
+    /// `y (N, C) = proj(attention(qkv(x)))`; `x` is the normalised input.
+    pub fn forward(&self, params: &[f32], acts: &mut AttentionActs, y: &mut [f32], x: &[f32], b: usize, t: usize) {
+        let (n, shape) = (b * t, self.shape(b, t));
+        self.qkv.forward(params, &mut acts.qkv, x, n);
+        if let ScorePositions::Rope(table) = &self.positions {
+            table.apply(&mut acts.qkv[..n * self.qkv.out], self.qkv.out, 0, self.nh + self.kvh, t, 0, false);
+        }
+        kernel::attention_forward(&mut acts.out, &mut acts.lse, &acts.qkv, shape, self.bias(params));
+        self.proj.forward(params, y, &acts.out, n);
+    }
+
+    /// `dx` (gradient of the normalised input) is written; parameter gradients accumulate.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        params: &[f32],
+        grads: &mut [f32],
+        scratch: &mut AttentionScratch,
+        acts: &AttentionActs,
+        dx: &mut [f32],
+        dy: &[f32],
+        x: &[f32],
+        b: usize,
+        t: usize,
+    ) {
+        let (n, shape) = (b * t, self.shape(b, t));
+        self.proj.backward(params, grads, Some(&mut scratch.dout), dy, &acts.out, n, false);
+        let dbias = match &self.positions {
+            ScorePositions::Relative { .. } => Some(&mut scratch.dbias[..]),
+            _ => None,
+        };
+        kernel::attention_backward(
+            &mut scratch.dqkv,
+            dbias,
+            &scratch.dout,
+            &acts.qkv,
+            &acts.out,
+            &acts.lse,
+            shape,
+            self.bias(params),
+        );
+        match &self.positions {
+            ScorePositions::Rope(table) => {
+                table.apply(&mut scratch.dqkv[..n * self.qkv.out], self.qkv.out, 0, self.nh + self.kvh, t, 0, true)
+            }
+            ScorePositions::Relative { table, .. } => {
+                let dtable = table.of_mut(grads);
+                for partial in scratch.dbias.chunks_exact(dtable.len()) {
+                    for (d, p) in dtable.iter_mut().zip(partial) {
+                        *d += p;
+                    }
+                }
+            }
+            ScorePositions::None | ScorePositions::Alibi(_) => {}
+        }
+        // The RoPE'd qkv is what was saved, but the projection's input is x, so this is exact.
+        self.qkv.backward(params, grads, Some(dx), &scratch.dqkv, x, n, false);
+    }
+}
+
+/// RoPE table with optional linear (position interpolation) or NTK-aware scaling.
+pub fn rope_table(m: &ModelConfig) -> RopeTable {
+    let hs = m.head_dim();
+    let (mut theta, mut divisor) = (m.rope_theta as f64, 1.0);
+    if let Some(scaling) = m.rope_scaling {
+        let factor = scaling.factor as f64;
+        match scaling.kind {
+            RopeScalingKind::Linear => divisor = factor,
+            RopeScalingKind::Ntk => theta *= factor.powf(hs as f64 / (hs as f64 - 2.0)),
+        }
+    }
+    RopeTable::new(m.max_seq_len, hs, theta, divisor)
+}

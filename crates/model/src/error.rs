@@ -1,0 +1,18 @@
+/// Errors of building, feeding or loading a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("token id {id} at position {position} is out of range for a vocabulary of {vocab}")]
+    TokenOutOfRange { id: u32, position: usize, vocab: usize },
+    #[error("sequence length {t} exceeds model.max_seq_len = {max}")]
+    SequenceTooLong { t: usize, max: usize },
+    #[error("expected {expected} tokens for batch {b} x seq {t}, got {got}")]
+    BatchShape { b: usize, t: usize, expected: usize, got: usize },
+    #[error("backward called before a forward with targets")]
+    NoForward,
+    #[error("tensor `{name}`: {problem}")]
+    Tensor { name: String, problem: String },
+    #[error("safetensors: {0}")]
+    SafeTensors(#[from] safetensors::SafeTensorError),
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -1,0 +1,134 @@
+//! `nn.Linear` and the norms as modules: parameter handles plus forward/backward over caller buffers.
+
+use truthgpt_config::NormKind;
+use truthgpt_engine::{matmul, norm};
+
+use crate::params::{pair_mut, Init, ParamBuilder, P};
+
+/// `y (N, OUT) = x (N, IN) @ weight (OUT, IN)^T + bias (OUT)`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: P,
+    pub bias: Option<P>,
+    pub inp: usize,
+    pub out: usize,
+}
+
+impl Linear {
+    pub fn new(pb: &mut ParamBuilder, name: &str, inp: usize, out: usize, bias: bool, std: f32) -> Self {
+        pb.scope(name, |pb| Linear {
+            weight: pb.add("weight", &[out, inp], Init::Normal(std)),
+            bias: bias.then(|| pb.add("bias", &[out], Init::Zeros)),
+            inp,
+            out,
+        })
+    }
+
+    pub fn forward(&self, params: &[f32], y: &mut [f32], x: &[f32], n: usize) {
+        matmul::linear_forward(
+            &mut y[..n * self.out],
+            &x[..n * self.inp],
+            self.weight.of(params),
+            self.bias.map(|b| b.of(params)),
+            n,
+            self.inp,
+            self.out,
+        );
+    }
+
+    /// `dx` is written, or added to when `accumulate_dx`; parameter gradients accumulate.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        params: &[f32],
+        grads: &mut [f32],
+        dx: Option<&mut [f32]>,
+        dy: &[f32],
+        x: &[f32],
+        n: usize,
+        accumulate_dx: bool,
+    ) {
+        let (dweight, dbias) = pair_mut(grads, self.weight, self.bias);
+        matmul::linear_backward(
+            dx.map(|dx| &mut dx[..n * self.inp]),
+            dweight,
+            dbias,
+            &dy[..n * self.out],
+            &x[..n * self.inp],
+            self.weight.of(params),
+            n,
+            self.inp,
+            self.out,
+            accumulate_dx,
+        );
+    }
+}
+
+/// LayerNorm or RMSNorm over `C` channels.
+#[derive(Debug, Clone)]
+pub struct Norm {
+    pub kind: NormKind,
+    pub weight: P,
+    pub bias: Option<P>,
+    pub c: usize,
+    pub eps: f32,
+}
+
+/// What a norm's forward keeps for its backward: per-row mean (LayerNorm) and 1/std.
+#[derive(Debug, Clone, Default)]
+pub struct NormSaved {
+    pub mean: Vec<f32>,
+    pub rstd: Vec<f32>,
+}
+
+impl NormSaved {
+    pub fn new(n: usize) -> Self {
+        NormSaved { mean: vec![0.0; n], rstd: vec![0.0; n] }
+    }
+}
+
+impl Norm {
+    /// LayerNorm has a bias exactly when the model's linears do; RMSNorm never has one.
+    pub fn new(pb: &mut ParamBuilder, name: &str, kind: NormKind, c: usize, eps: f32, bias: bool) -> Self {
+        pb.scope(name, |pb| Norm {
+            kind,
+            weight: pb.add("weight", &[c], Init::Ones),
+            bias: (bias && kind == NormKind::LayerNorm).then(|| pb.add("bias", &[c], Init::Zeros)),
+            c,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, params: &[f32], y: &mut [f32], saved: &mut NormSaved, x: &[f32], n: usize) {
+        let (w, c) = (self.weight.of(params), self.c);
+        let (mean, rstd) = (&mut saved.mean[..n], &mut saved.rstd[..n]);
+        match self.kind {
+            NormKind::LayerNorm => {
+                norm::layernorm_forward(y, mean, rstd, x, w, self.bias.map(|b| b.of(params)), c, self.eps)
+            }
+            NormKind::RmsNorm => norm::rmsnorm_forward(y, rstd, x, w, c, self.eps),
+        }
+    }
+
+    /// `dx` is written; parameter gradients accumulate.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        params: &[f32],
+        grads: &mut [f32],
+        dx: &mut [f32],
+        dy: &[f32],
+        x: &[f32],
+        saved: &NormSaved,
+        n: usize,
+    ) {
+        let (w, c) = (self.weight.of(params), self.c);
+        let (dweight, dbias) = pair_mut(grads, self.weight, self.bias);
+        match self.kind {
+            NormKind::LayerNorm => {
+                norm::layernorm_backward(dx, dweight, dbias, dy, x, w, &saved.mean[..n], &saved.rstd[..n], c)
+            }
+            NormKind::RmsNorm => norm::rmsnorm_backward(dx, dweight, dy, x, w, &saved.rstd[..n], c),
+        }
+    }
+}

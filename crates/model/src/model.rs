@@ -1,0 +1,352 @@
+//! The decoder-only transformer: embeddings, blocks, final norm and head, with the activation
+//! buffers of one (B, T) shape allocated once and reused by every step.
+//!
+//! `forward` -> `loss_and_grad` (fused softmax cross-entropy, writes dlogits over the logits) ->
+//! `backward`. With gradient checkpointing only the residual stream between blocks is kept; each
+//! block's internals are recomputed, one block at a time, in backward.
+
+use truthgpt_config::{ModelConfig, NormPosition, Positional};
+use truthgpt_engine::{embedding, loss, rng::dropout_inplace};
+
+use crate::block::{Block, BlockActs, BlockScratch, DropoutSeeds, FeedForward};
+use crate::error::{ModelError, Result};
+use crate::linear::{Linear, Norm, NormSaved};
+use crate::moe::Moe;
+use crate::params::{pair_mut, Init, ParamBuilder, ParamSpec, P};
+
+#[derive(Debug, Clone)]
+enum PositionTable {
+    /// Positions act inside attention (RoPE, ALiBi, relative), or nowhere.
+    None,
+    Learned(P),
+    /// The sinusoidal (T, C) table.
+    Fixed(Vec<f32>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub specs: Vec<ParamSpec>,
+    pub params: Vec<f32>,
+    pub grads: Vec<f32>,
+    wte: P,
+    positions: PositionTable,
+    /// Unique parameter sets; layer `l` uses `blocks[l % blocks.len()]` (one set when shared).
+    blocks: Vec<Block>,
+    final_norm: Option<Norm>,
+    head: Linear,
+    checkpointing: bool,
+    dropout_seed: Option<u64>,
+    state: Option<State>,
+}
+
+/// Buffers for one (B, T); shapes in the comments.
+#[derive(Debug, Clone)]
+struct State {
+    b: usize,
+    t: usize,
+    /// (N)
+    tokens: Vec<u32>,
+    /// (L + 1, N, C): the input of every block and the output of the last.
+    residual: Vec<f32>,
+    /// One per layer, or a single reused one under checkpointing.
+    acts: Vec<BlockActs>,
+    scratch: BlockScratch,
+    final_norm: NormSaved,
+    /// (N, C): the head's input.
+    head_in: Vec<f32>,
+    /// (N, V): logits, overwritten by dlogits in `loss_and_grad`.
+    logits: Vec<f32>,
+    /// (N)
+    losses: Vec<f32>,
+    /// (N, C) x 2: the residual gradient and the head's input gradient.
+    dres: Vec<f32>,
+    dhead_in: Vec<f32>,
+    logits_are_grads: bool,
+    router_losses: (f32, f32),
+}
+
+impl Model {
+    /// Builds a model with freshly initialised parameters. The config must be validated.
+    pub fn new(config: &ModelConfig, seed: u64) -> Self {
+        let m = config;
+        let mut pb = ParamBuilder::default();
+        let wte = pb.add("embed.tokens", &[m.vocab_size, m.d_model], Init::Normal(m.init_std));
+        let positions = match m.positional {
+            Positional::Learned => {
+                PositionTable::Learned(pb.add("embed.positions", &[m.max_seq_len, m.d_model], Init::Normal(m.init_std)))
+            }
+            Positional::Sinusoidal => {
+                let mut table = vec![0.0; m.max_seq_len * m.d_model];
+                embedding::sinusoidal_table(&mut table, m.max_seq_len, m.d_model);
+                PositionTable::Fixed(table)
+            }
+            Positional::Rope | Positional::Alibi | Positional::Relative => PositionTable::None,
+        };
+        let unique = if m.share_layers { 1 } else { m.n_layers };
+        let blocks = (0..unique).map(|l| pb.scope(format!("blocks.{l}"), |pb| Block::new(pb, m))).collect();
+        let final_norm = (m.norm_position == NormPosition::Pre)
+            .then(|| Norm::new(&mut pb, "norm_f", m.norm, m.d_model, m.norm_eps, m.bias));
+        let head = if m.tie_embeddings {
+            Linear { weight: wte, bias: None, inp: m.d_model, out: m.vocab_size }
+        } else {
+            Linear::new(&mut pb, "head", m.d_model, m.vocab_size, false, m.init_std)
+        };
+        let (specs, params) = pb.finish(seed);
+        let grads = vec![0.0; params.len()];
+        Model {
+            config: m.clone(),
+            specs,
+            params,
+            grads,
+            wte,
+            positions,
+            blocks,
+            final_norm,
+            head,
+            checkpointing: false,
+            dropout_seed: None,
+            state: None,
+        }
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.params.len()
+    }
+
+    /// Recompute block activations in backward instead of keeping them (frees the buffers now).
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        if self.checkpointing != on {
+            self.checkpointing = on;
+            self.state = None;
+        }
+    }
+
+    /// Dropout for the next forward/backward pair uses `seed`; `None` turns dropout off (eval).
+    pub fn set_dropout_seed(&mut self, seed: Option<u64>) {
+        self.dropout_seed = seed.filter(|_| self.config.dropout > 0.0);
+    }
+
+    pub fn zero_grad(&mut self) {
+        self.grads.fill(0.0);
+    }
+
+    fn block(&self, layer: usize) -> &Block {
+        &self.blocks[layer % self.blocks.len()]
+    }
+
+    /// The MoE layers' modules (router counters, selection bias); empty for dense models.
+    pub fn moe_layers(&self) -> impl Iterator<Item = &Moe> {
+        self.blocks.iter().filter_map(|b| match &b.ffn {
+            FeedForward::Moe(moe) => Some(moe),
+            FeedForward::Dense(_) => None,
+        })
+    }
+
+    /// Applies aux-free balancing after an optimiser step (a no-op unless `balancing: bias`).
+    pub fn update_selection_bias(&mut self) {
+        for block in &mut self.blocks {
+            if let FeedForward::Moe(moe) = &mut block.ffn {
+                moe.update_selection_bias();
+            }
+        }
+    }
+
+    fn ensure_state(&mut self, b: usize, t: usize) {
+        if self.state.as_ref().is_some_and(|s| s.b == b && s.t == t) {
+            return;
+        }
+        let (n, c, v, l) = (b * t, self.config.d_model, self.config.vocab_size, self.config.n_layers);
+        let kept = if self.checkpointing { 1 } else { l };
+        self.state = Some(State {
+            b,
+            t,
+            tokens: vec![0; n],
+            residual: vec![0.0; (l + 1) * n * c],
+            acts: (0..kept).map(|layer| self.block(layer).acts(b, t)).collect(),
+            scratch: self.blocks[0].scratch(b, t),
+            final_norm: NormSaved::new(n),
+            head_in: vec![0.0; n * c],
+            logits: vec![0.0; n * v],
+            losses: vec![0.0; n],
+            dres: vec![0.0; n * c],
+            dhead_in: vec![0.0; n * c],
+            logits_are_grads: false,
+            router_losses: (0.0, 0.0),
+        });
+    }
+
+    /// Bytes of activation buffers kept between forward and backward at the current shape
+    /// (residual stream plus per-block saved tensors, excluding logits and scratch).
+    pub fn activation_bytes(&self) -> usize {
+        fn block_floats(a: &BlockActs) -> usize {
+            let ffn = match &a.ffn {
+                crate::block::FfnActs::Dense { h, a } => h.len() + a.len(),
+                crate::block::FfnActs::Moe(_) => 0,
+            };
+            a.norm1.mean.len() * 2
+                + a.norm2.mean.len() * 2
+                + a.sum_or_norm1.len()
+                + a.attn.qkv.len()
+                + a.attn.out.len()
+                + a.attn.lse.len()
+                + a.mid.len()
+                + a.sum_or_norm2.len()
+                + a.branch.len()
+                + ffn
+        }
+        self.state.as_ref().map_or(0, |s| {
+            4 * (s.residual.len() + s.acts.iter().map(block_floats).sum::<usize>())
+        })
+    }
+
+    fn check_tokens(&self, tokens: &[u32], b: usize, t: usize) -> Result<()> {
+        if t > self.config.max_seq_len {
+            return Err(ModelError::SequenceTooLong { t, max: self.config.max_seq_len });
+        }
+        if tokens.len() != b * t {
+            return Err(ModelError::BatchShape { b, t, expected: b * t, got: tokens.len() });
+        }
+        let vocab = self.config.vocab_size;
+        match tokens.iter().position(|&id| id as usize >= vocab) {
+            Some(position) => Err(ModelError::TokenOutOfRange { id: tokens[position], position, vocab }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the model on `tokens (B, T)` and returns the logits (B*T, V).
+    pub fn forward(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<&[f32]> {
+        self.check_tokens(tokens, b, t)?;
+        self.ensure_state(b, t);
+        let (n, c, layers) = (b * t, self.config.d_model, self.config.n_layers);
+        let dropout = self.config.dropout;
+        let Model { params, blocks, state, positions, wte, final_norm, head, checkpointing, dropout_seed, .. } = self;
+        let s = state.as_mut().expect("state was just ensured");
+        s.tokens.copy_from_slice(tokens);
+        s.logits_are_grads = false;
+        let position_table = match positions {
+            PositionTable::Learned(p) => Some(p.of(params)),
+            PositionTable::Fixed(table) => Some(&table[..]),
+            PositionTable::None => None,
+        };
+        embedding::forward(&mut s.residual[..n * c], tokens, wte.of(params), position_table, t, c);
+        if let Some(seed) = *dropout_seed {
+            dropout_inplace(&mut s.residual[..n * c], dropout, seed ^ EMBEDDING_DROPOUT);
+        }
+        let mut router_losses = (0.0, 0.0);
+        for layer in 0..layers {
+            let (x, y) = s.residual.split_at_mut((layer + 1) * n * c);
+            let acts = &mut s.acts[if *checkpointing { 0 } else { layer }];
+            let unique = blocks.len();
+            let seeds = dropout_seeds(*dropout_seed, layer);
+            blocks[layer % unique].forward(params, acts, y, &x[layer * n * c..], b, t, seeds, true);
+            let (aux, z) = Block::router_losses(acts);
+            router_losses = (router_losses.0 + aux, router_losses.1 + z);
+        }
+        s.router_losses = router_losses;
+        let last = &s.residual[layers * n * c..];
+        match final_norm {
+            Some(norm) => norm.forward(params, &mut s.head_in, &mut s.final_norm, last, n),
+            None => s.head_in.copy_from_slice(last),
+        }
+        head.forward(params, &mut s.logits, &s.head_in, n);
+        Ok(&s.logits[..n * self.config.vocab_size])
+    }
+
+    /// Sum over layers of the (aux, z) router losses of the last forward.
+    pub fn router_losses(&self) -> (f32, f32) {
+        self.state.as_ref().map_or((0.0, 0.0), |s| s.router_losses)
+    }
+
+    fn check_targets(&self, targets: &[u32]) -> Result<&State> {
+        let s = self.state.as_ref().ok_or(ModelError::NoForward)?;
+        if s.logits_are_grads {
+            return Err(ModelError::NoForward);
+        }
+        let n = s.b * s.t;
+        if targets.len() != n {
+            return Err(ModelError::BatchShape { b: s.b, t: s.t, expected: n, got: targets.len() });
+        }
+        let vocab = self.config.vocab_size;
+        if let Some(position) = targets.iter().position(|&id| id as usize >= vocab) {
+            return Err(ModelError::TokenOutOfRange { id: targets[position], position, vocab });
+        }
+        Ok(s)
+    }
+
+    /// Mean cross-entropy of the last forward's logits, leaving them intact.
+    pub fn loss(&mut self, targets: &[u32]) -> Result<f32> {
+        self.check_targets(targets)?;
+        let v = self.config.vocab_size;
+        let s = self.state.as_mut().expect("checked");
+        Ok(loss::cross_entropy(&mut s.losses, &s.logits, targets, v))
+    }
+
+    /// Mean cross-entropy of the last forward, and the gradient of `grad_scale * loss` with
+    /// respect to the logits, written over them. Call [`Model::backward`] next.
+    pub fn loss_and_grad(&mut self, targets: &[u32], grad_scale: f32) -> Result<f32> {
+        self.check_targets(targets)?;
+        let v = self.config.vocab_size;
+        let s = self.state.as_mut().expect("checked");
+        let n = targets.len();
+        s.logits_are_grads = true;
+        Ok(loss::cross_entropy_fused(&mut s.logits[..n * v], &mut s.losses, targets, v, grad_scale / n as f32))
+    }
+
+    /// Accumulates into `grads` the gradient of `grad_scale * cross_entropy + loss_scale * router
+    /// losses`, where `grad_scale` was given to [`Model::loss_and_grad`].
+    pub fn backward(&mut self, loss_scale: f32) -> Result<()> {
+        if !self.state.as_ref().is_some_and(|s| s.logits_are_grads) {
+            return Err(ModelError::NoForward);
+        }
+        let (c, layers) = (self.config.d_model, self.config.n_layers);
+        let dropout = self.config.dropout;
+        let Model { params, grads, blocks, state, positions, wte, final_norm, head, checkpointing, dropout_seed, .. } =
+            self;
+        let s = state.as_mut().expect("checked");
+        let (b, t) = (s.b, s.t);
+        let n = b * t;
+        head.backward(params, grads, Some(&mut s.dhead_in), &s.logits, &s.head_in, n, false);
+        let last = &s.residual[layers * n * c..];
+        match final_norm {
+            Some(norm) => norm.backward(params, grads, &mut s.dres, &s.dhead_in, last, &s.final_norm, n),
+            None => s.dres.copy_from_slice(&s.dhead_in),
+        }
+        let unique = blocks.len();
+        for layer in (0..layers).rev() {
+            let seeds = dropout_seeds(*dropout_seed, layer);
+            let (x, y) = s.residual.split_at_mut((layer + 1) * n * c);
+            let x = &x[layer * n * c..];
+            let acts = if *checkpointing {
+                let acts = &mut s.acts[0];
+                // Recompute this block's internals; its output is already in the residual stream.
+                blocks[layer % unique].forward(params, acts, &mut y[..n * c], x, b, t, seeds, false);
+                &s.acts[0]
+            } else {
+                &s.acts[layer]
+            };
+            blocks[layer % unique].backward(params, grads, &mut s.scratch, acts, &mut s.dres, x, b, t, seeds, loss_scale);
+        }
+        if let Some(seed) = *dropout_seed {
+            dropout_inplace(&mut s.dres, dropout, seed ^ EMBEDDING_DROPOUT);
+        }
+        // With a tied head, `wte`'s gradient already holds the head's part; the lookup adds to it.
+        let (dwte, dpositions) = match positions {
+            PositionTable::Learned(p) => pair_mut(grads, *wte, Some(*p)),
+            PositionTable::Fixed(_) | PositionTable::None => (wte.of_mut(grads), None),
+        };
+        embedding::backward(dwte, dpositions, &s.dres, &s.tokens, t, c);
+        s.logits_are_grads = false;
+        Ok(())
+    }
+}
+
+/// Mixed into the step's dropout seed for the embedding dropout site.
+const EMBEDDING_DROPOUT: u64 = 0x5DEE_CE66_D1CE_4E5B;
+
+fn dropout_seeds(seed: Option<u64>, layer: usize) -> Option<DropoutSeeds> {
+    seed.map(|s| {
+        let base = s ^ (layer as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407);
+        DropoutSeeds { attn: base ^ 1, ffn: base ^ 2 }
+    })
+}

@@ -1,0 +1,100 @@
+//! All parameters of a model live in one flat `Vec<f32>` (and its gradients in a second of the
+//! same layout), so the optimiser, clipping and checkpointing are single passes. Modules hold
+//! [`P`] handles into it; the table of [`ParamSpec`]s names every tensor.
+
+use truthgpt_engine::rng::Rng;
+
+/// A handle to one parameter tensor inside the flat buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct P {
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl P {
+    pub fn range(self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len
+    }
+
+    #[inline]
+    pub fn of(self, flat: &[f32]) -> &[f32] {
+        &flat[self.range()]
+    }
+
+    #[inline]
+    pub fn of_mut(self, flat: &mut [f32]) -> &mut [f32] {
+        &mut flat[self.range()]
+    }
+}
+
+/// Two disjoint gradient slices at once, e.g. a weight's and its bias's.
+pub fn pair_mut(flat: &mut [f32], a: P, b: Option<P>) -> (&mut [f32], Option<&mut [f32]>) {
+    match b {
+        None => (a.of_mut(flat), None),
+        Some(b) => {
+            let [a, b] = flat.get_disjoint_mut([a.range(), b.range()]).expect("parameter handles never overlap");
+            (a, Some(b))
+        }
+    }
+}
+
+/// How a tensor starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    Normal(f32),
+    Zeros,
+    Ones,
+}
+
+/// Name, shape and place of one parameter tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub handle: P,
+    pub init: Init,
+    /// AdamW weight decay applies (matrices), or not (norm gains, biases, 1-D tables).
+    pub decay: bool,
+}
+
+/// Collects tensors while modules are built; [`ParamBuilder::finish`] allocates and initialises.
+#[derive(Debug, Default)]
+pub struct ParamBuilder {
+    specs: Vec<ParamSpec>,
+    len: usize,
+    prefix: Vec<String>,
+}
+
+impl ParamBuilder {
+    /// Adds a tensor named `<prefix>.<name>`; weight decay applies to matrices only.
+    pub fn add(&mut self, name: &str, shape: &[usize], init: Init) -> P {
+        let handle = P { offset: self.len, len: shape.iter().product() };
+        self.len += handle.len;
+        let full = self.prefix.iter().map(String::as_str).chain([name]).collect::<Vec<_>>().join(".");
+        self.specs.push(ParamSpec { name: full, shape: shape.to_vec(), handle, init, decay: shape.len() >= 2 });
+        handle
+    }
+
+    /// Runs `f` with `name` pushed onto the prefix, mirroring checkpoint key nesting.
+    pub fn scope<T>(&mut self, name: impl Into<String>, f: impl FnOnce(&mut Self) -> T) -> T {
+        self.prefix.push(name.into());
+        let out = f(self);
+        self.prefix.pop();
+        out
+    }
+
+    /// Allocates the flat buffer and initialises every tensor from `seed`, in declaration order.
+    pub fn finish(self, seed: u64) -> (Vec<ParamSpec>, Vec<f32>) {
+        let mut values = vec![0.0; self.len];
+        let mut rng = Rng::new(seed);
+        for spec in &self.specs {
+            let out = spec.handle.of_mut(&mut values);
+            match spec.init {
+                Init::Normal(std) => rng.fill_normal(out, std),
+                Init::Zeros => out.fill(0.0),
+                Init::Ones => out.fill(1.0),
+            }
+        }
+        (self.specs, values)
+    }
+}

@@ -1,0 +1,102 @@
+//! The training step: micro-batches with gradient accumulation, global-norm clipping, AdamW with
+//! decoupled weight decay on matrices only, the learning-rate schedule, and MoE bias balancing.
+
+use truthgpt_config::TrainConfig;
+use truthgpt_engine::optim::{self, AdamW};
+
+use crate::error::Result;
+use crate::model::Model;
+
+/// One micro-batch: `tokens` and next-token `targets`, both (B, T) row-major.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    pub tokens: &'a [u32],
+    pub targets: &'a [u32],
+    pub b: usize,
+    pub t: usize,
+}
+
+/// What one optimiser step saw.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Mean cross-entropy over the micro-batches.
+    pub loss: f32,
+    /// Mean MoE balancing and z losses (summed over layers).
+    pub aux_loss: f32,
+    pub z_loss: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    pub lr: f32,
+}
+
+/// A model, its optimiser state and the step counter.
+#[derive(Debug, Clone)]
+pub struct Trainer {
+    pub model: Model,
+    pub config: TrainConfig,
+    /// AdamW first and second moments, in the model's flat parameter layout.
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// Parameter spans that share a weight-decay setting, merged from the model's specs.
+    spans: Vec<(std::ops::Range<usize>, bool)>,
+}
+
+impl Trainer {
+    pub fn new(mut model: Model, config: TrainConfig) -> Self {
+        model.set_gradient_checkpointing(config.gradient_checkpointing);
+        let mut spans: Vec<(std::ops::Range<usize>, bool)> = Vec::new();
+        for spec in &model.specs {
+            match spans.last_mut() {
+                Some((range, decay)) if *decay == spec.decay && range.end == spec.handle.offset => {
+                    range.end = spec.handle.range().end
+                }
+                _ => spans.push((spec.handle.range(), spec.decay)),
+            }
+        }
+        let n = model.num_params();
+        Trainer { model, config, m: vec![0.0; n], v: vec![0.0; n], step: 0, spans }
+    }
+
+    /// One optimiser step over `micro_batches` (their gradients are averaged).
+    pub fn step(&mut self, micro_batches: &[Batch]) -> Result<StepStats> {
+        let scale = 1.0 / micro_batches.len().max(1) as f32;
+        self.model.zero_grad();
+        let (mut loss, mut aux, mut z) = (0.0, 0.0, 0.0);
+        for (micro, batch) in micro_batches.iter().enumerate() {
+            let seed = self.config.seed ^ (self.step << 16) ^ micro as u64;
+            self.model.set_dropout_seed(Some(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+            self.model.forward(batch.tokens, batch.b, batch.t)?;
+            loss += self.model.loss_and_grad(batch.targets, scale)? * scale;
+            let (a, zl) = self.model.router_losses();
+            (aux, z) = (aux + a * scale, z + zl * scale);
+            self.model.backward(scale)?;
+        }
+        self.model.set_dropout_seed(None);
+        let grad_norm = optim::sum_of_squares(&self.model.grads).sqrt() as f32;
+        let clip = optim::clip_factor(grad_norm, self.config.grad_clip);
+        let lr = self.config.lr_at(self.step as usize);
+        self.step += 1;
+        let adamw = AdamW {
+            lr,
+            beta1: self.config.betas[0],
+            beta2: self.config.betas[1],
+            eps: self.config.eps,
+            weight_decay: self.config.weight_decay,
+        };
+        for (range, decay) in &self.spans {
+            adamw.update(
+                &mut self.model.params[range.clone()],
+                &mut self.m[range.clone()],
+                &mut self.v[range.clone()],
+                &self.model.grads[range.clone()],
+                self.step,
+                clip,
+                *decay,
+            );
+        }
+        self.model.update_selection_bias();
+        Ok(StepStats { loss, aux_loss: aux, z_loss: z, grad_norm, lr })
+    }
+}
