@@ -253,6 +253,22 @@ impl Model {
         Ok(&s.logits[..n * self.config.vocab_size])
     }
 
+    /// The experts every token chose in the last forward, one (B*T, k) vector per MoE layer.
+    /// Under gradient checkpointing only the last recomputed layer is kept, so this is empty.
+    pub fn routing(&self) -> Vec<&[u32]> {
+        match &self.state {
+            Some(s) if !self.checkpointing => s
+                .acts
+                .iter()
+                .filter_map(|a| match &a.ffn {
+                    crate::block::FfnActs::Moe(m) => Some(&m.choices()[..s.b * s.t * self.config.moe.top_k]),
+                    crate::block::FfnActs::Dense { .. } => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Sum over layers of the (aux, z) router losses of the last forward.
     pub fn router_losses(&self) -> (f32, f32) {
         self.state.as_ref().map_or((0.0, 0.0), |s| s.router_losses)

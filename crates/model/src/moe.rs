@@ -97,6 +97,13 @@ pub struct MoeActs {
     pub z_loss: f32,
 }
 
+impl MoeActs {
+    /// The experts each token chose in the last forward, (N, k) row-major.
+    pub fn choices(&self) -> &[u32] {
+        &self.choice
+    }
+}
+
 /// Backward scratch shared by all layers.
 #[derive(Debug, Clone)]
 pub struct MoeScratch {
