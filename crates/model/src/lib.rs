@@ -13,6 +13,7 @@ pub mod attention;
 pub mod block;
 pub mod error;
 pub mod ffn;
+pub mod io;
 pub mod linear;
 pub mod model;
 pub mod moe;
