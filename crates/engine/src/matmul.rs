@@ -1,5 +1,7 @@
 //! Matrix products through the `gemm` crate, and the linear layer built on them.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use gemm::Parallelism;
 
 /// A row-major operand, optionally used transposed.
@@ -27,6 +29,14 @@ impl Op<'_> {
     }
 }
 
+/// GEMM calls since the process started (cheap; lets tests attribute the `gemm` crate's own
+/// per-call packing allocations, the only ones left in a training step).
+static CALLS: AtomicUsize = AtomicUsize::new(0);
+
+pub fn matmul_calls() -> usize {
+    CALLS.load(Ordering::Relaxed)
+}
+
 /// Products below this many multiply-adds run on the calling thread.
 const PARALLEL_THRESHOLD: usize = 1 << 16;
 
@@ -44,6 +54,7 @@ pub fn matmul(out: &mut [f32], a: Op, b: Op, m: usize, k: usize, n: usize, accum
         }
         return;
     }
+    CALLS.fetch_add(1, Ordering::Relaxed);
     let (a_rs, a_cs) = a.strides(m, k);
     let (b_rs, b_cs) = b.strides(k, n);
     let parallelism = if m * n * k < PARALLEL_THRESHOLD {

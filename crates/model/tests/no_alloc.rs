@@ -1,0 +1,69 @@
+//! After the first step, our code allocates nothing in a training step: every buffer is sized
+//! once per (B, T). The `gemm` crate still takes packing scratch on each call (a few buffers,
+//! freed before it returns), so the test bounds allocations by GEMM calls and checks that
+//! live memory does not grow.
+
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use truthgpt_config::{Config, FfnKind};
+use truthgpt_engine::matmul::matmul_calls;
+use truthgpt_model::{Batch, Model, Trainer};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Packing buffers the `gemm` crate allocates per call, at most (measured: 2 to 4).
+const GEMM_ALLOCATIONS_PER_CALL: usize = 4;
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn training_steps_after_the_first_do_not_allocate() {
+    for (ffn, checkpointing) in [(FfnKind::Mlp, false), (FfnKind::Swiglu, true), (FfnKind::Moe, false), (FfnKind::Pimoe, true)] {
+        let mut config = Config::preset("tiny").unwrap();
+        config.model.ffn = ffn;
+        config.model.dropout = 0.1;
+        config.train.gradient_checkpointing = checkpointing;
+        let (b, t) = (config.train.batch_size, config.train.seq_len);
+        let tokens: Vec<u32> = (0..(b * t) as u32).map(|i| i * 31 % 256).collect();
+        let targets: Vec<u32> = (0..(b * t) as u32).map(|i| i * 17 % 256).collect();
+        let mut trainer = Trainer::new(Model::new(&config.model, 0), config.train);
+        let batch = [Batch { tokens: &tokens, targets: &targets, b, t }];
+        // Warm-up: buffers, and the gemm crate's lazily made thread-local slabs on each worker.
+        for _ in 0..3 {
+            trainer.step(&batch).unwrap();
+        }
+        let live = LIVE_BYTES.load(Ordering::Relaxed);
+        let (allocations, gemms) = (ALLOCATIONS.load(Ordering::Relaxed), matmul_calls());
+        for _ in 0..3 {
+            trainer.step(&batch).unwrap();
+        }
+        let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations;
+        let gemms = matmul_calls() - gemms;
+        let case = format!("{ffn:?} (checkpointing {checkpointing})");
+        assert!(
+            allocations <= GEMM_ALLOCATIONS_PER_CALL * gemms,
+            "{case}: {allocations} allocations in 3 steps, more than {gemms} GEMM calls account for"
+        );
+        let grown = LIVE_BYTES.load(Ordering::Relaxed) as isize - live as isize;
+        // rayon's deques free lazily (crossbeam-epoch), so a few bytes may still be in flight.
+        assert!(grown < 16 * 1024, "{case}: live memory grew by {grown} bytes");
+    }
+}
