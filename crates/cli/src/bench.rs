@@ -1,0 +1,198 @@
+//! `truthgpt bench train|moe`: each prints exactly one JSON line on stdout, so scripts can compare
+//! runs (and the PyTorch baseline) without parsing prose.
+
+use std::time::Instant;
+
+use anyhow::{ensure, Context};
+use serde_json::json;
+use truthgpt_config::{ExpertKind, FfnKind, ModelConfig, MoeConfig};
+use truthgpt_engine::rng::Rng;
+use truthgpt_model::ffn::Ffn;
+use truthgpt_model::moe::{Moe, MAX_TOP_K};
+use truthgpt_model::params::ParamBuilder;
+use truthgpt_model::{Batch, Model, Trainer};
+
+use crate::args::{BenchMoeArgs, BenchTrainArgs};
+use crate::config_cmd;
+
+pub fn train(args: &BenchTrainArgs) -> anyhow::Result<()> {
+    ensure!(args.steps > 0, "--steps must be at least 1");
+    // The global pool must exist before anything (the model's init included) touches rayon.
+    let threads = init_threads(args.threads)?;
+    let preset = args.layers.preset.as_deref();
+    let mut config = config_cmd::load(preset, args.config.as_deref(), &args.layers.set)?;
+    if args.gradient_checkpointing {
+        config.train.gradient_checkpointing = true;
+    }
+    let (b, t) = (config.train.batch_size, config.train.seq_len);
+    // Distinct random micro-batches, so `grad_accum` costs what it would in training.
+    let mut rng = Rng::new(config.train.seed);
+    let data: Vec<(Vec<u32>, Vec<u32>)> = (0..config.train.grad_accum)
+        .map(|_| {
+            (
+                random_tokens(&mut rng, b * t, config.model.vocab_size),
+                random_tokens(&mut rng, b * t, config.model.vocab_size),
+            )
+        })
+        .collect();
+    let batches: Vec<Batch> = data.iter().map(|(tokens, targets)| Batch { tokens, targets, b, t }).collect();
+
+    let model = Model::new(&config.model, config.train.seed);
+    let params = model.num_params();
+    let mut trainer = Trainer::new(model, config.train.clone());
+    for _ in 0..args.warmup {
+        trainer.step(&batches).context("warmup step")?;
+    }
+    let mut ms = Vec::with_capacity(args.steps);
+    let mut loss = f32::NAN;
+    for _ in 0..args.steps {
+        let start = Instant::now();
+        loss = trainer.step(&batches).context("training step")?.loss;
+        ms.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let seconds = ms.iter().sum::<f64>() / 1e3;
+    let tokens = (b * t * batches.len() * args.steps) as f64;
+    let source = match (preset, &args.config) {
+        (Some(preset), Some(file)) => format!("{preset} + {}", file.display()),
+        (None, Some(file)) => file.display().to_string(),
+        (Some(preset), None) => preset.to_string(),
+        (None, None) => String::new(),
+    };
+    let line = json!({
+        "tokens_per_sec": tokens / seconds,
+        "ms_per_step": median(&mut ms),
+        "peak_rss_mb": peak_rss_mb(),
+        "params": params,
+        "activation_mb": trainer.model.activation_bytes() as f64 / 1e6,
+        "loss": loss,
+        "threads": threads,
+        "preset_or_config": source,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+pub fn moe(args: &BenchMoeArgs) -> anyhow::Result<()> {
+    let &BenchMoeArgs { tokens: n, d_model: c, d_ff: f, experts: e, top_k: k, iters, threads } = args;
+    ensure!(
+        n > 0 && c > 0 && f > 0 && e > 0 && iters > 0,
+        "--tokens, --d-model, --d-ff, --experts and --iters must be positive"
+    );
+    ensure!(
+        (1..=e.min(MAX_TOP_K)).contains(&k),
+        "--top-k {k} must be between 1 and min(--experts, {MAX_TOP_K})"
+    );
+    let threads = init_threads(threads)?;
+    let m = ModelConfig {
+        d_model: c,
+        d_ff: f,
+        bias: false,
+        ffn: FfnKind::Moe,
+        moe: MoeConfig {
+            n_experts: e,
+            top_k: k,
+            expert: ExpertKind::Swiglu,
+            dropless: true,
+            ..MoeConfig::default()
+        },
+        ..ModelConfig::default()
+    };
+    let groups = m.expert_groups().context("ffn: moe has expert groups")?;
+    let seed = 1337;
+
+    let mut pb = ParamBuilder::default();
+    let mut moe = Moe::new(&mut pb, &m, &groups, m.init_std);
+    let (_, moe_params) = pb.finish(seed);
+    let mut moe_grads = vec![0.0; moe_params.len()];
+    let (mut acts, mut scratch) = (moe.acts(n), moe.scratch(n));
+
+    // Same FLOPs per token as the routed experts (ignoring the router): one SwiGLU of width F*K.
+    let mut pb = ParamBuilder::default();
+    let dense = Ffn::new(&mut pb, "ffn", ExpertKind::Swiglu, c, f * k, m.bias, m.init_std, m.init_std);
+    let (_, dense_params) = pb.finish(seed);
+    let mut dense_grads = vec![0.0; dense_params.len()];
+    let (hidden, width) = (dense.hidden_width(), dense.width);
+    let (mut h, mut a) = (vec![0.0; n * hidden], vec![0.0; n * width]);
+    let (mut dh, mut da) = (vec![0.0; n * hidden], vec![0.0; n * width]);
+
+    let mut rng = Rng::new(seed);
+    let (mut x, mut dy) = (vec![0.0; n * c], vec![0.0; n * c]);
+    rng.fill_normal(&mut x, 1.0);
+    rng.fill_normal(&mut dy, 1.0);
+    let (mut y, mut dx) = (vec![0.0; n * c], vec![0.0; n * c]);
+
+    // Interleaved so that frequency scaling or a noisy neighbour hits both alike; the first
+    // round is untimed.
+    let (mut moe_ms, mut dense_ms) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+    for round in 0..=iters {
+        let start = Instant::now();
+        moe.forward(&moe_params, &mut acts, &mut y, &x, n, true);
+        moe.backward(&moe_params, &mut moe_grads, &mut scratch, &acts, &mut dx, &dy, &x, n, 1.0);
+        let moe_time = start.elapsed().as_secs_f64() * 1e3;
+
+        let start = Instant::now();
+        dense.forward(&dense_params, &mut h, &mut a, &mut y, &x, n);
+        dense.backward(&dense_params, &mut dense_grads, &mut dh, &mut da, &mut dx, &dy, &x, &h, &a, n);
+        let dense_time = start.elapsed().as_secs_f64() * 1e3;
+        if round > 0 {
+            moe_ms.push(moe_time);
+            dense_ms.push(dense_time);
+        }
+    }
+    let (moe_ms, dense_ms) = (median(&mut moe_ms), median(&mut dense_ms));
+    // Busiest expert over the mean: routing imbalance explains part of any gap to the dense FFN.
+    let loads = &moe.stats.tokens;
+    let mean_load = loads.iter().sum::<u64>() as f64 / loads.len() as f64;
+    let imbalance = loads.iter().copied().max().unwrap_or(0) as f64 / mean_load.max(1.0);
+    let line = json!({
+        "moe_ms": moe_ms,
+        "dense_ms": dense_ms,
+        "ratio": moe_ms / dense_ms,
+        "tokens": n,
+        "d_model": c,
+        "d_ff": f,
+        "dense_d_ff": f * k,
+        "experts": e,
+        "top_k": k,
+        "iters": iters,
+        "threads": threads,
+        "load_imbalance": imbalance,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// Builds the global rayon pool when asked to, and returns its size.
+fn init_threads(threads: Option<usize>) -> anyhow::Result<usize> {
+    if let Some(n) = threads {
+        ensure!(n > 0, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("building the rayon thread pool")?;
+    }
+    Ok(rayon::current_num_threads())
+}
+
+fn random_tokens(rng: &mut Rng, len: usize, vocab: usize) -> Vec<u32> {
+    (0..len).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
+}
+
+/// Median of a non-empty sample (the mean of the middle two for even lengths).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+/// Peak resident set size in MB (10^6 bytes, like `activation_mb`), from `VmHWM`; `None` off Linux.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0 / 1e6)
+}
