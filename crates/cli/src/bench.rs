@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context};
 use serde_json::json;
-use truthgpt_config::{ExpertKind, FfnKind, ModelConfig, MoeConfig};
+use truthgpt_config::{ExpertKind, FfnKind, ModelConfig, MoeConfig, MAX_TOP_K};
 use truthgpt_engine::rng::Rng;
 use truthgpt_model::ffn::Ffn;
-use truthgpt_model::moe::{Moe, MAX_TOP_K};
+use truthgpt_model::moe::Moe;
 use truthgpt_model::params::ParamBuilder;
 use truthgpt_model::{Batch, Model, Trainer};
 

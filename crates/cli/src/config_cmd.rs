@@ -4,7 +4,6 @@ use std::path::Path;
 
 use anyhow::Context;
 use truthgpt_config::{Config, Sources};
-use truthgpt_model::moe::MAX_TOP_K;
 
 use crate::args::Layers;
 
@@ -15,13 +14,7 @@ pub fn load(preset: Option<&str>, file: Option<&Path>, set: &[String]) -> anyhow
         (None, Some(preset)) => format!("loading preset {preset}"),
         (None, None) => "loading config".to_string(),
     };
-    let config = Config::load(&Sources { preset, file, env: true, overrides: set }).context(what.clone())?;
-    // The MoE backward keeps per-token gate gradients in a fixed array; config validation does not
-    // know that limit, and exceeding it would panic mid-step.
-    if config.model.expert_groups().is_some() && config.model.moe.top_k > MAX_TOP_K {
-        anyhow::bail!("{what}: model.moe.top_k = {}: at most {MAX_TOP_K}", config.model.moe.top_k);
-    }
-    Ok(config)
+    Config::load(&Sources { preset, file, env: true, overrides: set }).context(what)
 }
 
 pub fn validate(file: &Path) -> anyhow::Result<()> {

@@ -24,11 +24,16 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, Invalid};
 pub use model::{
-    Balancing, ExpertGroup, ExpertKind, FfnKind, ModelConfig, MoeConfig, NormKind, NormPosition,
-    PimoeConfig, Positional, RopeScaling, RopeScalingKind,
+    Balancing, ExpertGroup, ExpertKind, FfnKind, ModelConfig, MoeConfig, NormKind, NormPosition, PimoeConfig,
+    Positional, RopeScaling, RopeScalingKind,
 };
 pub use presets::PRESETS;
 pub use train::{Schedule, TrainConfig};
+
+/// Largest `moe.top_k`: the MoE backward keeps per-token gate gradients on the stack.
+pub const MAX_TOP_K: usize = 64;
+/// Largest `d_model / n_heads`: the attention kernels keep one head's accumulator on the stack.
+pub const MAX_HEAD_SIZE: usize = 256;
 
 /// The prefix of environment overrides; `__` separates the section from the key.
 pub const ENV_PREFIX: &str = "TRUTHGPT_";
@@ -64,16 +69,20 @@ impl Config {
         }
         if sources.env {
             // Only `SECTION__KEY` variables are config; others (TRUTHGPT_DEVICE, ...) are not ours.
-            figment = figment.merge(
-                Env::prefixed(ENV_PREFIX).filter(|key| key.as_str().contains("__")).split("__"),
-            );
+            let env = Env::prefixed(ENV_PREFIX).filter(|key| key.as_str().contains("__")).split("__");
+            for (key, value) in env.iter() {
+                let name = format!(
+                    "environment variable {ENV_PREFIX}{}",
+                    key.as_str().replace('.', "__").to_uppercase()
+                );
+                figment = figment.merge(Assignment::new(name, key.as_str(), &value));
+            }
         }
         for assignment in sources.overrides {
-            let (key, value) = assignment.split_once('=').ok_or_else(|| ConfigError::Override {
-                assignment: assignment.clone(),
-            })?;
-            let value: figment::value::Value = value.parse().unwrap_or_else(|never| match never {});
-            figment = figment.merge(Serialized::default(key.trim(), value));
+            let (key, value) = assignment
+                .split_once('=')
+                .ok_or_else(|| ConfigError::Override { assignment: assignment.clone() })?;
+            figment = figment.merge(Assignment::new(format!("--set {assignment}"), key.trim(), value));
         }
         let config: Config = figment.extract().map_err(ConfigError::from_figment)?;
         config.validate()?;
@@ -102,4 +111,34 @@ fn file_provider(path: &Path) -> Result<Figment, ConfigError> {
         "toml" => Figment::from(Toml::file_exact(path)),
         _ => return Err(ConfigError::Format { path: path.to_path_buf() }),
     })
+}
+
+/// One `key=value` layer (a `--set` or an environment variable), named in error messages.
+struct Assignment {
+    name: String,
+    key: String,
+    value: figment::value::Value,
+}
+
+impl Assignment {
+    /// Values parse as figment's scalars, except that figment reads a bare number as a float only
+    /// when it contains `.`; exponent forms such as `1e-3` are numbers here too.
+    fn new(name: String, key: &str, text: &str) -> Self {
+        let value: figment::value::Value = text.parse().unwrap_or_else(|never| match never {});
+        let value = match value.as_str().map(|s| s.trim().parse::<f64>()) {
+            Some(Ok(number)) if number.is_finite() => number.into(),
+            _ => value,
+        };
+        Assignment { name, key: key.to_string(), value }
+    }
+}
+
+impl figment::Provider for Assignment {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(self.name.clone())
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Serialized::default(&self.key, &self.value).data()
+    }
 }

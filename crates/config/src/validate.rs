@@ -1,6 +1,6 @@
 //! Relations between fields that serde cannot express.
 
-use crate::{Config, ConfigError, FfnKind, Invalid, Positional};
+use crate::{Config, ConfigError, FfnKind, Invalid, Positional, MAX_HEAD_SIZE, MAX_TOP_K};
 
 /// Collects every violation so a user fixes a config in one pass, not one error at a time.
 #[derive(Default)]
@@ -46,17 +46,35 @@ impl Config {
                 format!("a divisor of n_heads = {} (n_heads for MHA, 1 for MQA)", m.n_heads),
             );
         }
+        if m.n_heads > 0 && m.d_model % m.n_heads == 0 {
+            v.check(
+                m.head_dim() <= MAX_HEAD_SIZE,
+                "model.n_heads",
+                m.n_heads,
+                format!("enough heads that d_model / n_heads <= {MAX_HEAD_SIZE}"),
+            );
+        }
         v.check(m.norm_eps > 0.0, "model.norm_eps", m.norm_eps, "a positive number");
         v.check((0.0..1.0).contains(&m.dropout), "model.dropout", m.dropout, "a probability in [0, 1)");
         v.check(m.init_std > 0.0, "model.init_std", m.init_std, "a positive number");
         match m.positional {
             Positional::Rope => {
                 if m.n_heads > 0 && m.d_model % m.n_heads == 0 {
-                    v.check(m.head_dim() % 2 == 0, "model.d_model", m.d_model, "d_model / n_heads even, for RoPE");
+                    v.check(
+                        m.head_dim() % 2 == 0,
+                        "model.d_model",
+                        m.d_model,
+                        "d_model / n_heads even, for RoPE",
+                    );
                 }
                 v.check(m.rope_theta > 0.0, "model.rope_theta", m.rope_theta, "a positive number");
                 if let Some(scaling) = m.rope_scaling {
-                    v.check(scaling.factor >= 1.0, "model.rope_scaling.factor", scaling.factor, "at least 1.0");
+                    v.check(
+                        scaling.factor >= 1.0,
+                        "model.rope_scaling.factor",
+                        scaling.factor,
+                        "at least 1.0",
+                    );
                 }
             }
             Positional::Relative => {
@@ -88,12 +106,33 @@ impl Config {
                 moe.top_k,
                 format!("between 1 and the number of experts ({total})"),
             );
+            v.check(moe.top_k <= MAX_TOP_K, "model.moe.top_k", moe.top_k, format!("at most {MAX_TOP_K}"));
             if !moe.dropless {
-                v.check(moe.capacity_factor > 0.0, "model.moe.capacity_factor", moe.capacity_factor, "a positive number");
+                v.check(
+                    moe.capacity_factor > 0.0,
+                    "model.moe.capacity_factor",
+                    moe.capacity_factor,
+                    "a positive number",
+                );
             }
-            v.check(moe.aux_loss_coef >= 0.0, "model.moe.aux_loss_coef", moe.aux_loss_coef, "a non-negative number");
-            v.check(moe.z_loss_coef >= 0.0, "model.moe.z_loss_coef", moe.z_loss_coef, "a non-negative number");
-            v.check(moe.bias_update_rate >= 0.0, "model.moe.bias_update_rate", moe.bias_update_rate, "a non-negative number");
+            v.check(
+                moe.aux_loss_coef >= 0.0,
+                "model.moe.aux_loss_coef",
+                moe.aux_loss_coef,
+                "a non-negative number",
+            );
+            v.check(
+                moe.z_loss_coef >= 0.0,
+                "model.moe.z_loss_coef",
+                moe.z_loss_coef,
+                "a non-negative number",
+            );
+            v.check(
+                moe.bias_update_rate >= 0.0,
+                "model.moe.bias_update_rate",
+                moe.bias_update_rate,
+                "a non-negative number",
+            );
         }
 
         let t = &self.train;
@@ -108,13 +147,28 @@ impl Config {
         v.positive("train.steps", t.steps);
         v.positive("train.grad_accum", t.grad_accum);
         v.check(t.lr > 0.0, "train.lr", t.lr, "a positive number");
-        v.check(t.min_lr >= 0.0 && t.min_lr <= t.lr, "train.min_lr", t.min_lr, format!("in [0, lr = {}]", t.lr));
+        v.check(
+            t.min_lr >= 0.0 && t.min_lr <= t.lr,
+            "train.min_lr",
+            t.min_lr,
+            format!("in [0, lr = {}]", t.lr),
+        );
         v.check(t.weight_decay >= 0.0, "train.weight_decay", t.weight_decay, "a non-negative number");
         for beta in t.betas {
-            v.check((0.0..1.0).contains(&beta), "train.betas", format!("{:?}", t.betas), "two numbers in [0, 1)");
+            v.check(
+                (0.0..1.0).contains(&beta),
+                "train.betas",
+                format!("{:?}", t.betas),
+                "two numbers in [0, 1)",
+            );
         }
         v.check(t.eps > 0.0, "train.eps", t.eps, "a positive number");
-        v.check(t.grad_clip >= 0.0, "train.grad_clip", t.grad_clip, "a non-negative number (0 turns clipping off)");
+        v.check(
+            t.grad_clip >= 0.0,
+            "train.grad_clip",
+            t.grad_clip,
+            "a non-negative number (0 turns clipping off)",
+        );
 
         if v.0.is_empty() {
             Ok(())

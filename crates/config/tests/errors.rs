@@ -218,11 +218,9 @@ fn set_overrides_take_effect() {
     assert_eq!(config.model.positional, Positional::Rope);
 }
 
-/// `Sources::overrides` documents `1e-3` as a valid value, but figment's scalar parser only reads
-/// a bare number as a float when it contains `.`, so `1e-3` arrives as a string and an f32 field
-/// rejects it. The same applies to `TRUTHGPT_TRAIN__LR=1e-3`.
+/// figment's scalar parser reads a bare number as a float only when it contains `.`; overrides
+/// and env values such as `1e-3` must still be numbers.
 #[test]
-#[ignore = "known bug: exponent-form floats in --set/env parse as strings (fix in config/src/lib.rs)"]
 fn set_override_accepts_exponent_floats() {
     let overrides = ["train.lr=1e-3".to_string(), "train.min_lr=1e-5".to_string()];
     let config = Config::load(&Sources { overrides: &overrides, ..Sources::default() }).unwrap();

@@ -14,12 +14,33 @@ pub enum Activation {
     Silu,
 }
 
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * INV_SQRT_2))
+}
+
+#[inline(always)]
+fn gelu_derivative(x: f32) -> f32 {
+    0.5 * (1.0 + erf(x * INV_SQRT_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x)
+}
+
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
+#[inline(always)]
+fn silu_derivative(x: f32) -> f32 {
+    let s = 1.0 / (1.0 + exp(-x));
+    s * (1.0 + x * (1.0 - s))
+}
+
 impl Activation {
     #[inline(always)]
     pub fn apply(self, x: f32) -> f32 {
         match self {
-            Activation::Gelu => 0.5 * x * (1.0 + erf(x * INV_SQRT_2)),
-            Activation::Silu => x / (1.0 + exp(-x)),
+            Activation::Gelu => gelu(x),
+            Activation::Silu => silu(x),
         }
     }
 
@@ -27,55 +48,69 @@ impl Activation {
     #[inline(always)]
     pub fn derivative(self, x: f32) -> f32 {
         match self {
-            Activation::Gelu => 0.5 * (1.0 + erf(x * INV_SQRT_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x),
-            Activation::Silu => {
-                let s = 1.0 / (1.0 + exp(-x));
-                s * (1.0 + x * (1.0 - s))
-            }
+            Activation::Gelu => gelu_derivative(x),
+            Activation::Silu => silu_derivative(x),
         }
     }
 }
 
+/// Calls `$body` with `$f` and `$df` bound to the activation and its derivative as plain
+/// functions, so each kernel is monomorphised per activation and its loop vectorises.
+macro_rules! with_activation {
+    ($act:expr, |$f:ident, $df:ident| $body:expr) => {
+        match $act {
+            Activation::Gelu => {
+                let ($f, $df) = (gelu, gelu_derivative);
+                $body
+            }
+            Activation::Silu => {
+                let ($f, $df) = (silu, silu_derivative);
+                $body
+            }
+        }
+    };
+}
+
 /// `out = act(inp)`, element-wise.
 pub fn forward(act: Activation, out: &mut [f32], inp: &[f32]) {
-    zip_chunks(out, inp, |o, x| {
+    with_activation!(act, |f, _df| zip_chunks(out, inp, |o, x| {
         for (o, &x) in o.iter_mut().zip(x) {
-            *o = act.apply(x);
+            *o = f(x);
         }
-    });
+    }))
 }
 
 /// `dinp = dout * act'(inp)`, written in place over `dout` (the caller no longer needs `dout`).
 pub fn backward_inplace(act: Activation, dout_dinp: &mut [f32], inp: &[f32]) {
-    zip_chunks(dout_dinp, inp, |d, x| {
+    with_activation!(act, |_f, df| zip_chunks(dout_dinp, inp, |d, x| {
         for (d, &x) in d.iter_mut().zip(x) {
-            *d *= act.derivative(x);
+            *d *= df(x);
         }
-    });
+    }))
 }
 
 /// Gated unit over a fused projection: each row of `h (N, 2F)` is `[gate | up]`, and
 /// `out (N, F) = act(gate) * up` (GEGLU with GELU, SwiGLU with SiLU).
 pub fn gated_forward(act: Activation, out: &mut [f32], h: &[f32], f: usize) {
-    crate::par::for_each_row(out, f, |row, o| {
+    with_activation!(act, |apply, _df| crate::par::for_each_row(out, f, |row, o| {
         let (gate, up) = h[row * 2 * f..(row + 1) * 2 * f].split_at(f);
         for i in 0..f {
-            o[i] = act.apply(gate[i]) * up[i];
+            o[i] = apply(gate[i]) * up[i];
         }
-    });
+    }))
 }
 
 /// Backward of [`gated_forward`]: `dh (N, 2F)` is written, `[dout * up * act'(gate) | dout * act(gate)]`.
 pub fn gated_backward(act: Activation, dh: &mut [f32], dout: &[f32], h: &[f32], f: usize) {
-    crate::par::for_each_row(dh, 2 * f, |row, dh| {
+    with_activation!(act, |apply, derivative| crate::par::for_each_row(dh, 2 * f, |row, dh| {
         let (gate, up) = h[row * 2 * f..(row + 1) * 2 * f].split_at(f);
         let d = &dout[row * f..(row + 1) * f];
         let (dgate, dup) = dh.split_at_mut(f);
         for i in 0..f {
-            dgate[i] = d[i] * up[i] * act.derivative(gate[i]);
-            dup[i] = d[i] * act.apply(gate[i]);
+            dgate[i] = d[i] * up[i] * derivative(gate[i]);
+            dup[i] = d[i] * apply(gate[i]);
         }
-    });
+    }))
 }
 
 #[cfg(test)]

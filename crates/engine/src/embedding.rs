@@ -15,7 +15,14 @@ pub fn forward(out: &mut [f32], tokens: &[u32], wte: &[f32], positions: Option<&
 }
 
 /// Backward of [`forward`]: `dwte[tokens[n]] += dout[n]`, `dpositions[n % T] += dout[n]`.
-pub fn backward(dwte: &mut [f32], dpositions: Option<&mut [f32]>, dout: &[f32], tokens: &[u32], t: usize, c: usize) {
+pub fn backward(
+    dwte: &mut [f32],
+    dpositions: Option<&mut [f32]>,
+    dout: &[f32],
+    tokens: &[u32],
+    t: usize,
+    c: usize,
+) {
     for (row, &tok) in dout.chunks_exact(c).zip(tokens) {
         let tok = tok as usize;
         for (d, g) in dwte[tok * c..(tok + 1) * c].iter_mut().zip(row) {

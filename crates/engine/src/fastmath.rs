@@ -13,7 +13,7 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
@@ -23,7 +23,8 @@ pub fn exp(x: f32) -> f32 {
 pub fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let poly =
+        t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
     let y = 1.0 - poly * exp(-a * a);
     y.copysign(x)
 }
@@ -45,6 +46,32 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         sum += x * y;
     }
     sum
+}
+
+/// Sum with eight independent accumulators (vectorises; plain `.sum()` is a serial chain).
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (x8, tail) = x.split_at(x.len() / 8 * 8);
+    for chunk in x8.chunks_exact(8) {
+        for l in 0..8 {
+            acc[l] += chunk[l];
+        }
+    }
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail.iter().sum::<f32>()
+}
+
+/// Row maximum (vectorises: `max` has no rounding, so lanes may be reordered).
+#[inline(always)]
+pub fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let (x8, tail) = x.split_at(x.len() / 8 * 8);
+    for chunk in x8.chunks_exact(8) {
+        for l in 0..8 {
+            acc[l] = acc[l].max(chunk[l]);
+        }
+    }
+    acc.iter().chain(tail).copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// `y += alpha * x`.

@@ -37,6 +37,10 @@ pub fn matmul_calls() -> usize {
     CALLS.load(Ordering::Relaxed)
 }
 
+pub(crate) fn count_call() {
+    CALLS.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Products below this many multiply-adds run on the calling thread.
 const PARALLEL_THRESHOLD: usize = 1 << 16;
 
@@ -54,7 +58,7 @@ pub fn matmul(out: &mut [f32], a: Op, b: Op, m: usize, k: usize, n: usize, accum
         }
         return;
     }
-    CALLS.fetch_add(1, Ordering::Relaxed);
+    count_call();
     let (a_rs, a_cs) = a.strides(m, k);
     let (b_rs, b_cs) = b.strides(k, n);
     let parallelism = if m * n * k < PARALLEL_THRESHOLD {
@@ -90,7 +94,15 @@ pub fn matmul(out: &mut [f32], a: Op, b: Op, m: usize, k: usize, n: usize, accum
 }
 
 /// `out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias (OC)`, torch's `nn.Linear` layout.
-pub fn linear_forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, n: usize, c: usize, oc: usize) {
+pub fn linear_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    n: usize,
+    c: usize,
+    oc: usize,
+) {
     let accumulate = match bias {
         Some(bias) => {
             for row in out[..n * oc].chunks_exact_mut(oc) {
@@ -162,7 +174,12 @@ mod tests {
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
         let want = naive(&a, &b, m, k, n);
         let (at, bt) = (transpose(&a, m, k), transpose(&b, k, n));
-        for (lhs, rhs) in [(Op::N(&a), Op::N(&b)), (Op::T(&at), Op::N(&b)), (Op::N(&a), Op::T(&bt)), (Op::T(&at), Op::T(&bt))] {
+        for (lhs, rhs) in [
+            (Op::N(&a), Op::N(&b)),
+            (Op::T(&at), Op::N(&b)),
+            (Op::N(&a), Op::T(&bt)),
+            (Op::T(&at), Op::T(&bt)),
+        ] {
             let mut out = vec![1.0; m * n];
             matmul(&mut out, lhs, rhs, m, k, n, false);
             assert_eq!(out, want);

@@ -35,12 +35,22 @@ impl RopeTable {
     /// place; row `n` is at position `start + n % t`. `inverse` rotates backwards, which is the
     /// backward pass (rotations are orthogonal).
     #[allow(clippy::too_many_arguments)]
-    pub fn apply(&self, x: &mut [f32], row_len: usize, first_head: usize, n_heads: usize, t: usize, start: usize, inverse: bool) {
+    pub fn apply(
+        &self,
+        x: &mut [f32],
+        row_len: usize,
+        first_head: usize,
+        n_heads: usize,
+        t: usize,
+        start: usize,
+        inverse: bool,
+    ) {
         let half = self.half;
         let sign = if inverse { -1.0 } else { 1.0 };
         crate::par::for_each_row(x, row_len, |row, r| {
             let pos = start + row % t;
-            let (cos, sin) = (&self.cos[pos * half..(pos + 1) * half], &self.sin[pos * half..(pos + 1) * half]);
+            let (cos, sin) =
+                (&self.cos[pos * half..(pos + 1) * half], &self.sin[pos * half..(pos + 1) * half]);
             for h in first_head..first_head + n_heads {
                 let head = &mut r[h * 2 * half..(h + 1) * 2 * half];
                 let (x1, x2) = head.split_at_mut(half);

@@ -8,6 +8,9 @@ use truthgpt_engine::rope::RopeTable;
 use crate::linear::Linear;
 use crate::params::{Init, ParamBuilder, P};
 
+// Config validation promises the kernels every head size it accepts.
+const _: () = assert!(truthgpt_config::MAX_HEAD_SIZE == kernel::MAX_HEAD_SIZE);
+
 /// How positions act inside attention (learned and sinusoidal act on the embeddings instead).
 #[derive(Debug, Clone)]
 enum ScorePositions {
@@ -15,7 +18,11 @@ enum ScorePositions {
     Rope(RopeTable),
     Alibi(Vec<f32>),
     /// Learned (buckets, NH) table, and the bucket of every distance.
-    Relative { table: P, bucket_of_distance: Vec<u32>, buckets: usize },
+    Relative {
+        table: P,
+        bucket_of_distance: Vec<u32>,
+        buckets: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -105,13 +112,23 @@ impl Attention {
     }
 
     /// `y (N, C) = proj(attention(qkv(x)))`; `x` is the normalised input.
-    pub fn forward(&self, params: &[f32], acts: &mut AttentionActs, y: &mut [f32], x: &[f32], b: usize, t: usize) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        params: &[f32],
+        acts: &mut AttentionActs,
+        y: &mut [f32],
+        x: &[f32],
+        b: usize,
+        t: usize,
+    ) {
         let (n, shape) = (b * t, self.shape(b, t));
         self.qkv.forward(params, &mut acts.qkv, x, n);
         if let ScorePositions::Rope(table) = &self.positions {
             table.apply(&mut acts.qkv[..n * self.qkv.out], self.qkv.out, 0, self.nh + self.kvh, t, 0, false);
         }
-        kernel::attention_forward(&mut acts.out, &mut acts.lse, &acts.qkv, shape, self.bias(params));
+        let bias = self.bias(params);
+        kernel::attention_forward(&mut acts.out, &mut acts.lse, &acts.qkv, shape, bias);
         self.proj.forward(params, y, &acts.out, n);
     }
 
@@ -146,9 +163,15 @@ impl Attention {
             self.bias(params),
         );
         match &self.positions {
-            ScorePositions::Rope(table) => {
-                table.apply(&mut scratch.dqkv[..n * self.qkv.out], self.qkv.out, 0, self.nh + self.kvh, t, 0, true)
-            }
+            ScorePositions::Rope(table) => table.apply(
+                &mut scratch.dqkv[..n * self.qkv.out],
+                self.qkv.out,
+                0,
+                self.nh + self.kvh,
+                t,
+                0,
+                true,
+            ),
             ScorePositions::Relative { table, .. } => {
                 let dtable = table.of_mut(grads);
                 for partial in scratch.dbias.chunks_exact(dtable.len()) {

@@ -34,8 +34,11 @@ pub struct Block {
 #[derive(Debug, Clone)]
 pub enum FfnActs {
     /// Pre-activation `h (N, hidden)` and activation `a (N, F)`.
-    Dense { h: Vec<f32>, a: Vec<f32> },
-    Moe(MoeActs),
+    Dense {
+        h: Vec<f32>,
+        a: Vec<f32>,
+    },
+    Moe(Box<MoeActs>),
 }
 
 /// What one block's forward saves for its backward. Each buffer is (N, C) unless noted.
@@ -102,8 +105,10 @@ impl Block {
     pub fn acts(&self, b: usize, t: usize) -> BlockActs {
         let (n, c) = (b * t, self.norm1.c);
         let ffn = match &self.ffn {
-            FeedForward::Dense(f) => FfnActs::Dense { h: vec![0.0; n * f.hidden_width()], a: vec![0.0; n * f.width] },
-            FeedForward::Moe(moe) => FfnActs::Moe(moe.acts(n)),
+            FeedForward::Dense(f) => {
+                FfnActs::Dense { h: vec![0.0; n * f.hidden_width()], a: vec![0.0; n * f.width] }
+            }
+            FeedForward::Moe(moe) => FfnActs::Moe(Box::new(moe.acts(n))),
         };
         BlockActs {
             norm1: NormSaved::new(n),
@@ -120,13 +125,23 @@ impl Block {
     pub fn scratch(&self, b: usize, t: usize) -> BlockScratch {
         let (n, c) = (b * t, self.norm1.c);
         let ffn = match &self.ffn {
-            FeedForward::Dense(f) => FfnScratch::Dense { dh: vec![0.0; n * f.hidden_width()], da: vec![0.0; n * f.width] },
+            FeedForward::Dense(f) => {
+                FfnScratch::Dense { dh: vec![0.0; n * f.hidden_width()], da: vec![0.0; n * f.width] }
+            }
             FeedForward::Moe(moe) => FfnScratch::Moe(moe.scratch(n)),
         };
         BlockScratch { d1: vec![0.0; n * c], d2: vec![0.0; n * c], attn: self.attn.scratch(b, t), ffn }
     }
 
-    fn ffn_forward(&mut self, params: &[f32], acts: &mut FfnActs, y: &mut [f32], x: &[f32], n: usize, record: bool) {
+    fn ffn_forward(
+        &mut self,
+        params: &[f32],
+        acts: &mut FfnActs,
+        y: &mut [f32],
+        x: &[f32],
+        n: usize,
+        record: bool,
+    ) {
         match (&mut self.ffn, acts) {
             (FeedForward::Dense(f), FfnActs::Dense { h, a }) => f.forward(params, h, a, y, x, n),
             (FeedForward::Moe(moe), FfnActs::Moe(acts)) => moe.forward(params, acts, y, x, n, record),
@@ -234,7 +249,17 @@ impl Block {
         match self.position {
             NormPosition::Pre => {
                 branch_grad(d1, dres, seeds.map(|s| s.ffn));
-                self.ffn_backward(params, grads, ffn_scratch, &acts.ffn, d2, d1, &acts.sum_or_norm2, n, loss_scale);
+                self.ffn_backward(
+                    params,
+                    grads,
+                    ffn_scratch,
+                    &acts.ffn,
+                    d2,
+                    d1,
+                    &acts.sum_or_norm2,
+                    n,
+                    loss_scale,
+                );
                 self.norm2.backward(params, grads, d1, d2, &acts.mid, &acts.norm2, n);
                 add_assign(dres, d1);
                 branch_grad(d1, dres, seeds.map(|s| s.attn));

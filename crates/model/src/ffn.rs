@@ -58,7 +58,9 @@ impl Ffn {
         self.fc1.forward(params, h, x, n);
         match self.kind {
             ExpertKind::Mlp => activation::forward(self.activation(), a, h),
-            ExpertKind::Geglu | ExpertKind::Swiglu => activation::gated_forward(self.activation(), a, h, self.width),
+            ExpertKind::Geglu | ExpertKind::Swiglu => {
+                activation::gated_forward(self.activation(), a, h, self.width)
+            }
         }
         self.fc2.forward(params, y, a, n);
     }

@@ -11,10 +11,9 @@ impl Model {
     pub fn load_params(&mut self, tensors: &SafeTensors, prefix: &str) -> Result<()> {
         for spec in &self.specs {
             let key = format!("{prefix}{}", spec.name);
-            let view = tensors.tensor(&key).map_err(|_| ModelError::Tensor {
-                name: key.clone(),
-                problem: "missing".into(),
-            })?;
+            let view = tensors
+                .tensor(&key)
+                .map_err(|_| ModelError::Tensor { name: key.clone(), problem: "missing".into() })?;
             let values = f32_values(&key, &view, &spec.shape)?;
             spec.handle.of_mut(&mut self.params).copy_from_slice(&values);
         }
@@ -33,7 +32,10 @@ impl Model {
 /// The values of an f32 tensor of the expected shape.
 pub fn f32_values(name: &str, view: &TensorView, shape: &[usize]) -> Result<Vec<f32>> {
     if view.dtype() != Dtype::F32 {
-        return Err(ModelError::Tensor { name: name.into(), problem: format!("dtype {:?}, expected F32", view.dtype()) });
+        return Err(ModelError::Tensor {
+            name: name.into(),
+            problem: format!("dtype {:?}, expected F32", view.dtype()),
+        });
     }
     if view.shape() != shape {
         return Err(ModelError::Tensor {

@@ -73,9 +73,11 @@ impl Model {
         let mut pb = ParamBuilder::default();
         let wte = pb.add("embed.tokens", &[m.vocab_size, m.d_model], Init::Normal(m.init_std));
         let positions = match m.positional {
-            Positional::Learned => {
-                PositionTable::Learned(pb.add("embed.positions", &[m.max_seq_len, m.d_model], Init::Normal(m.init_std)))
-            }
+            Positional::Learned => PositionTable::Learned(pb.add(
+                "embed.positions",
+                &[m.max_seq_len, m.d_model],
+                Init::Normal(m.init_std),
+            )),
             Positional::Sinusoidal => {
                 let mut table = vec![0.0; m.max_seq_len * m.d_model];
                 embedding::sinusoidal_table(&mut table, m.max_seq_len, m.d_model);
@@ -182,7 +184,7 @@ impl Model {
         fn block_floats(a: &BlockActs) -> usize {
             let ffn = match &a.ffn {
                 crate::block::FfnActs::Dense { h, a } => h.len() + a.len(),
-                crate::block::FfnActs::Moe(_) => 0,
+                crate::block::FfnActs::Moe(moe) => moe.saved_elements(),
             };
             a.norm1.mean.len() * 2
                 + a.norm2.mean.len() * 2
@@ -195,9 +197,9 @@ impl Model {
                 + a.branch.len()
                 + ffn
         }
-        self.state.as_ref().map_or(0, |s| {
-            4 * (s.residual.len() + s.acts.iter().map(block_floats).sum::<usize>())
-        })
+        self.state
+            .as_ref()
+            .map_or(0, |s| 4 * (s.residual.len() + s.acts.iter().map(block_floats).sum::<usize>()))
     }
 
     fn check_tokens(&self, tokens: &[u32], b: usize, t: usize) -> Result<()> {
@@ -220,7 +222,18 @@ impl Model {
         self.ensure_state(b, t);
         let (n, c, layers) = (b * t, self.config.d_model, self.config.n_layers);
         let dropout = self.config.dropout;
-        let Model { params, blocks, state, positions, wte, final_norm, head, checkpointing, dropout_seed, .. } = self;
+        let Model {
+            params,
+            blocks,
+            state,
+            positions,
+            wte,
+            final_norm,
+            head,
+            checkpointing,
+            dropout_seed,
+            ..
+        } = self;
         let s = state.as_mut().expect("state was just ensured");
         s.tokens.copy_from_slice(tokens);
         s.logits_are_grads = false;
@@ -306,7 +319,13 @@ impl Model {
         let s = self.state.as_mut().expect("checked");
         let n = targets.len();
         s.logits_are_grads = true;
-        Ok(loss::cross_entropy_fused(&mut s.logits[..n * v], &mut s.losses, targets, v, grad_scale / n as f32))
+        Ok(loss::cross_entropy_fused(
+            &mut s.logits[..n * v],
+            &mut s.losses,
+            targets,
+            v,
+            grad_scale / n as f32,
+        ))
     }
 
     /// Accumulates into `grads` the gradient of `grad_scale * cross_entropy + loss_scale * router
@@ -317,8 +336,19 @@ impl Model {
         }
         let (c, layers) = (self.config.d_model, self.config.n_layers);
         let dropout = self.config.dropout;
-        let Model { params, grads, blocks, state, positions, wte, final_norm, head, checkpointing, dropout_seed, .. } =
-            self;
+        let Model {
+            params,
+            grads,
+            blocks,
+            state,
+            positions,
+            wte,
+            final_norm,
+            head,
+            checkpointing,
+            dropout_seed,
+            ..
+        } = self;
         let s = state.as_mut().expect("checked");
         let (b, t) = (s.b, s.t);
         let n = b * t;
@@ -341,7 +371,18 @@ impl Model {
             } else {
                 &s.acts[layer]
             };
-            blocks[layer % unique].backward(params, grads, &mut s.scratch, acts, &mut s.dres, x, b, t, seeds, loss_scale);
+            blocks[layer % unique].backward(
+                params,
+                grads,
+                &mut s.scratch,
+                acts,
+                &mut s.dres,
+                x,
+                b,
+                t,
+                seeds,
+                loss_scale,
+            );
         }
         if let Some(seed) = *dropout_seed {
             dropout_inplace(&mut s.dres, dropout, seed ^ EMBEDDING_DROPOUT);

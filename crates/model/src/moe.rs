@@ -17,16 +17,13 @@
 //!   `load_balancing_loss_func`. Not applied under `balancing: bias`.
 //! - router z-loss (Zoph et al. 2022): `z_loss_coef * mean_t logsumexp(logits_t)^2`.
 
-use truthgpt_config::{Balancing, ExpertGroup, ModelConfig};
+use truthgpt_config::{Balancing, ExpertGroup, ModelConfig, MAX_TOP_K};
 use truthgpt_engine::fastmath::{axpy, dot};
 use truthgpt_engine::loss::max_and_sum_exp;
 
 use crate::ffn::Ffn;
 use crate::linear::Linear;
 use crate::params::ParamBuilder;
-
-/// Largest `top_k` (the backward keeps per-token gate gradients on the stack).
-pub const MAX_TOP_K: usize = 64;
 
 /// Marks an assignment dropped by the capacity limit.
 const DROPPED: u32 = u32::MAX;
@@ -98,6 +95,21 @@ pub struct MoeActs {
 }
 
 impl MoeActs {
+    /// Elements kept between forward and backward, for memory reports.
+    pub fn saved_elements(&self) -> usize {
+        self.logits.len()
+            + self.probs.len()
+            + self.group_probs.len()
+            + self.lse.len()
+            + self.choice.len()
+            + self.gates.len()
+            + self.slot.len()
+            + self.x.len()
+            + self.y.len()
+            + self.h.len()
+            + self.a.len()
+    }
+
     /// The experts each token chose in the last forward, (N, k) row-major.
     pub fn choices(&self) -> &[u32] {
         &self.choice
@@ -127,7 +139,16 @@ impl Moe {
                 layout.push(Group { name: group.name.clone(), start: experts.len(), count: group.count });
                 for _ in 0..group.count {
                     let name = format!("experts.{}", experts.len());
-                    experts.push(Ffn::new(pb, &name, group.kind, m.d_model, group.width, m.bias, m.init_std, proj_std));
+                    experts.push(Ffn::new(
+                        pb,
+                        &name,
+                        group.kind,
+                        m.d_model,
+                        group.width,
+                        m.bias,
+                        m.init_std,
+                        proj_std,
+                    ));
                     group_of.push(g);
                 }
             }
@@ -206,7 +227,15 @@ impl Moe {
 
     /// `y (N, C)` is written. With `record`, the token counters and the bias balancer see this
     /// batch; a checkpointing recompute passes `false` so nothing is counted twice.
-    pub fn forward(&mut self, params: &[f32], acts: &mut MoeActs, y: &mut [f32], x: &[f32], n: usize, record: bool) {
+    pub fn forward(
+        &mut self,
+        params: &[f32],
+        acts: &mut MoeActs,
+        y: &mut [f32],
+        x: &[f32],
+        n: usize,
+        record: bool,
+    ) {
         let (e, k, c) = (self.n_experts(), self.top_k, self.router.inp);
         self.router.forward(params, &mut acts.logits, x, n);
         self.route(acts, n);
@@ -371,15 +400,14 @@ impl Moe {
         // Gate gradients, and each expert's output gradient `gate * dy`.
         for t in 0..n {
             let dy_t = &dy[t * c..(t + 1) * c];
+            let (choice, gates) = (&acts.choice[t * k..(t + 1) * k], &acts.gates[t * k..(t + 1) * k]);
             let mut dgates = [0.0f32; MAX_TOP_K];
-            for r in 0..k {
-                let slot = acts.slot[t * k + r];
+            for ((dgate, &slot), &gate) in dgates.iter_mut().zip(&acts.slot[t * k..(t + 1) * k]).zip(gates) {
                 if slot == DROPPED {
                     continue;
                 }
                 let slot = slot as usize;
-                dgates[r] = dot(dy_t, &acts.y[slot * c..(slot + 1) * c]);
-                let gate = acts.gates[t * k + r];
+                *dgate = dot(dy_t, &acts.y[slot * c..(slot + 1) * c]);
                 for (d, g) in scratch.dy[slot * c..(slot + 1) * c].iter_mut().zip(dy_t) {
                     *d = gate * g;
                 }
@@ -388,23 +416,22 @@ impl Moe {
             let probs = &acts.probs[t * e..(t + 1) * e];
             let mut dprobs = [0.0f32; MAX_TOP_K];
             if k > 1 {
-                let chosen_sum: f32 = (0..k).map(|r| probs[acts.choice[t * k + r] as usize]).sum();
-                let weighted: f32 = (0..k).map(|r| dgates[r] * acts.gates[t * k + r]).sum();
-                for r in 0..k {
-                    dprobs[r] = (dgates[r] - weighted) / chosen_sum;
+                let chosen_sum: f32 = choice.iter().map(|&i| probs[i as usize]).sum();
+                let weighted: f32 = dgates.iter().zip(gates).map(|(dg, g)| dg * g).sum();
+                for (dp, dg) in dprobs.iter_mut().zip(&dgates[..k]) {
+                    *dp = (dg - weighted) / chosen_sum;
                 }
             } else {
                 dprobs[0] = dgates[0];
             }
             // Softmax backward over all experts: dlogit_i = p_i (dp_i - sum_j p_j dp_j).
-            let p_dot_dp: f32 = (0..k).map(|r| probs[acts.choice[t * k + r] as usize] * dprobs[r]).sum();
+            let p_dot_dp: f32 = choice.iter().zip(&dprobs).map(|(&i, dp)| probs[i as usize] * dp).sum();
             let row = &mut dlogits[t * e..(t + 1) * e];
             for (i, d) in row.iter_mut().enumerate() {
                 *d = -probs[i] * p_dot_dp;
             }
-            for r in 0..k {
-                let i = acts.choice[t * k + r] as usize;
-                row[i] += probs[i] * dprobs[r];
+            for (&i, dp) in choice.iter().zip(&dprobs) {
+                row[i as usize] += probs[i as usize] * dp;
             }
             // Balancing: dL/dq_{t,i} = weight_i / N, through the group's softmax.
             if self.aux_loss_coef > 0.0 {
@@ -483,7 +510,12 @@ impl Moe {
         let total = self.stats.tokens.iter().sum::<u64>().max(1) as f64;
         self.groups
             .iter()
-            .map(|g| (g.name.clone(), self.stats.tokens[g.start..g.start + g.count].iter().sum::<u64>() as f64 / total))
+            .map(|g| {
+                (
+                    g.name.clone(),
+                    self.stats.tokens[g.start..g.start + g.count].iter().sum::<u64>() as f64 / total,
+                )
+            })
             .collect()
     }
 }

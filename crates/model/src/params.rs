@@ -32,7 +32,8 @@ pub fn pair_mut(flat: &mut [f32], a: P, b: Option<P>) -> (&mut [f32], Option<&mu
     match b {
         None => (a.of_mut(flat), None),
         Some(b) => {
-            let [a, b] = flat.get_disjoint_mut([a.range(), b.range()]).expect("parameter handles never overlap");
+            let [a, b] =
+                flat.get_disjoint_mut([a.range(), b.range()]).expect("parameter handles never overlap");
             (a, Some(b))
         }
     }
@@ -71,7 +72,13 @@ impl ParamBuilder {
         let handle = P { offset: self.len, len: shape.iter().product() };
         self.len += handle.len;
         let full = self.prefix.iter().map(String::as_str).chain([name]).collect::<Vec<_>>().join(".");
-        self.specs.push(ParamSpec { name: full, shape: shape.to_vec(), handle, init, decay: shape.len() >= 2 });
+        self.specs.push(ParamSpec {
+            name: full,
+            shape: shape.to_vec(),
+            handle,
+            init,
+            decay: shape.len() >= 2,
+        });
         handle
     }
 

@@ -43,7 +43,8 @@ fn check(name: &str, config: ModelConfig, dropout_seed: Option<u64>) {
     let mut model = Model::new(&config, 7);
     model.set_dropout_seed(dropout_seed);
     let mut rng = Rng::new(11);
-    let mut draw = |n: usize| (0..n).map(|_| (rng.next_u64() % config.vocab_size as u64) as u32).collect::<Vec<_>>();
+    let mut draw =
+        |n: usize| (0..n).map(|_| (rng.next_u64() % config.vocab_size as u64) as u32).collect::<Vec<_>>();
     let (tokens, targets) = (draw(B * T), draw(B * T));
 
     model.zero_grad();
@@ -59,7 +60,8 @@ fn check(name: &str, config: ModelConfig, dropout_seed: Option<u64>) {
         let range = spec.handle.range();
         let g = &grads[range.clone()];
         let norm = g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        let random: Vec<f64> = range.clone().map(|_| if signs.uniform() < 0.5 { -1.0 } else { 1.0 }).collect();
+        let random: Vec<f64> =
+            range.clone().map(|_| if signs.uniform() < 0.5 { -1.0 } else { 1.0 }).collect();
         let along_g: Vec<f64> = g.iter().map(|&x| x as f64 / norm.max(1e-12)).collect();
         for (label, dir) in [("gradient", along_g), ("random", random)] {
             let analytic: f64 = g.iter().zip(&dir).map(|(&g, d)| g as f64 * d).sum();
@@ -74,7 +76,8 @@ fn check(name: &str, config: ModelConfig, dropout_seed: Option<u64>) {
             // Top-k routing is piecewise: shrink the step until both sides route like the base point.
             let mut eps = 1e-2 / dir.iter().map(|d| d * d).sum::<f64>().sqrt().max(1.0);
             let (numeric, eps) = loop {
-                let ((plus, route_plus), (minus, route_minus)) = (shifted(eps, &mut model), shifted(-eps, &mut model));
+                let ((plus, route_plus), (minus, route_minus)) =
+                    (shifted(eps, &mut model), shifted(-eps, &mut model));
                 if (route_plus == base_routing && route_minus == base_routing) || eps < 1e-5 {
                     break ((plus - minus) / (2.0 * eps), eps);
                 }
@@ -84,7 +87,10 @@ fn check(name: &str, config: ModelConfig, dropout_seed: Option<u64>) {
             // f32 forward passes round the objective at ~1e-6, which a small step amplifies.
             let tolerance = 2e-3 + 2e-6 / eps + 3e-2 * analytic.abs().max(numeric.abs());
             if (analytic - numeric).abs() > tolerance {
-                failures.push(format!("{} ({label}): analytic {analytic:.6e}, numeric {numeric:.6e}, step {eps:.1e}", spec.name));
+                failures.push(format!(
+                    "{} ({label}): analytic {analytic:.6e}, numeric {numeric:.6e}, step {eps:.1e}",
+                    spec.name
+                ));
             }
         }
     }
@@ -93,7 +99,13 @@ fn check(name: &str, config: ModelConfig, dropout_seed: Option<u64>) {
 
 #[test]
 fn positional_schemes() {
-    for positional in [Positional::Learned, Positional::Sinusoidal, Positional::Rope, Positional::Alibi, Positional::Relative] {
+    for positional in [
+        Positional::Learned,
+        Positional::Sinusoidal,
+        Positional::Rope,
+        Positional::Alibi,
+        Positional::Relative,
+    ] {
         check(&format!("{positional:?}"), ModelConfig { positional, ..base() }, None);
     }
 }
@@ -114,7 +126,11 @@ fn rope_scaling() {
 fn norms_and_their_position() {
     for norm in [NormKind::LayerNorm, NormKind::RmsNorm] {
         for norm_position in [NormPosition::Pre, NormPosition::Post] {
-            check(&format!("{norm:?} {norm_position:?}"), ModelConfig { norm, norm_position, ..base() }, None);
+            check(
+                &format!("{norm:?} {norm_position:?}"),
+                ModelConfig { norm, norm_position, ..base() },
+                None,
+            );
         }
     }
 }

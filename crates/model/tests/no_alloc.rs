@@ -3,7 +3,6 @@
 //! freed before it returns), so the test bounds allocations by GEMM calls and checks that
 //! live memory does not grow.
 
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -36,7 +35,9 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn training_steps_after_the_first_do_not_allocate() {
-    for (ffn, checkpointing) in [(FfnKind::Mlp, false), (FfnKind::Swiglu, true), (FfnKind::Moe, false), (FfnKind::Pimoe, true)] {
+    for (ffn, checkpointing) in
+        [(FfnKind::Mlp, false), (FfnKind::Swiglu, true), (FfnKind::Moe, false), (FfnKind::Pimoe, true)]
+    {
         let mut config = Config::preset("tiny").unwrap();
         config.model.ffn = ffn;
         config.model.dropout = 0.1;

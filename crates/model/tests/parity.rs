@@ -17,7 +17,9 @@ struct Fixture {
 
 impl Fixture {
     fn open(case: &str) -> Fixture {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(format!("{case}.safetensors"));
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(format!("{case}.safetensors"));
         Fixture { bytes: std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())) }
     }
 
@@ -39,7 +41,13 @@ impl Fixture {
 
     fn ids(&self, name: &str) -> Vec<u32> {
         let tensors = self.tensors();
-        tensors.tensor(name).unwrap().data().chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u32).collect()
+        tensors
+            .tensor(name)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u32)
+            .collect()
     }
 
     fn model(&self) -> (Model, Vec<u32>, Vec<u32>) {
