@@ -1,6 +1,6 @@
 //! GELU (exact, erf form, as `torch.nn.functional.gelu`) and SiLU, plain and gated (GEGLU, SwiGLU).
 
-use crate::fastmath::{erf, exp};
+use crate::fastmath::{erf, erf_given_exp, exp};
 use crate::par::zip_chunks;
 
 const INV_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
@@ -21,7 +21,9 @@ fn gelu(x: f32) -> f32 {
 
 #[inline(always)]
 fn gelu_derivative(x: f32) -> f32 {
-    0.5 * (1.0 + erf(x * INV_SQRT_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x)
+    // Phi'(x) and erf(x / sqrt 2) share exp(-x^2 / 2): one exp instead of two.
+    let gaussian = exp(-0.5 * x * x);
+    0.5 * (1.0 + erf_given_exp(x * INV_SQRT_2, gaussian)) + x * INV_SQRT_2PI * gaussian
 }
 
 #[inline(always)]

@@ -120,7 +120,7 @@ unsafe fn tile_product(
 
 /// Queries and keys per tile. Tiles are aligned, so every query row of a tile sees at least key
 /// `j0` of each key tile it visits and no row is ever fully masked.
-const BLOCK: usize = 64;
+const BLOCK: usize = 32;
 
 impl ScoreBias<'_> {
     /// Adds the bias to one (queries `i0..`, keys `j0..`) score tile and masks keys after the query.

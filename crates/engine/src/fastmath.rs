@@ -21,12 +21,17 @@ pub fn exp(x: f32) -> f32 {
 /// The error function, Abramowitz & Stegun 7.1.26 (max abs error 1.5e-7).
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
+    erf_given_exp(x, exp(-x * x))
+}
+
+/// [`erf`] when the caller already has `exp(-x^2)` (GELU's derivative needs it too).
+#[inline(always)]
+pub fn erf_given_exp(x: f32, exp_neg_x2: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly =
         t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    let y = 1.0 - poly * exp(-a * a);
-    y.copysign(x)
+    (1.0 - poly * exp_neg_x2).copysign(x)
 }
 
 /// Dot product with eight independent accumulators, so the loop vectorises without fast-math.

@@ -1,6 +1,7 @@
 //! LayerNorm (Ba et al. 2016) and RMSNorm (Zhang & Sennrich 2019) over the last dimension.
 
-use crate::par::for_each_row;
+use crate::fastmath;
+use crate::par::{for_each_row, DisjointPtr};
 use rayon::prelude::*;
 
 /// `out (N, C) = (inp - mean) * rstd * weight + bias`; saves `mean (N)` and `rstd (N)` for backward.
@@ -16,17 +17,22 @@ pub fn layernorm_forward(
     eps: f32,
 ) {
     let n = mean.len();
-    for ((x, m), r) in inp[..n * c].chunks_exact(c).zip(mean.iter_mut()).zip(rstd.iter_mut()) {
-        let mu = x.iter().sum::<f32>() / c as f32;
-        let var = x.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
-        *m = mu;
-        *r = 1.0 / (var + eps).sqrt();
-    }
+    let (mean_ptr, rstd_ptr) = (DisjointPtr::new(mean), DisjointPtr::new(rstd));
     for_each_row(&mut out[..n * c], c, |row, o| {
         let x = &inp[row * c..(row + 1) * c];
-        let (mu, rs) = (mean[row], rstd[row]);
-        for i in 0..c {
-            o[i] = (x[i] - mu) * rs * weight[i] + bias.map_or(0.0, |b| b[i]);
+        let mu = fastmath::sum(x) / c as f32;
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = (v - mu) * (v - mu);
+        }
+        let rs = 1.0 / (fastmath::sum(o) / c as f32 + eps).sqrt();
+        // SAFETY: each row index is visited by exactly one task.
+        unsafe {
+            mean_ptr.slice(row, 1)[0] = mu;
+            rstd_ptr.slice(row, 1)[0] = rs;
+        }
+        match bias {
+            Some(b) => (0..c).for_each(|i| o[i] = (x[i] - mu) * rs * weight[i] + b[i]),
+            None => (0..c).for_each(|i| o[i] = (x[i] - mu) * rs * weight[i]),
         }
     });
 }
@@ -68,13 +74,12 @@ pub fn layernorm_backward(
 /// `out (N, C) = inp * rstd * weight` with `rstd = 1 / sqrt(mean(inp^2) + eps)`; saves `rstd (N)`.
 pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], inp: &[f32], weight: &[f32], c: usize, eps: f32) {
     let n = rstd.len();
-    for (x, r) in inp[..n * c].chunks_exact(c).zip(rstd.iter_mut()) {
-        let ms = x.iter().map(|v| v * v).sum::<f32>() / c as f32;
-        *r = 1.0 / (ms + eps).sqrt();
-    }
+    let rstd_ptr = DisjointPtr::new(rstd);
     for_each_row(&mut out[..n * c], c, |row, o| {
         let x = &inp[row * c..(row + 1) * c];
-        let rs = rstd[row];
+        let rs = 1.0 / (fastmath::dot(x, x) / c as f32 + eps).sqrt();
+        // SAFETY: each row index is visited by exactly one task.
+        unsafe { rstd_ptr.slice(row, 1)[0] = rs };
         for i in 0..c {
             o[i] = x[i] * rs * weight[i];
         }
