@@ -50,8 +50,9 @@ pub fn train(args: &BenchTrainArgs) -> anyhow::Result<()> {
         loss = trainer.step(&batches).context("training step")?.loss;
         ms.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    let seconds = ms.iter().sum::<f64>() / 1e3;
-    let tokens = (b * t * batches.len() * args.steps) as f64;
+    // Median, as the PyTorch baseline script measures, so one slow step does not skew the ratio.
+    let ms_per_step = median(&mut ms);
+    let tokens_per_step = (b * t * batches.len()) as f64;
     let source = match (preset, &args.config) {
         (Some(preset), Some(file)) => format!("{preset} + {}", file.display()),
         (None, Some(file)) => file.display().to_string(),
@@ -59,8 +60,8 @@ pub fn train(args: &BenchTrainArgs) -> anyhow::Result<()> {
         (None, None) => String::new(),
     };
     let line = json!({
-        "tokens_per_sec": tokens / seconds,
-        "ms_per_step": median(&mut ms),
+        "tokens_per_sec": tokens_per_step / (ms_per_step / 1e3),
+        "ms_per_step": ms_per_step,
         "peak_rss_mb": peak_rss_mb(),
         "params": params,
         "activation_mb": trainer.model.activation_bytes() as f64 / 1e6,

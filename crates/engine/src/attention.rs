@@ -7,6 +7,7 @@
 //! heads, exactly as one fused projection produces them; `out (N, NH * HS)`; `lse (B, NH, T)`.
 
 use crate::fastmath::{self, dot, exp};
+use crate::matmul::{gemm_strided, Strided as Tile};
 use crate::par::DisjointPtr;
 use rayon::prelude::*;
 
@@ -68,20 +69,10 @@ impl ScoreBias<'_> {
     }
 }
 
-/// A read-only strided matrix operand of a tile product.
-#[derive(Clone, Copy)]
-struct Tile {
-    ptr: *const f32,
-    /// Row and column strides, in elements.
-    rs: isize,
-    cs: isize,
-}
-
-/// `dst (m, n; row stride dst_rs) [+]= scale * lhs (m, k) @ rhs (k, n)`, one thread.
+/// `dst (m, n; row stride dst_rs) [+]= scale * lhs (m, k) @ rhs (k, n)`, on the calling thread.
 ///
 /// # Safety
-/// Every element the strides reach must be in bounds, and `dst` must not overlap the operands
-/// nor be written by another thread meanwhile.
+/// As [`gemm_strided`]: operands in bounds, `dst` private to the caller and disjoint from them.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_product(
     m: usize,
@@ -94,28 +85,7 @@ unsafe fn tile_product(
     rhs: Tile,
     scale: f32,
 ) {
-    crate::matmul::count_call();
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        accumulate,
-        lhs.ptr,
-        lhs.cs,
-        lhs.rs,
-        rhs.ptr,
-        rhs.cs,
-        rhs.rs,
-        1.0,
-        scale,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    );
+    gemm_strided(m, n, k, dst, dst_rs, accumulate, lhs, rhs, scale, false);
 }
 
 /// Queries and keys per tile. Tiles are aligned, so every query row of a tile sees at least key

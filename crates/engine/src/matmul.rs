@@ -37,12 +37,68 @@ pub fn matmul_calls() -> usize {
     CALLS.load(Ordering::Relaxed)
 }
 
-pub(crate) fn count_call() {
+fn count_call() {
     CALLS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Products below this many multiply-adds run on the calling thread.
 const PARALLEL_THRESHOLD: usize = 1 << 16;
+
+/// A read-only strided matrix operand (strides in elements).
+#[derive(Clone, Copy)]
+pub struct Strided {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+// SAFETY: operands are only read, and their memory outlives the call that shares them.
+unsafe impl Send for Strided {}
+unsafe impl Sync for Strided {}
+
+/// `dst (m, n; row stride dst_rs, unit column stride) [+]= scale * lhs (m, k) @ rhs (k, n)`.
+///
+/// # Safety
+/// Every element the strides reach must be in bounds, and `dst` must neither overlap the operands
+/// nor be accessed by another thread during the call.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Strided,
+    rhs: Strided,
+    scale: f32,
+    parallel: bool,
+) {
+    count_call();
+    let threads = if parallel && m * n * k >= PARALLEL_THRESHOLD { rayon::current_num_threads() } else { 1 };
+    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs.ptr,
+        lhs.cs,
+        lhs.rs,
+        rhs.ptr,
+        rhs.cs,
+        rhs.rs,
+        1.0,
+        scale,
+        false,
+        false,
+        false,
+        parallelism,
+    );
+}
 
 /// `out (M, N) = a (M, K) @ b (K, N)`, or `+=` when `accumulate`.
 pub fn matmul(out: &mut [f32], a: Op, b: Op, m: usize, k: usize, n: usize, accumulate: bool) {
@@ -58,39 +114,13 @@ pub fn matmul(out: &mut [f32], a: Op, b: Op, m: usize, k: usize, n: usize, accum
         }
         return;
     }
-    count_call();
     let (a_rs, a_cs) = a.strides(m, k);
     let (b_rs, b_cs) = b.strides(k, n);
-    let parallelism = if m * n * k < PARALLEL_THRESHOLD {
-        Parallelism::None
-    } else {
-        Parallelism::Rayon(rayon::current_num_threads())
-    };
-    // SAFETY: the asserts above bound every index the strides can reach; `out` does not alias the inputs
-    // because it is borrowed mutably.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data().as_ptr(),
-            a_cs,
-            a_rs,
-            b.data().as_ptr(),
-            b_cs,
-            b_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    let lhs = Strided { ptr: a.data().as_ptr(), rs: a_rs, cs: a_cs };
+    let rhs = Strided { ptr: b.data().as_ptr(), rs: b_rs, cs: b_cs };
+    // SAFETY: the asserts above bound every index the strides can reach; `out` does not alias the
+    // inputs because it is borrowed mutably.
+    unsafe { gemm_strided(m, n, k, out.as_mut_ptr(), n, accumulate, lhs, rhs, 1.0, true) };
 }
 
 /// `out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias (OC)`, torch's `nn.Linear` layout.
