@@ -88,9 +88,12 @@ unsafe fn tile_product(
     gemm_strided(m, n, k, dst, dst_rs, accumulate, lhs, rhs, scale, false);
 }
 
-/// Queries and keys per tile. Tiles are aligned, so every query row of a tile sees at least key
-/// `j0` of each key tile it visits and no row is ever fully masked.
-const BLOCK: usize = 32;
+/// Queries and keys per tile: a (32, 256) score tile per thread (32 KiB). Key tiles are a multiple
+/// of query tiles and both are aligned, so every query row sees at least key `j0` of each key tile
+/// it visits and no row is ever fully masked. Wide key tiles mean few, larger tile products.
+const Q_BLOCK: usize = 32;
+const K_BLOCK: usize = 256;
+const _: () = assert!(K_BLOCK % Q_BLOCK == 0);
 
 impl ScoreBias<'_> {
     /// Adds the bias to one (queries `i0..`, keys `j0..`) score tile and masks keys after the query.
@@ -99,7 +102,7 @@ impl ScoreBias<'_> {
     fn apply(&self, scores: &mut [f32], rows: usize, cols: usize, h: usize, nh: usize, i0: usize, j0: usize) {
         for r in 0..rows {
             let i = i0 + r;
-            let row = &mut scores[r * BLOCK..r * BLOCK + cols];
+            let row = &mut scores[r * K_BLOCK..r * K_BLOCK + cols];
             for (c, s) in row.iter_mut().enumerate() {
                 let j = j0 + c;
                 *s = if j > i { f32::NEG_INFINITY } else { *s + self.at(h, nh, i - j) };
@@ -120,26 +123,26 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: Atten
         let (bi, h) = (task / nh, task % nh);
         let kh = h / group;
         let at = |i: usize, offset: usize| qkv[(bi * t + i) * width as usize + offset..].as_ptr();
-        let mut scores = [0.0f32; BLOCK * BLOCK];
-        let mut acc = [0.0f32; BLOCK * MAX_HEAD_SIZE];
-        let (mut max, mut sum) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
-        for i0 in (0..t).step_by(BLOCK) {
-            let rows = BLOCK.min(t - i0);
+        let mut scores = [0.0f32; Q_BLOCK * K_BLOCK];
+        let mut acc = [0.0f32; Q_BLOCK * MAX_HEAD_SIZE];
+        let (mut max, mut sum) = ([0.0f32; Q_BLOCK], [0.0f32; Q_BLOCK]);
+        for i0 in (0..t).step_by(Q_BLOCK) {
+            let rows = Q_BLOCK.min(t - i0);
             max[..rows].fill(f32::NEG_INFINITY);
             sum[..rows].fill(0.0);
             acc[..rows * hs].fill(0.0);
             let q = Tile { ptr: at(i0, s.q_offset(h)), rs: width, cs: 1 };
-            for j0 in (0..i0 + rows).step_by(BLOCK) {
-                let cols = BLOCK.min(i0 + rows - j0);
+            for j0 in (0..i0 + rows).step_by(K_BLOCK) {
+                let cols = K_BLOCK.min(i0 + rows - j0);
                 // K^T: element (d, j) of the tile is K[j0 + j][d].
                 let kt = Tile { ptr: at(j0, s.k_offset(kh)), rs: 1, cs: width };
                 let v = Tile { ptr: at(j0, s.v_offset(kh)), rs: width, cs: 1 };
                 // SAFETY: q, kt, v stay inside qkv (asserted above); scores is this task's own.
-                unsafe { tile_product(rows, cols, hs, scores.as_mut_ptr(), BLOCK, false, q, kt, scale) };
+                unsafe { tile_product(rows, cols, hs, scores.as_mut_ptr(), K_BLOCK, false, q, kt, scale) };
                 bias.apply(&mut scores, rows, cols, h, nh, i0, j0);
                 // Online softmax: rescale what was accumulated under each row's old maximum.
                 for r in 0..rows {
-                    let row = &mut scores[r * BLOCK..r * BLOCK + cols];
+                    let row = &mut scores[r * K_BLOCK..r * K_BLOCK + cols];
                     let new_max = max[r].max(fastmath::max(row));
                     let correction = exp(max[r] - new_max);
                     row.iter_mut().for_each(|x| *x = exp(*x - new_max));
@@ -147,7 +150,7 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: Atten
                     acc[r * hs..(r + 1) * hs].iter_mut().for_each(|a| *a *= correction);
                     max[r] = new_max;
                 }
-                let p = Tile { ptr: scores.as_ptr(), rs: BLOCK as isize, cs: 1 };
+                let p = Tile { ptr: scores.as_ptr(), rs: K_BLOCK as isize, cs: 1 };
                 // SAFETY: as above; acc is this task's own.
                 unsafe { tile_product(rows, hs, cols, acc.as_mut_ptr(), hs, true, p, v, 1.0) };
             }
@@ -203,34 +206,36 @@ pub fn attention_backward(
         let grad_at = |i: usize, offset: usize| unsafe {
             dqkv_ptr.slice((bi * t + i) * width + offset, 1).as_mut_ptr()
         };
-        let mut p = [0.0f32; BLOCK * BLOCK];
-        let mut dscore = [0.0f32; BLOCK * BLOCK];
-        let mut delta = [0.0f32; BLOCK];
+        let mut p = [0.0f32; Q_BLOCK * K_BLOCK];
+        let mut dscore = [0.0f32; Q_BLOCK * K_BLOCK];
+        let mut delta = [0.0f32; Q_BLOCK];
         for h in kh * group..(kh + 1) * group {
             let head_out = |i: usize| (bi * t + i) * nh * hs + h * hs;
-            for i0 in (0..t).step_by(BLOCK) {
-                let rows = BLOCK.min(t - i0);
+            for i0 in (0..t).step_by(Q_BLOCK) {
+                let rows = Q_BLOCK.min(t - i0);
                 for r in 0..rows {
                     delta[r] = dot(&dout[head_out(i0 + r)..][..hs], &out[head_out(i0 + r)..][..hs]);
                 }
                 let q = Tile { ptr: at(i0, s.q_offset(h)), rs: w, cs: 1 };
                 let d_o = Tile { ptr: dout[head_out(i0)..].as_ptr(), rs: out_w, cs: 1 };
-                for j0 in (0..i0 + rows).step_by(BLOCK) {
-                    let cols = BLOCK.min(i0 + rows - j0);
+                for j0 in (0..i0 + rows).step_by(K_BLOCK) {
+                    let cols = K_BLOCK.min(i0 + rows - j0);
                     let k = Tile { ptr: at(j0, s.k_offset(kh)), rs: w, cs: 1 };
                     let kt = Tile { ptr: at(j0, s.k_offset(kh)), rs: 1, cs: w };
                     let vt = Tile { ptr: at(j0, s.v_offset(kh)), rs: 1, cs: w };
                     // SAFETY: operands stay inside qkv/dout (asserted above); p, dscore are ours.
                     unsafe {
-                        tile_product(rows, cols, hs, p.as_mut_ptr(), BLOCK, false, q, kt, scale);
-                        tile_product(rows, cols, hs, dscore.as_mut_ptr(), BLOCK, false, d_o, vt, 1.0);
+                        tile_product(rows, cols, hs, p.as_mut_ptr(), K_BLOCK, false, q, kt, scale);
+                        tile_product(rows, cols, hs, dscore.as_mut_ptr(), K_BLOCK, false, d_o, vt, 1.0);
                     }
                     bias.apply(&mut p, rows, cols, h, nh, i0, j0);
                     // P = exp(S - lse); dS = P * (dP - rowsum(dO * O)).
                     for r in 0..rows {
                         let lse_i = lse[(bi * nh + h) * t + i0 + r];
-                        let (p, ds) =
-                            (&mut p[r * BLOCK..r * BLOCK + cols], &mut dscore[r * BLOCK..r * BLOCK + cols]);
+                        let (p, ds) = (
+                            &mut p[r * K_BLOCK..r * K_BLOCK + cols],
+                            &mut dscore[r * K_BLOCK..r * K_BLOCK + cols],
+                        );
                         for (p, ds) in p.iter_mut().zip(ds.iter_mut()) {
                             *p = exp(*p - lse_i);
                             *ds = *p * (*ds - delta[r]);
@@ -242,14 +247,15 @@ pub fn attention_backward(
                                 let bucket = bucket_of_distance[i0 + r - (j0 + c)] as usize;
                                 // SAFETY: scratch row bi, head h belongs to this task alone.
                                 unsafe {
-                                    ptr.slice((bi * buckets + bucket) * nh + h, 1)[0] += dscore[r * BLOCK + c]
+                                    ptr.slice((bi * buckets + bucket) * nh + h, 1)[0] +=
+                                        dscore[r * K_BLOCK + c]
                                 };
                             }
                         }
                     }
-                    let ds = Tile { ptr: dscore.as_ptr(), rs: BLOCK as isize, cs: 1 };
-                    let ds_t = Tile { ptr: dscore.as_ptr(), rs: 1, cs: BLOCK as isize };
-                    let p_t = Tile { ptr: p.as_ptr(), rs: 1, cs: BLOCK as isize };
+                    let ds = Tile { ptr: dscore.as_ptr(), rs: K_BLOCK as isize, cs: 1 };
+                    let ds_t = Tile { ptr: dscore.as_ptr(), rs: 1, cs: K_BLOCK as isize };
+                    let p_t = Tile { ptr: p.as_ptr(), rs: 1, cs: K_BLOCK as isize };
                     // SAFETY: dQ rows of head h, dK/dV rows of head kh, batch bi: this task's alone,
                     // in dqkv, which no operand aliases.
                     unsafe {

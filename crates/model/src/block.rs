@@ -6,7 +6,7 @@
 //! post: mid = norm1(x + drop(attn(x)))      y = norm2(mid + drop(ffn(mid)))
 //! ```
 
-use truthgpt_config::{ModelConfig, NormPosition};
+use truthgpt_config::{ExpertKind, FfnKind, ModelConfig, NormPosition};
 use truthgpt_engine::rng::dropout_inplace;
 
 use crate::attention::{Attention, AttentionActs, AttentionScratch};
@@ -92,9 +92,9 @@ impl Block {
             Some(groups) => FeedForward::Moe(Moe::new(pb, m, &groups, proj_std)),
             None => {
                 let kind = match m.ffn {
-                    truthgpt_config::FfnKind::Geglu => truthgpt_config::ExpertKind::Geglu,
-                    truthgpt_config::FfnKind::Swiglu => truthgpt_config::ExpertKind::Swiglu,
-                    _ => truthgpt_config::ExpertKind::Mlp,
+                    FfnKind::Geglu => ExpertKind::Geglu,
+                    FfnKind::Swiglu => ExpertKind::Swiglu,
+                    FfnKind::Mlp | FfnKind::Moe | FfnKind::Pimoe => ExpertKind::Mlp,
                 };
                 FeedForward::Dense(Ffn::new(pb, "ffn", kind, m.d_model, m.d_ff, m.bias, m.init_std, proj_std))
             }

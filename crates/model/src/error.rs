@@ -5,6 +5,8 @@ pub enum ModelError {
     TokenOutOfRange { id: u32, position: usize, vocab: usize },
     #[error("sequence length {t} exceeds model.max_seq_len = {max}")]
     SequenceTooLong { t: usize, max: usize },
+    #[error("empty batch: batch {b} x seq {t}")]
+    EmptyBatch { b: usize, t: usize },
     #[error("expected {expected} tokens for batch {b} x seq {t}, got {got}")]
     BatchShape { b: usize, t: usize, expected: usize, got: usize },
     #[error("backward called before a forward with targets")]

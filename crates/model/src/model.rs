@@ -203,6 +203,9 @@ impl Model {
     }
 
     fn check_tokens(&self, tokens: &[u32], b: usize, t: usize) -> Result<()> {
+        if b == 0 || t == 0 {
+            return Err(ModelError::EmptyBatch { b, t });
+        }
         if t > self.config.max_seq_len {
             return Err(ModelError::SequenceTooLong { t, max: self.config.max_seq_len });
         }
