@@ -165,11 +165,7 @@ pub fn linear_backward(
     }
     matmul(dweight, Op::T(dout), Op::N(inp), oc, n, c, true);
     if let Some(dbias) = dbias {
-        for row in dout[..n * oc].chunks_exact(oc) {
-            for (db, d) in dbias.iter_mut().zip(row) {
-                *db += d;
-            }
-        }
+        crate::par::add_column_sums(&mut dbias[..oc], &dout[..n * oc]);
     }
 }
 

@@ -130,10 +130,6 @@ fn param_grads(
         }
     });
     if let Some(dbias) = dbias {
-        for row in dout[..n * c].chunks_exact(c) {
-            for (db, d) in dbias.iter_mut().zip(row) {
-                *db += d;
-            }
-        }
+        crate::par::add_column_sums(&mut dbias[..c], &dout[..n * c]);
     }
 }

@@ -33,6 +33,32 @@ where
     a.par_chunks_mut(MIN_ELEMS_PER_TASK).zip(b.par_chunks(MIN_ELEMS_PER_TASK)).for_each(|(a, b)| f(a, b));
 }
 
+/// `out += a`, element-wise.
+pub fn add_assign(out: &mut [f32], a: &[f32]) {
+    zip_chunks(out, a, |o, a| o.iter_mut().zip(a).for_each(|(o, a)| *o += a));
+}
+
+/// `out = a + b`, element-wise.
+pub fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
+    debug_assert!(out.len() == a.len() && a.len() == b.len());
+    out.par_chunks_mut(MIN_ELEMS_PER_TASK)
+        .zip(a.par_chunks(MIN_ELEMS_PER_TASK).zip(b.par_chunks(MIN_ELEMS_PER_TASK)))
+        .for_each(|(o, (a, b))| o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (a, b))| *o = a + b));
+}
+
+/// `out[j] += sum_r x[r, j]` for `x (rows, out.len())`, split over column blocks so that threads
+/// never share an accumulator (bias and norm-shift gradients).
+pub fn add_column_sums(out: &mut [f32], x: &[f32]) {
+    const COLS: usize = 64;
+    let cols = out.len();
+    out.par_chunks_mut(COLS).enumerate().for_each(|(block, acc)| {
+        let span = block * COLS..block * COLS + acc.len();
+        for row in x.chunks_exact(cols) {
+            acc.iter_mut().zip(&row[span.clone()]).for_each(|(a, v)| *a += v);
+        }
+    });
+}
+
 /// A raw pointer that kernels share across rayon tasks which write provably disjoint elements
 /// (e.g. attention tasks, each owning one (batch, kv-head) slice of a strided buffer).
 #[derive(Clone, Copy)]

@@ -7,6 +7,7 @@
 //! ```
 
 use truthgpt_config::{ExpertKind, FfnKind, ModelConfig, NormPosition};
+use truthgpt_engine::par::{add, add_assign};
 use truthgpt_engine::rng::dropout_inplace;
 
 use crate::attention::{Attention, AttentionActs, AttentionScratch};
@@ -288,17 +289,5 @@ impl Block {
             FfnActs::Moe(m) => (m.aux_loss, m.z_loss),
             FfnActs::Dense { .. } => (0.0, 0.0),
         }
-    }
-}
-
-fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
-    for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
-        *o = a + b;
-    }
-}
-
-fn add_assign(out: &mut [f32], a: &[f32]) {
-    for (o, a) in out.iter_mut().zip(a) {
-        *o += a;
     }
 }

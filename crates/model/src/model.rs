@@ -130,7 +130,8 @@ impl Model {
     }
 
     pub fn zero_grad(&mut self) {
-        self.grads.fill(0.0);
+        use rayon::prelude::*;
+        self.grads.par_chunks_mut(1 << 16).for_each(|chunk| chunk.fill(0.0));
     }
 
     fn block(&self, layer: usize) -> &Block {
