@@ -27,10 +27,6 @@ impl RopeTable {
         RopeTable { cos, sin, half }
     }
 
-    pub fn max_positions(&self) -> usize {
-        self.cos.len() / self.half.max(1)
-    }
-
     /// Rotates heads `first_head..first_head + n_heads` of every `row_len`-long row of `x` in
     /// place; row `n` is at position `start + n % t`. `inverse` rotates backwards, which is the
     /// backward pass (rotations are orthogonal).

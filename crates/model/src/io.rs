@@ -19,14 +19,6 @@ impl Model {
         }
         Ok(())
     }
-
-    /// Every parameter as `(name, shape, little-endian f32 bytes)`, in declaration order.
-    pub fn named_params(&self) -> Vec<(String, Vec<usize>, Vec<u8>)> {
-        self.specs
-            .iter()
-            .map(|s| (s.name.clone(), s.shape.clone(), to_le_bytes(s.handle.of(&self.params))))
-            .collect()
-    }
 }
 
 /// The values of an f32 tensor of the expected shape.
@@ -44,8 +36,4 @@ pub fn f32_values(name: &str, view: &TensorView, shape: &[usize]) -> Result<Vec<
         });
     }
     Ok(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-}
-
-pub fn to_le_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }

@@ -38,3 +38,22 @@ fn tiny_model_memorises_a_batch_with_every_ffn_kind() {
         assert!(loss < 0.05, "{ffn:?}: loss {loss} after 300 steps");
     }
 }
+
+/// PiMoE reports utilisation per expert type, over every token it routed.
+#[test]
+fn pimoe_reports_per_type_utilisation() {
+    let mut config = Config::preset("tiny").unwrap();
+    config.model.ffn = FfnKind::Pimoe;
+    let (b, t) = (config.train.batch_size, config.train.seq_len);
+    let tokens: Vec<u32> = (0..(b * t) as u32).map(|i| i * 37 % 256).collect();
+    let mut trainer = Trainer::new(Model::new(&config.model, 0), config.train.clone());
+    trainer.step(&[Batch { tokens: &tokens, targets: &tokens, b, t }]).unwrap();
+    for moe in trainer.model.moe_layers() {
+        let names: Vec<&str> = config.model.pimoe.groups.iter().map(|g| g.name.as_str()).collect();
+        let shares = moe.group_utilisation();
+        assert_eq!(shares.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), names);
+        assert!((shares.iter().map(|(_, s)| s).sum::<f64>() - 1.0).abs() < 1e-9, "{shares:?}");
+        let routed: u64 = moe.stats.tokens.iter().sum();
+        assert_eq!(routed + moe.stats.dropped, (b * t * config.model.moe.top_k) as u64);
+    }
+}
