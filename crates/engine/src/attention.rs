@@ -7,6 +7,7 @@
 //! heads, exactly as one fused projection produces them; `out (N, NH * HS)`; `lse (B, NH, T)`.
 
 use crate::fastmath::{self, dot, exp};
+// Tile products run on the calling thread (`parallel: false`): attention parallelises over heads.
 use crate::matmul::{gemm_strided, Strided as Tile};
 use crate::par::DisjointPtr;
 use rayon::prelude::*;
@@ -69,25 +70,6 @@ impl ScoreBias<'_> {
     }
 }
 
-/// `dst (m, n; row stride dst_rs) [+]= scale * lhs (m, k) @ rhs (k, n)`, on the calling thread.
-///
-/// # Safety
-/// As [`gemm_strided`]: operands in bounds, `dst` private to the caller and disjoint from them.
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_product(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: Tile,
-    rhs: Tile,
-    scale: f32,
-) {
-    gemm_strided(m, n, k, dst, dst_rs, accumulate, lhs, rhs, scale, false);
-}
-
 /// Queries and keys per tile: a (32, 256) score tile per thread (32 KiB). Key tiles are a multiple
 /// of query tiles and both are aligned, so every query row sees at least key `j0` of each key tile
 /// it visits and no row is ever fully masked. Wide key tiles mean few, larger tile products.
@@ -138,7 +120,9 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: Atten
                 let kt = Tile { ptr: at(j0, s.k_offset(kh)), rs: 1, cs: width };
                 let v = Tile { ptr: at(j0, s.v_offset(kh)), rs: width, cs: 1 };
                 // SAFETY: q, kt, v stay inside qkv (asserted above); scores is this task's own.
-                unsafe { tile_product(rows, cols, hs, scores.as_mut_ptr(), K_BLOCK, false, q, kt, scale) };
+                unsafe {
+                    gemm_strided(rows, cols, hs, scores.as_mut_ptr(), K_BLOCK, false, q, kt, scale, false)
+                };
                 bias.apply(&mut scores, rows, cols, h, nh, i0, j0);
                 // Online softmax: rescale what was accumulated under each row's old maximum.
                 for r in 0..rows {
@@ -152,7 +136,7 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: Atten
                 }
                 let p = Tile { ptr: scores.as_ptr(), rs: K_BLOCK as isize, cs: 1 };
                 // SAFETY: as above; acc is this task's own.
-                unsafe { tile_product(rows, hs, cols, acc.as_mut_ptr(), hs, true, p, v, 1.0) };
+                unsafe { gemm_strided(rows, hs, cols, acc.as_mut_ptr(), hs, true, p, v, 1.0, false) };
             }
             for r in 0..rows {
                 let i = i0 + r;
@@ -225,8 +209,19 @@ pub fn attention_backward(
                     let vt = Tile { ptr: at(j0, s.v_offset(kh)), rs: 1, cs: w };
                     // SAFETY: operands stay inside qkv/dout (asserted above); p, dscore are ours.
                     unsafe {
-                        tile_product(rows, cols, hs, p.as_mut_ptr(), K_BLOCK, false, q, kt, scale);
-                        tile_product(rows, cols, hs, dscore.as_mut_ptr(), K_BLOCK, false, d_o, vt, 1.0);
+                        gemm_strided(rows, cols, hs, p.as_mut_ptr(), K_BLOCK, false, q, kt, scale, false);
+                        gemm_strided(
+                            rows,
+                            cols,
+                            hs,
+                            dscore.as_mut_ptr(),
+                            K_BLOCK,
+                            false,
+                            d_o,
+                            vt,
+                            1.0,
+                            false,
+                        );
                     }
                     bias.apply(&mut p, rows, cols, h, nh, i0, j0);
                     // P = exp(S - lse); dS = P * (dP - rowsum(dO * O)).
@@ -259,8 +254,19 @@ pub fn attention_backward(
                     // SAFETY: dQ rows of head h, dK/dV rows of head kh, batch bi: this task's alone,
                     // in dqkv, which no operand aliases.
                     unsafe {
-                        tile_product(rows, hs, cols, grad_at(i0, s.q_offset(h)), width, true, ds, k, scale);
-                        tile_product(
+                        gemm_strided(
+                            rows,
+                            hs,
+                            cols,
+                            grad_at(i0, s.q_offset(h)),
+                            width,
+                            true,
+                            ds,
+                            k,
+                            scale,
+                            false,
+                        );
+                        gemm_strided(
                             cols,
                             hs,
                             rows,
@@ -270,8 +276,20 @@ pub fn attention_backward(
                             ds_t,
                             q,
                             scale,
+                            false,
                         );
-                        tile_product(cols, hs, rows, grad_at(j0, s.v_offset(kh)), width, true, p_t, d_o, 1.0);
+                        gemm_strided(
+                            cols,
+                            hs,
+                            rows,
+                            grad_at(j0, s.v_offset(kh)),
+                            width,
+                            true,
+                            p_t,
+                            d_o,
+                            1.0,
+                            false,
+                        );
                     }
                 }
             }
