@@ -58,8 +58,6 @@ pub fn run(args: &QuickstartArgs) -> anyhow::Result<()> {
         held_out.len()
     );
     let before = held_out_loss(&mut trainer.model)?;
-    // Evaluation forwards are counted too; subtract them so utilisation reflects training only.
-    let counted: Vec<Vec<u64>> = trainer.model.moe_layers().map(|moe| moe.stats.tokens.clone()).collect();
 
     let mut rng = Rng::new(config.train.seed);
     let (mut tokens, mut targets) = (vec![0; b * t], vec![0; b * t]);
@@ -85,12 +83,8 @@ pub fn run(args: &QuickstartArgs) -> anyhow::Result<()> {
         args.steps,
         (args.steps * b * t) as f64 / seconds
     );
-    let utilisation: Vec<Vec<u64>> = trainer
-        .model
-        .moe_layers()
-        .zip(&counted)
-        .map(|(moe, counted)| moe.stats.tokens.iter().zip(counted).map(|(now, then)| now - then).collect())
-        .collect();
+    // Counters see training forwards only, not the held-out evaluations.
+    let utilisation: Vec<Vec<u64>> = trainer.model.moe_layers().map(|moe| moe.stats.tokens.clone()).collect();
     let after = held_out_loss(&mut trainer.model)?;
     println!("held-out loss: {before:.3} -> {after:.3} (uniform over 256 bytes: {:.3})", (256f32).ln());
     for (layer, tokens) in utilisation.iter().enumerate() {

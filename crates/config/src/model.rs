@@ -81,7 +81,7 @@ pub enum ExpertKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Balancing {
-    /// Switch-Transformer auxiliary loss `aux_loss_coef * N * sum_i f_i * P_i`.
+    /// Switch-Transformer auxiliary loss `aux_loss_coef * E * sum_i f_i * P_i` over the E experts.
     Aux,
     /// DeepSeek-V3 auxiliary-loss-free balancing: a per-expert bias added to the router scores
     /// for selection only, nudged after every step towards the mean load.
@@ -94,7 +94,8 @@ pub enum Balancing {
 pub struct MoeConfig {
     /// Number of experts for `ffn: moe` (PiMoE counts its experts from `pimoe.groups`).
     pub n_experts: usize,
-    /// Experts per token; their gates are renormalised to sum to one (Mixtral).
+    /// Experts per token. With k > 1 the chosen gates are renormalised to sum to one (Mixtral);
+    /// with k = 1 the gate is the router probability (Switch).
     pub top_k: usize,
     /// Kind of every expert for `ffn: moe`; each is `d_ff` wide.
     pub expert: ExpertKind,

@@ -32,7 +32,7 @@ pub struct TrainConfig {
     pub eps: f32,
     /// Clip the global gradient norm to this value; 0 turns clipping off.
     pub grad_clip: f32,
-    /// Micro-batches whose gradients are summed before each optimiser step.
+    /// Micro-batches whose gradients are averaged into each optimiser step.
     pub grad_accum: usize,
     /// Recompute each block's activations in backward instead of keeping them.
     pub gradient_checkpointing: bool,

@@ -40,6 +40,34 @@ impl AttentionShape {
     fn v_offset(&self, kh: usize) -> usize {
         (self.nh + self.kvh + kh) * self.hs
     }
+
+    /// The kernels' preconditions: whole GQA groups, a head on the stack, biases that cover T.
+    fn check(&self, bias: &ScoreBias) {
+        assert!(
+            self.kvh > 0 && self.nh % self.kvh == 0,
+            "{} query heads do not group over {} kv heads",
+            self.nh,
+            self.kvh
+        );
+        assert!(self.hs <= MAX_HEAD_SIZE, "head size {} exceeds {MAX_HEAD_SIZE}", self.hs);
+        match bias {
+            ScoreBias::None => {}
+            ScoreBias::Alibi { slopes } => assert!(slopes.len() >= self.nh, "one ALiBi slope per head"),
+            ScoreBias::Relative { bucket_of_distance, .. } => {
+                let buckets = bias.buckets(self.nh);
+                assert!(
+                    bucket_of_distance.len() >= self.t,
+                    "relative buckets cover {} distances, T is {}",
+                    bucket_of_distance.len(),
+                    self.t
+                );
+                assert!(
+                    bucket_of_distance[..self.t].iter().all(|&b| (b as usize) < buckets),
+                    "relative bucket out of range"
+                );
+            }
+        }
+    }
 }
 
 /// An additive bias on the scores of query `i` and key `j <= i`, by head.
@@ -58,6 +86,14 @@ pub enum ScoreBias<'a> {
 }
 
 impl ScoreBias<'_> {
+    /// Rows of the relative table (0 for other biases).
+    fn buckets(&self, nh: usize) -> usize {
+        match self {
+            ScoreBias::Relative { table, .. } => table.len() / nh,
+            ScoreBias::None | ScoreBias::Alibi { .. } => 0,
+        }
+    }
+
     #[inline(always)]
     fn at(&self, h: usize, nh: usize, distance: usize) -> f32 {
         match self {
@@ -93,11 +129,11 @@ impl ScoreBias<'_> {
     }
 }
 
-/// Forward. `out` and `lse` are written. Scores live in one (64, 64) tile per thread; nothing
-/// (T, T)-sized is allocated.
+/// Forward. `out` and `lse` are written. Scores live in one (Q_BLOCK, K_BLOCK) tile per thread,
+/// beside a (Q_BLOCK, HS) accumulator; nothing (T, T)-sized is allocated.
 pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: AttentionShape, bias: ScoreBias) {
+    s.check(&bias);
     let AttentionShape { b, t, nh, kvh, hs } = s;
-    assert!(hs <= MAX_HEAD_SIZE, "head size {hs} exceeds {MAX_HEAD_SIZE}");
     assert!(qkv.len() >= b * t * s.qkv_width() && out.len() >= b * t * nh * hs && lse.len() >= b * nh * t);
     let (width, group, scale) = (s.qkv_width() as isize, nh / kvh, 1.0 / (hs as f32).sqrt());
     let (out_ptr, lse_ptr) = (DisjointPtr::new(out), DisjointPtr::new(lse));
@@ -171,11 +207,15 @@ pub fn attention_backward(
     s: AttentionShape,
     bias: ScoreBias,
 ) {
+    s.check(&bias);
     let AttentionShape { b, t, nh, kvh, hs } = s;
     let (width, group, scale) = (s.qkv_width(), nh / kvh, 1.0 / (hs as f32).sqrt());
     assert!(qkv.len() >= b * t * width && dqkv.len() >= b * t * width && dout.len() >= b * t * nh * hs);
     dqkv[..b * t * width].fill(0.0);
-    let buckets = dbias_scratch.as_ref().map_or(0, |d| d.len() / (b * nh));
+    let buckets = bias.buckets(nh);
+    if let Some(scratch) = dbias_scratch.as_deref() {
+        assert!(scratch.len() >= b * buckets * nh, "relative-bias scratch needs (B, buckets, NH)");
+    }
     if let Some(scratch) = dbias_scratch.as_deref_mut() {
         scratch.fill(0.0);
     }
@@ -187,9 +227,7 @@ pub fn attention_backward(
         let (bi, kh) = (task / kvh, task % kvh);
         let at = |i: usize, offset: usize| qkv[(bi * t + i) * width + offset..].as_ptr();
         // SAFETY (for every `grad_at` write below): rows of batch bi, heads of group kh, are this task's.
-        let grad_at = |i: usize, offset: usize| unsafe {
-            dqkv_ptr.slice((bi * t + i) * width + offset, 1).as_mut_ptr()
-        };
+        let grad_at = |i: usize, offset: usize| unsafe { dqkv_ptr.ptr((bi * t + i) * width + offset) };
         let mut p = [0.0f32; Q_BLOCK * K_BLOCK];
         let mut dscore = [0.0f32; Q_BLOCK * K_BLOCK];
         let mut delta = [0.0f32; Q_BLOCK];
@@ -335,11 +373,18 @@ mod tests {
     use crate::rng::Rng;
 
     /// Plain (T, T) attention in f64, forward and backward, for comparison.
-    fn reference(qkv: &[f32], dout: &[f32], s: AttentionShape, bias: &ScoreBias) -> (Vec<f64>, Vec<f64>) {
+    /// Returns out, dqkv and the relative table's gradient (buckets, NH).
+    fn reference(
+        qkv: &[f32],
+        dout: &[f32],
+        s: AttentionShape,
+        bias: &ScoreBias,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let AttentionShape { b, t, nh, kvh, hs } = s;
         let (width, group, scale) = (s.qkv_width(), nh / kvh, 1.0 / (hs as f64).sqrt());
         let mut out = vec![0.0; b * t * nh * hs];
         let mut dqkv = vec![0.0; b * t * width];
+        let mut dtable = vec![0.0; bias.buckets(nh) * nh];
         let x = |bi: usize, i: usize, off: usize, d: usize| qkv[(bi * t + i) * width + off + d] as f64;
         for bi in 0..b {
             for h in 0..nh {
@@ -365,6 +410,9 @@ mod tests {
                         .collect();
                     let delta: f64 = (0..=i).map(|j| p[j] * dp[j]).sum();
                     for j in 0..=i {
+                        if let ScoreBias::Relative { bucket_of_distance, .. } = bias {
+                            dtable[bucket_of_distance[i - j] as usize * nh + h] += p[j] * (dp[j] - delta);
+                        }
                         let ds = p[j] * (dp[j] - delta) * scale;
                         for d in 0..hs {
                             dqkv[(bi * t + i) * width + s.q_offset(h) + d] +=
@@ -377,15 +425,17 @@ mod tests {
                 }
             }
         }
-        (out, dqkv)
+        (out, dqkv, dtable)
     }
 
-    /// Several tiles, a ragged last tile, GQA and each bias against the (T, T) reference.
+    /// Several query and key tiles (K_BLOCK = 256, so T = 600 crosses two key-tile boundaries and
+    /// rescales the online softmax), ragged last tiles, GQA/MQA and each bias, against the (T, T)
+    /// reference, including the relative table's gradient.
     #[test]
     fn tiled_attention_matches_the_quadratic_reference() {
         let slopes = alibi_slopes(4);
         let table: Vec<f32> = (0..8 * 4).map(|i| (i as f32 * 0.37).sin()).collect();
-        let buckets = relative_buckets(150, 8, 40);
+        let buckets = relative_buckets(600, 8, 40);
         let biases = [
             ScoreBias::None,
             ScoreBias::Alibi { slopes: &slopes },
@@ -393,7 +443,9 @@ mod tests {
         ];
         for (s, bias) in [
             (AttentionShape { b: 2, t: 150, nh: 4, kvh: 2, hs: 16 }, &biases[0]),
-            (AttentionShape { b: 1, t: 130, nh: 4, kvh: 1, hs: 8 }, &biases[1]),
+            (AttentionShape { b: 1, t: 600, nh: 4, kvh: 2, hs: 8 }, &biases[0]),
+            (AttentionShape { b: 1, t: 555, nh: 4, kvh: 1, hs: 8 }, &biases[1]),
+            (AttentionShape { b: 2, t: 600, nh: 4, kvh: 4, hs: 8 }, &biases[2]),
             (AttentionShape { b: 1, t: 70, nh: 4, kvh: 4, hs: 8 }, &biases[2]),
         ] {
             let mut rng = Rng::new(5);
@@ -402,11 +454,17 @@ mod tests {
             let (mut out, mut lse, mut dqkv) =
                 (vec![0.0; dout.len()], vec![0.0; s.b * s.nh * s.t], vec![0.0; qkv.len()]);
             attention_forward(&mut out, &mut lse, &qkv, s, *bias);
-            let mut dbias = vec![0.0; s.b * 8 * s.nh];
+            let mut dbias = vec![0.0; s.b * bias.buckets(s.nh) * s.nh];
             let dbias_arg = matches!(bias, ScoreBias::Relative { .. }).then_some(&mut dbias[..]);
             attention_backward(&mut dqkv, dbias_arg, &dout, &qkv, &out, &lse, s, *bias);
-            let (want_out, want_dqkv) = reference(&qkv, &dout, s, bias);
-            for (name, got, want) in [("out", &out, &want_out), ("dqkv", &dqkv, &want_dqkv)] {
+            let mut dtable = vec![0.0f32; bias.buckets(s.nh) * s.nh];
+            for partial in dbias.chunks_exact(dtable.len().max(1)) {
+                dtable.iter_mut().zip(partial).for_each(|(d, p)| *d += p);
+            }
+            let (want_out, want_dqkv, want_dtable) = reference(&qkv, &dout, s, bias);
+            for (name, got, want) in
+                [("out", &out, &want_out), ("dqkv", &dqkv, &want_dqkv), ("dtable", &dtable, &want_dtable)]
+            {
                 let max_diff =
                     got.iter().zip(want.iter()).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);
                 assert!(max_diff < 2e-4, "{s:?} {name}: max diff {max_diff:e}");

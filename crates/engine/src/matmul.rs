@@ -29,16 +29,13 @@ impl Op<'_> {
     }
 }
 
-/// GEMM calls since the process started (cheap; lets tests attribute the `gemm` crate's own
-/// per-call packing allocations, the only ones left in a training step).
-static CALLS: AtomicUsize = AtomicUsize::new(0);
+/// GEMMs running right now, on any thread. The `gemm` crate takes packing scratch inside each
+/// call; allocation tests use this to tell those apart from the engine's own (of which a training
+/// step after the first has none).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
-pub fn matmul_calls() -> usize {
-    CALLS.load(Ordering::Relaxed)
-}
-
-fn count_call() {
-    CALLS.fetch_add(1, Ordering::Relaxed);
+pub fn gemms_in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::Relaxed)
 }
 
 /// Products below this many multiply-adds run on the calling thread.
@@ -74,7 +71,7 @@ pub unsafe fn gemm_strided(
     scale: f32,
     parallel: bool,
 ) {
-    count_call();
+    IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
     let threads = if parallel && m * n * k >= PARALLEL_THRESHOLD { rayon::current_num_threads() } else { 1 };
     let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     gemm::gemm(
@@ -98,6 +95,7 @@ pub unsafe fn gemm_strided(
         false,
         parallelism,
     );
+    IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// `out (M, N) = a (M, K) @ b (K, N)`, or `+=` when `accumulate`.

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 const MIN_ELEMS_PER_TASK: usize = 16 * 1024;
 
 /// Rows per task so that each task has at least `MIN_ELEMS_PER_TASK` elements.
-pub fn rows_per_task(row_len: usize) -> usize {
+fn rows_per_task(row_len: usize) -> usize {
     MIN_ELEMS_PER_TASK.div_ceil(row_len.max(1)).max(1)
 }
 
@@ -60,9 +60,13 @@ pub fn add_column_sums(out: &mut [f32], x: &[f32]) {
 }
 
 /// A raw pointer that kernels share across rayon tasks which write provably disjoint elements
-/// (e.g. attention tasks, each owning one (batch, kv-head) slice of a strided buffer).
+/// (e.g. attention tasks, each owning one (batch, kv-head) slice of a strided buffer). It keeps
+/// the length, so every access is bounds-checked; disjointness is the caller's proof.
 #[derive(Clone, Copy)]
-pub struct DisjointPtr(*mut f32);
+pub struct DisjointPtr {
+    ptr: *mut f32,
+    len: usize,
+}
 
 // SAFETY: users only write through it to elements no other task touches; see each call site.
 unsafe impl Send for DisjointPtr {}
@@ -70,15 +74,34 @@ unsafe impl Sync for DisjointPtr {}
 
 impl DisjointPtr {
     pub fn new(data: &mut [f32]) -> Self {
-        DisjointPtr(data.as_mut_ptr())
+        DisjointPtr { ptr: data.as_mut_ptr(), len: data.len() }
     }
 
     /// # Safety
-    /// `offset..offset + len` must lie in the original slice and no other task may access it
-    /// while the returned slice lives.
+    /// No other task may access `offset..offset + len` while the returned slice lives.
     #[inline(always)]
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(offset), len)
+        assert!(offset + len <= self.len, "disjoint write {offset}+{len} past {}", self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(offset), len)
+    }
+
+    /// A raw pointer to element `offset`, for strided writes (GEMM tiles) that cover more than
+    /// one contiguous run. The caller checks that its strides stay below [`DisjointPtr::len`].
+    ///
+    /// # Safety
+    /// No other task may access the elements written through it meanwhile.
+    #[inline(always)]
+    pub unsafe fn ptr(&self, offset: usize) -> *mut f32 {
+        assert!(offset < self.len, "disjoint pointer {offset} past {}", self.len);
+        self.ptr.add(offset)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }

@@ -63,7 +63,11 @@ impl Attention {
                 Positional::Rope => ScorePositions::Rope(rope_table(m)),
                 Positional::Alibi => ScorePositions::Alibi(kernel::alibi_slopes(nh)),
                 Positional::Relative => ScorePositions::Relative {
-                    table: pb.add("relative_bias", &[m.relative_buckets, nh], Init::Normal(m.init_std)),
+                    table: pb.add_undecayed(
+                        "relative_bias",
+                        &[m.relative_buckets, nh],
+                        Init::Normal(m.init_std),
+                    ),
                     bucket_of_distance: kernel::relative_buckets(
                         m.max_seq_len,
                         m.relative_buckets,

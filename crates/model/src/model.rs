@@ -36,6 +36,8 @@ pub struct Model {
     final_norm: Option<Norm>,
     head: Linear,
     checkpointing: bool,
+    /// Training forwards count MoE routing (token counters, aux-free balancing); eval ones do not.
+    training: bool,
     dropout_seed: Option<u64>,
     state: Option<State>,
 }
@@ -107,6 +109,7 @@ impl Model {
             final_norm,
             head,
             checkpointing: false,
+            training: false,
             dropout_seed: None,
             state: None,
         }
@@ -122,6 +125,12 @@ impl Model {
             self.checkpointing = on;
             self.state = None;
         }
+    }
+
+    /// In training mode forwards update the MoE token counters and balancing state; the
+    /// [`crate::Trainer`] turns it on for its steps only. Dropout is separate ([`Model::set_dropout_seed`]).
+    pub fn set_training(&mut self, on: bool) {
+        self.training = on;
     }
 
     /// Dropout for the next forward/backward pair uses `seed`; `None` turns dropout off (eval).
@@ -203,7 +212,8 @@ impl Model {
             .map_or(0, |s| 4 * (s.residual.len() + s.acts.iter().map(block_floats).sum::<usize>()))
     }
 
-    fn check_tokens(&self, tokens: &[u32], b: usize, t: usize) -> Result<()> {
+    /// Checks that `tokens` (or targets) fill a (B, T) batch of in-vocabulary ids.
+    pub fn check_batch(&self, tokens: &[u32], b: usize, t: usize) -> Result<()> {
         if b == 0 || t == 0 {
             return Err(ModelError::EmptyBatch { b, t });
         }
@@ -222,7 +232,7 @@ impl Model {
 
     /// Runs the model on `tokens (B, T)` and returns the logits (B*T, V).
     pub fn forward(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<&[f32]> {
-        self.check_tokens(tokens, b, t)?;
+        self.check_batch(tokens, b, t)?;
         self.ensure_state(b, t);
         let (n, c, layers) = (b * t, self.config.d_model, self.config.n_layers);
         let dropout = self.config.dropout;
@@ -235,6 +245,7 @@ impl Model {
             final_norm,
             head,
             checkpointing,
+            training,
             dropout_seed,
             ..
         } = self;
@@ -256,7 +267,7 @@ impl Model {
             let acts = &mut s.acts[if *checkpointing { 0 } else { layer }];
             let unique = blocks.len();
             let seeds = dropout_seeds(*dropout_seed, layer);
-            blocks[layer % unique].forward(params, acts, y, &x[layer * n * c..], b, t, seeds, true);
+            blocks[layer % unique].forward(params, acts, y, &x[layer * n * c..], b, t, seeds, *training);
             let (aux, z) = Block::router_losses(acts);
             router_losses = (router_losses.0 + aux, router_losses.1 + z);
         }

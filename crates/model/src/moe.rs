@@ -36,7 +36,7 @@ pub struct Group {
     pub count: usize,
 }
 
-/// Token counters, per expert, since the model was built (or `reset`).
+/// Token counters, per expert, over every training forward since the model was built.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ExpertStats {
     /// Assignments each expert processed.

@@ -69,16 +69,19 @@ pub struct ParamBuilder {
 impl ParamBuilder {
     /// Adds a tensor named `<prefix>.<name>`; weight decay applies to matrices only.
     pub fn add(&mut self, name: &str, shape: &[usize], init: Init) -> P {
+        self.push(name, shape, init, shape.len() >= 2)
+    }
+
+    /// Adds a tensor that is never weight-decayed, whatever its shape (e.g. a bias table).
+    pub fn add_undecayed(&mut self, name: &str, shape: &[usize], init: Init) -> P {
+        self.push(name, shape, init, false)
+    }
+
+    fn push(&mut self, name: &str, shape: &[usize], init: Init, decay: bool) -> P {
         let handle = P { offset: self.len, len: shape.iter().product() };
         self.len += handle.len;
         let full = self.prefix.iter().map(String::as_str).chain([name]).collect::<Vec<_>>().join(".");
-        self.specs.push(ParamSpec {
-            name: full,
-            shape: shape.to_vec(),
-            handle,
-            init,
-            decay: shape.len() >= 2,
-        });
+        self.specs.push(ParamSpec { name: full, shape: shape.to_vec(), handle, init, decay });
         handle
     }
 

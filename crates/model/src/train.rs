@@ -4,7 +4,7 @@
 use truthgpt_config::TrainConfig;
 use truthgpt_engine::optim::{self, AdamW};
 
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::model::Model;
 
 /// One micro-batch: `tokens` and next-token `targets`, both (B, T) row-major.
@@ -59,21 +59,23 @@ impl Trainer {
         Trainer { model, config, m: vec![0.0; n], v: vec![0.0; n], step: 0, spans }
     }
 
-    /// One optimiser step over `micro_batches` (their gradients are averaged).
+    /// One optimiser step over `micro_batches` (their gradients are averaged). Every batch is
+    /// checked before any work, so a bad one leaves the model and optimiser untouched.
     pub fn step(&mut self, micro_batches: &[Batch]) -> Result<StepStats> {
-        let scale = 1.0 / micro_batches.len().max(1) as f32;
-        self.model.zero_grad();
-        let (mut loss, mut aux, mut z) = (0.0, 0.0, 0.0);
-        for (micro, batch) in micro_batches.iter().enumerate() {
-            let seed = self.config.seed ^ (self.step << 16) ^ micro as u64;
-            self.model.set_dropout_seed(Some(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-            self.model.forward(batch.tokens, batch.b, batch.t)?;
-            loss += self.model.loss_and_grad(batch.targets, scale)? * scale;
-            let (a, zl) = self.model.router_losses();
-            (aux, z) = (aux + a * scale, z + zl * scale);
-            self.model.backward(scale)?;
+        if micro_batches.is_empty() {
+            return Err(ModelError::EmptyBatch { b: 0, t: 0 });
         }
+        for batch in micro_batches {
+            self.model.check_batch(batch.tokens, batch.b, batch.t)?;
+            self.model.check_batch(batch.targets, batch.b, batch.t)?;
+        }
+        let scale = 1.0 / micro_batches.len() as f32;
+        self.model.zero_grad();
+        self.model.set_training(true);
+        let result = self.accumulate(micro_batches, scale);
+        self.model.set_training(false);
         self.model.set_dropout_seed(None);
+        let (loss, aux, z) = result?;
         let grad_norm = optim::sum_of_squares(&self.model.grads).sqrt() as f32;
         let clip = optim::clip_factor(grad_norm, self.config.grad_clip);
         let lr = self.config.lr_at(self.step as usize);
@@ -98,5 +100,20 @@ impl Trainer {
         }
         self.model.update_selection_bias();
         Ok(StepStats { loss, aux_loss: aux, z_loss: z, grad_norm, lr })
+    }
+
+    /// Forward and backward of every micro-batch; returns the mean (loss, aux loss, z loss).
+    fn accumulate(&mut self, micro_batches: &[Batch], scale: f32) -> Result<(f32, f32, f32)> {
+        let (mut loss, mut aux, mut z) = (0.0, 0.0, 0.0);
+        for (micro, batch) in micro_batches.iter().enumerate() {
+            let seed = self.config.seed ^ (self.step << 16) ^ micro as u64;
+            self.model.set_dropout_seed(Some(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+            self.model.forward(batch.tokens, batch.b, batch.t)?;
+            loss += self.model.loss_and_grad(batch.targets, scale)? * scale;
+            let (a, zl) = self.model.router_losses();
+            (aux, z) = (aux + a * scale, z + zl * scale);
+            self.model.backward(scale)?;
+        }
+        Ok((loss, aux, z))
     }
 }

@@ -218,6 +218,7 @@ fn gradient_checkpointing_gives_identical_gradients() {
         let grads = |checkpointing: bool| {
             let mut model = Model::new(&config, 7);
             model.set_gradient_checkpointing(checkpointing);
+            model.set_training(true);
             model.set_dropout_seed(Some(9));
             model.forward(&tokens, B, T).unwrap();
             model.loss_and_grad(&targets, 1.0).unwrap();

@@ -57,3 +57,35 @@ fn pimoe_reports_per_type_utilisation() {
         assert_eq!(routed + moe.stats.dropped, (b * t * config.model.moe.top_k) as u64);
     }
 }
+
+/// Evaluation forwards leave the router's counters and balancing state alone.
+#[test]
+fn eval_forwards_do_not_count_routing() {
+    let mut config = Config::preset("tiny").unwrap();
+    config.model.ffn = FfnKind::Moe;
+    let (b, t) = (config.train.batch_size, config.train.seq_len);
+    let tokens: Vec<u32> = (0..(b * t) as u32).map(|i| i * 37 % 256).collect();
+    let mut trainer = Trainer::new(Model::new(&config.model, 0), config.train.clone());
+    trainer.step(&[Batch { tokens: &tokens, targets: &tokens, b, t }]).unwrap();
+    let counted: Vec<_> = trainer.model.moe_layers().map(|m| m.stats.clone()).collect();
+    trainer.model.forward(&tokens, b, t).unwrap();
+    trainer.model.loss(&tokens).unwrap();
+    assert_eq!(trainer.model.moe_layers().map(|m| m.stats.clone()).collect::<Vec<_>>(), counted);
+}
+
+/// A bad micro-batch is rejected before any work: parameters and the step counter are unchanged.
+#[test]
+fn a_rejected_step_changes_nothing() {
+    let config = Config::preset("tiny").unwrap();
+    let mut trainer = Trainer::new(Model::new(&config.model, 0), config.train.clone());
+    let (good, bad) = (vec![1u32; 8], vec![1u32, 2, 3, 300, 5, 6, 7, 8]);
+    let before = trainer.model.params.clone();
+    let batches = [
+        Batch { tokens: &good, targets: &good, b: 1, t: 8 },
+        Batch { tokens: &good, targets: &bad, b: 1, t: 8 },
+    ];
+    assert!(trainer.step(&batches).is_err());
+    assert!(trainer.step(&[]).is_err());
+    assert_eq!(trainer.step, 0);
+    assert_eq!(trainer.model.params, before);
+}
