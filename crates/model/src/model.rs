@@ -379,9 +379,20 @@ impl Model {
             let (x, y) = s.residual.split_at_mut((layer + 1) * n * c);
             let x = &x[layer * n * c..];
             let acts = if *checkpointing {
-                let acts = &mut s.acts[0];
                 // Recompute this block's internals; its output is already in the residual stream.
-                blocks[layer % unique].forward(params, acts, &mut y[..n * c], x, b, t, seeds, false);
+                // The last block's are still in the shared buffer from the forward pass.
+                if layer + 1 < layers {
+                    blocks[layer % unique].forward(
+                        params,
+                        &mut s.acts[0],
+                        &mut y[..n * c],
+                        x,
+                        b,
+                        t,
+                        seeds,
+                        false,
+                    );
+                }
                 &s.acts[0]
             } else {
                 &s.acts[layer]

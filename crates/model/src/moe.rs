@@ -9,6 +9,9 @@
 //! gates renormalised over the chosen k (raw probability when k = 1, as in Switch) -> tokens
 //! permuted by expert, capped at the capacity unless dropless -> per-expert GEMMs -> weighted
 //! un-permute. A dropped assignment contributes nothing; the block's residual carries the token.
+//! Capacity is per expert, `ceil(capacity_factor * tokens * k / E)` over all E experts, so in
+//! PiMoE a type the router favours fills up first. Within a choice rank, earlier tokens in the
+//! batch win a contested slot (all first choices are placed before any second choice).
 //!
 //! Losses (added to the training loss):
 //! - balancing, per group `g`: `aux_loss_coef * E_g * sum_{i in g} f_i * P_i`, where `f_i` is the
