@@ -39,15 +39,22 @@ fn tiny_model_memorises_a_batch_with_every_ffn_kind() {
     }
 }
 
-/// PiMoE reports utilisation per expert type, over every token it routed.
-#[test]
-fn pimoe_reports_per_type_utilisation() {
+/// The tiny preset with `ffn`, after one training step on a fixed batch (also returned).
+fn one_step(ffn: FfnKind) -> (Trainer, Config, Vec<u32>) {
     let mut config = Config::preset("tiny").unwrap();
-    config.model.ffn = FfnKind::Pimoe;
+    config.model.ffn = ffn;
     let (b, t) = (config.train.batch_size, config.train.seq_len);
     let tokens: Vec<u32> = (0..(b * t) as u32).map(|i| i * 37 % 256).collect();
     let mut trainer = Trainer::new(Model::new(&config.model, 0), config.train.clone());
     trainer.step(&[Batch { tokens: &tokens, targets: &tokens, b, t }]).unwrap();
+    (trainer, config, tokens)
+}
+
+/// PiMoE reports utilisation per expert type, over every token it routed.
+#[test]
+fn pimoe_reports_per_type_utilisation() {
+    let (trainer, config, _) = one_step(FfnKind::Pimoe);
+    let (b, t) = (config.train.batch_size, config.train.seq_len);
     for moe in trainer.model.moe_layers() {
         let names: Vec<&str> = config.model.pimoe.groups.iter().map(|g| g.name.as_str()).collect();
         let shares = moe.group_utilisation();
@@ -61,12 +68,8 @@ fn pimoe_reports_per_type_utilisation() {
 /// Evaluation forwards leave the router's counters and balancing state alone.
 #[test]
 fn eval_forwards_do_not_count_routing() {
-    let mut config = Config::preset("tiny").unwrap();
-    config.model.ffn = FfnKind::Moe;
+    let (mut trainer, config, tokens) = one_step(FfnKind::Moe);
     let (b, t) = (config.train.batch_size, config.train.seq_len);
-    let tokens: Vec<u32> = (0..(b * t) as u32).map(|i| i * 37 % 256).collect();
-    let mut trainer = Trainer::new(Model::new(&config.model, 0), config.train.clone());
-    trainer.step(&[Batch { tokens: &tokens, targets: &tokens, b, t }]).unwrap();
     let counted: Vec<_> = trainer.model.moe_layers().map(|m| m.stats.clone()).collect();
     trainer.model.forward(&tokens, b, t).unwrap();
     trainer.model.loss(&tokens).unwrap();
