@@ -1,5 +1,6 @@
 //! The TruthGPT compute engine: f32 CPU kernels, each an explicit forward and backward over
-//! caller-owned buffers (llm.c style). Nothing here allocates per call; callers preallocate.
+//! caller-owned buffers (llm.c style). Callers preallocate; the only allocations per call are the
+//! `gemm` crate's packing scratch inside GEMMs.
 //!
 //! Argument order follows llm.c: outputs, then what forward saves for backward, then inputs,
 //! weights and sizes. Parameter gradients accumulate (`+=`); input gradients are written (`=`)
