@@ -2,7 +2,7 @@
 //! relative bias), tiled online-softmax attention with GQA/MQA, and the output projection.
 
 use truthgpt_config::{ModelConfig, Positional, RopeScalingKind};
-use truthgpt_engine::attention::{self as kernel, AttentionShape, ScoreBias};
+use truthgpt_engine::attention::{self as kernel, AttentionShape, KvView, ScoreBias};
 use truthgpt_engine::rope::RopeTable;
 
 use crate::linear::Linear;
@@ -41,6 +41,23 @@ pub struct AttentionActs {
     pub qkv: Vec<f32>,
     pub out: Vec<f32>,
     pub lse: Vec<f32>,
+}
+
+/// One layer's keys and values for the positions of one sequence decoded so far, each
+/// `(max_seq_len, KVH * HS)`.
+#[derive(Debug, Clone)]
+pub struct LayerKv {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+/// Incremental decoding: the forward's `t` rows are positions `start..start + t` of one sequence
+/// whose earlier keys and values are in `kv`; `scores` is scratch of `NH * max_seq_len`.
+#[derive(Debug)]
+pub struct Cached<'a> {
+    pub kv: &'a mut LayerKv,
+    pub start: usize,
+    pub scores: &'a mut [f32],
 }
 
 /// Backward scratch shared by all layers.
@@ -115,7 +132,13 @@ impl Attention {
         }
     }
 
-    /// `y (N, C) = proj(attention(qkv(x)))`; `x` is the normalised input.
+    pub fn layer_kv(&self, max_t: usize) -> LayerKv {
+        let len = max_t * self.kvh * self.hs;
+        LayerKv { k: vec![0.0; len], v: vec![0.0; len] }
+    }
+
+    /// `y (N, C) = proj(attention(qkv(x)))`; `x` is the normalised input. With `cached` (B = 1)
+    /// the rows continue a sequence: their keys and values are appended to its cache first.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -125,15 +148,40 @@ impl Attention {
         x: &[f32],
         b: usize,
         t: usize,
+        cached: Option<Cached>,
     ) {
-        let (n, shape) = (b * t, self.shape(b, t));
+        let (n, shape, width) = (b * t, self.shape(b, t), self.qkv.out);
+        let start = cached.as_ref().map_or(0, |c| c.start);
         self.qkv.forward(params, &mut acts.qkv, x, n);
         if let ScorePositions::Rope(table) = &self.positions {
-            table.apply(&mut acts.qkv[..n * self.qkv.out], self.qkv.out, 0, self.nh + self.kvh, t, 0, false);
+            table.apply(&mut acts.qkv[..n * width], width, 0, self.nh + self.kvh, t, start, false);
         }
         let bias = self.bias(params);
-        kernel::attention_forward(&mut acts.out, &mut acts.lse, &acts.qkv, shape, bias);
+        match cached {
+            // A fresh sequence is a whole causal forward: the tiled kernel is the fast path.
+            Some(Cached { kv, start, scores }) if start > 0 => {
+                self.append_kv(kv, &acts.qkv, start, t);
+                let kv = KvView { k: &kv.k, v: &kv.v };
+                kernel::attention_cached(&mut acts.out, &acts.qkv, width, kv, start, t, shape, bias, scores);
+            }
+            cached => {
+                if let Some(Cached { kv, .. }) = cached {
+                    self.append_kv(kv, &acts.qkv, 0, t);
+                }
+                kernel::attention_forward(&mut acts.out, &mut acts.lse, &acts.qkv, shape, bias);
+            }
+        }
         self.proj.forward(params, y, &acts.out, n);
+    }
+
+    /// Copies the key and value heads of `t` qkv rows into the cache at positions `start..`.
+    fn append_kv(&self, kv: &mut LayerKv, qkv: &[f32], start: usize, t: usize) {
+        let (kv_width, k_offset) = (self.kvh * self.hs, self.nh * self.hs);
+        for (r, row) in qkv.chunks_exact(self.qkv.out).take(t).enumerate() {
+            let at = (start + r) * kv_width;
+            kv.k[at..at + kv_width].copy_from_slice(&row[k_offset..k_offset + kv_width]);
+            kv.v[at..at + kv_width].copy_from_slice(&row[k_offset + kv_width..k_offset + 2 * kv_width]);
+        }
     }
 
     /// `dx` (gradient of the normalised input) is written; parameter gradients accumulate.

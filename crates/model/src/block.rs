@@ -10,7 +10,7 @@ use truthgpt_config::{ExpertKind, FfnKind, ModelConfig, NormPosition};
 use truthgpt_engine::par::{add, add_assign};
 use truthgpt_engine::rng::dropout_inplace;
 
-use crate::attention::{Attention, AttentionActs, AttentionScratch};
+use crate::attention::{Attention, AttentionActs, AttentionScratch, Cached};
 use crate::ffn::Ffn;
 use crate::linear::{Norm, NormSaved};
 use crate::moe::{Moe, MoeActs, MoeScratch};
@@ -174,7 +174,8 @@ impl Block {
         }
     }
 
-    /// `y = block(x)`, both (N, C). `record` is false when recomputing under checkpointing.
+    /// `y = block(x)`, both (N, C). `record` is false when recomputing under checkpointing and
+    /// when decoding; `cached` continues a sequence from its key/value cache (see [`Cached`]).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &mut self,
@@ -186,6 +187,7 @@ impl Block {
         t: usize,
         seeds: Option<DropoutSeeds>,
         record: bool,
+        cached: Option<Cached>,
     ) {
         let n = b * t;
         let nc = n * self.norm1.c;
@@ -199,7 +201,7 @@ impl Block {
         match self.position {
             NormPosition::Pre => {
                 self.norm1.forward(params, &mut acts.sum_or_norm1, &mut acts.norm1, x, n);
-                self.attn.forward(params, &mut acts.attn, &mut acts.branch, &acts.sum_or_norm1, b, t);
+                self.attn.forward(params, &mut acts.attn, &mut acts.branch, &acts.sum_or_norm1, b, t, cached);
                 drop(&mut acts.branch[..nc], seeds.map(|s| s.attn));
                 add(&mut acts.mid[..nc], x, &acts.branch);
                 self.norm2.forward(params, &mut acts.sum_or_norm2, &mut acts.norm2, &acts.mid, n);
@@ -208,7 +210,7 @@ impl Block {
                 add(y, &acts.mid, &acts.branch);
             }
             NormPosition::Post => {
-                self.attn.forward(params, &mut acts.attn, &mut acts.branch, x, b, t);
+                self.attn.forward(params, &mut acts.attn, &mut acts.branch, x, b, t, cached);
                 drop(&mut acts.branch[..nc], seeds.map(|s| s.attn));
                 add(&mut acts.sum_or_norm1[..nc], x, &acts.branch);
                 self.norm1.forward(params, &mut acts.mid, &mut acts.norm1, &acts.sum_or_norm1, n);

@@ -11,6 +11,12 @@ pub enum ModelError {
     BatchShape { b: usize, t: usize, expected: usize, got: usize },
     #[error("backward called before a forward with targets")]
     NoForward,
+    #[error("the prompt has {tokens} tokens; model.max_seq_len = {max} leaves no room to generate")]
+    PromptTooLong { tokens: usize, max: usize },
+    #[error("sampling: {0}")]
+    Sampling(String),
+    #[error("this key/value cache was made for a different model")]
+    CacheMismatch,
     #[error("tensor `{name}`: {problem}")]
     Tensor { name: String, problem: String },
     #[error("safetensors: {0}")]

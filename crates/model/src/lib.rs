@@ -7,12 +7,16 @@
 //! - [`attention`]: causal attention with RoPE, ALiBi or T5 relative bias, GQA/MQA;
 //! - [`ffn`], [`moe`]: dense MLP/GEGLU/SwiGLU, and routed MoE/PiMoE;
 //! - [`block`], [`model`]: pre/post-norm blocks, embeddings and head, gradient checkpointing;
+//! - [`decode`]: incremental decoding with a key/value cache;
+//! - [`generate`]: sampling, and the token stream generation is built on;
 //! - [`train`]: the optimiser step.
 
 pub mod attention;
 pub mod block;
+pub mod decode;
 pub mod error;
 pub mod ffn;
+pub mod generate;
 pub mod io;
 pub mod linear;
 pub mod model;
@@ -20,6 +24,8 @@ pub mod moe;
 pub mod params;
 pub mod train;
 
+pub use decode::KvCache;
 pub use error::{ModelError, Result};
+pub use generate::{FinishReason, Generator, Sampler, Sampling};
 pub use model::Model;
 pub use train::{Batch, StepStats, Trainer};

@@ -15,12 +15,23 @@ use crate::moe::Moe;
 use crate::params::{pair_mut, Init, ParamBuilder, ParamSpec, P};
 
 #[derive(Debug, Clone)]
-enum PositionTable {
+pub(crate) enum PositionTable {
     /// Positions act inside attention (RoPE, ALiBi, relative), or nowhere.
     None,
     Learned(P),
     /// The sinusoidal (T, C) table.
     Fixed(Vec<f32>),
+}
+
+impl PositionTable {
+    /// The (max_seq_len, C) table added to the token embeddings, if positions act there.
+    pub(crate) fn table<'a>(&'a self, params: &'a [f32]) -> Option<&'a [f32]> {
+        match self {
+            PositionTable::Learned(p) => Some(p.of(params)),
+            PositionTable::Fixed(table) => Some(table),
+            PositionTable::None => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -29,12 +40,12 @@ pub struct Model {
     pub specs: Vec<ParamSpec>,
     pub params: Vec<f32>,
     pub grads: Vec<f32>,
-    wte: P,
-    positions: PositionTable,
+    pub(crate) wte: P,
+    pub(crate) positions: PositionTable,
     /// Unique parameter sets; layer `l` uses `blocks[l % blocks.len()]` (one set when shared).
-    blocks: Vec<Block>,
-    final_norm: Option<Norm>,
-    head: Linear,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) final_norm: Option<Norm>,
+    pub(crate) head: Linear,
     checkpointing: bool,
     /// Training forwards count MoE routing (token counters, aux-free balancing); eval ones do not.
     training: bool,
@@ -143,7 +154,7 @@ impl Model {
         self.grads.par_chunks_mut(1 << 16).for_each(|chunk| chunk.fill(0.0));
     }
 
-    fn block(&self, layer: usize) -> &Block {
+    pub(crate) fn block(&self, layer: usize) -> &Block {
         &self.blocks[layer % self.blocks.len()]
     }
 
@@ -252,12 +263,7 @@ impl Model {
         let s = state.as_mut().expect("state was just ensured");
         s.tokens.copy_from_slice(tokens);
         s.logits_are_grads = false;
-        let position_table = match positions {
-            PositionTable::Learned(p) => Some(p.of(params)),
-            PositionTable::Fixed(table) => Some(&table[..]),
-            PositionTable::None => None,
-        };
-        embedding::forward(&mut s.residual[..n * c], tokens, wte.of(params), position_table, t, c);
+        embedding::forward(&mut s.residual[..n * c], tokens, wte.of(params), positions.table(params), t, c);
         if let Some(seed) = *dropout_seed {
             dropout_inplace(&mut s.residual[..n * c], dropout, seed ^ EMBEDDING_DROPOUT);
         }
@@ -267,7 +273,17 @@ impl Model {
             let acts = &mut s.acts[if *checkpointing { 0 } else { layer }];
             let unique = blocks.len();
             let seeds = dropout_seeds(*dropout_seed, layer);
-            blocks[layer % unique].forward(params, acts, y, &x[layer * n * c..], b, t, seeds, *training);
+            blocks[layer % unique].forward(
+                params,
+                acts,
+                y,
+                &x[layer * n * c..],
+                b,
+                t,
+                seeds,
+                *training,
+                None,
+            );
             let (aux, z) = Block::router_losses(acts);
             router_losses = (router_losses.0 + aux, router_losses.1 + z);
         }
@@ -391,6 +407,7 @@ impl Model {
                         t,
                         seeds,
                         false,
+                        None,
                     );
                 }
                 &s.acts[0]
@@ -427,7 +444,7 @@ impl Model {
 /// Mixed into the step's dropout seed for the embedding dropout site.
 const EMBEDDING_DROPOUT: u64 = 0x5DEE_CE66_D1CE_4E5B;
 
-fn dropout_seeds(seed: Option<u64>, layer: usize) -> Option<DropoutSeeds> {
+pub(crate) fn dropout_seeds(seed: Option<u64>, layer: usize) -> Option<DropoutSeeds> {
     seed.map(|s| {
         let base = s ^ (layer as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407);
         DropoutSeeds { attn: base ^ 1, ffn: base ^ 2 }

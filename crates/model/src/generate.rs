@@ -1,0 +1,210 @@
+//! Sampling and the token stream that generation is built on: [`Generator`] is an iterator of
+//! token ids over a [`KvCache`], which the CLI prints and the server streams.
+
+use truthgpt_engine::rng::Rng;
+
+use crate::decode::KvCache;
+use crate::error::{ModelError, Result};
+use crate::model::Model;
+
+/// How the next token is chosen from the logits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    /// 0 is greedy (argmax, ties to the lowest id); otherwise logits are divided by it.
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability reaches `top_p`; 1 keeps all.
+    pub top_p: f32,
+    /// CTRL-style penalty (Keskar et al. 2019) on tokens already in the prompt or output: positive
+    /// logits are divided by it, negative ones multiplied; 1 is off.
+    pub repetition_penalty: f32,
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling { temperature: 0.8, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, seed: 0 }
+    }
+}
+
+impl Sampling {
+    pub fn greedy() -> Self {
+        Sampling { temperature: 0.0, ..Sampling::default() }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str, value: f32| ModelError::Sampling(format!("{what} = {value}"));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(bad("temperature must be finite and >= 0, got", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(bad("top_p must be in (0, 1], got", self.top_p));
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return Err(bad("repetition_penalty must be finite and > 0, got", self.repetition_penalty));
+        }
+        Ok(())
+    }
+}
+
+/// Why a [`Generator`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// It produced a stop token (not yielded).
+    Stop,
+    /// It produced `max_tokens`, or the sequence reached `max_seq_len`.
+    Length,
+}
+
+/// Turns logits into a token id; owns its random state and scratch.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    sampling: Sampling,
+    rng: Rng,
+    /// (id, probability) candidates, reused.
+    candidates: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    pub fn new(sampling: Sampling) -> Result<Self> {
+        sampling.validate()?;
+        let rng = Rng::new(sampling.seed);
+        Ok(Sampler { sampling, rng, candidates: Vec::new() })
+    }
+
+    /// Picks the next token from `logits`; `history` is every token of the sequence so far.
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let s = &self.sampling;
+        let candidates = &mut self.candidates;
+        candidates.clear();
+        candidates.extend(logits.iter().enumerate().map(|(id, &logit)| (id as u32, logit)));
+        if s.repetition_penalty != 1.0 {
+            // Computed from the original logit, so a token seen twice is penalised once (as HF does).
+            for &id in history {
+                if let Some(&logit) = logits.get(id as usize) {
+                    let penalised =
+                        if logit > 0.0 { logit / s.repetition_penalty } else { logit * s.repetition_penalty };
+                    candidates[id as usize].1 = penalised;
+                }
+            }
+        }
+        if s.temperature == 0.0 {
+            let ties_to_lowest_id =
+                |a: &&(u32, f32), b: &&(u32, f32)| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0));
+            return candidates.iter().max_by(ties_to_lowest_id).expect("logits are not empty").0;
+        }
+        let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if s.top_k > 0 && s.top_k < candidates.len() {
+            candidates.select_nth_unstable_by(s.top_k - 1, by_logit_desc);
+            candidates.truncate(s.top_k);
+        }
+        candidates.sort_unstable_by(by_logit_desc);
+        let max = candidates[0].1;
+        let mut total = 0.0;
+        for (_, weight) in candidates.iter_mut() {
+            *weight = ((*weight - max) / s.temperature).exp();
+            total += *weight;
+        }
+        if s.top_p < 1.0 {
+            let (threshold, mut kept) = (s.top_p * total, 0.0);
+            let last = candidates.iter().position(|&(_, w)| {
+                kept += w;
+                kept >= threshold
+            });
+            candidates.truncate(last.map_or(candidates.len(), |i| i + 1));
+            total = candidates.iter().map(|&(_, w)| w).sum();
+        }
+        let mut target = self.rng.uniform() * total;
+        for &(id, weight) in candidates.iter() {
+            if target < weight {
+                return id;
+            }
+            target -= weight;
+        }
+        candidates.last().expect("at least the most likely token is kept").0
+    }
+}
+
+/// Generated token ids, one per `next()`: the prompt is run on the first call, then one cached
+/// step per token. Stops after `max_tokens`, at a stop token, or at `max_seq_len`.
+pub struct Generator<'m> {
+    model: &'m mut Model,
+    cache: KvCache,
+    sampler: Sampler,
+    /// Prompt then generated tokens.
+    history: Vec<u32>,
+    /// Tokens to run next: the prompt, then the last sampled token.
+    pending: std::ops::Range<usize>,
+    remaining: usize,
+    stop_tokens: Vec<u32>,
+    finish: Option<FinishReason>,
+}
+
+impl<'m> Generator<'m> {
+    /// Checks the prompt (non-empty, in vocabulary, shorter than `max_seq_len`) and the sampling
+    /// settings before any work.
+    pub fn new(
+        model: &'m mut Model,
+        prompt: &[u32],
+        max_tokens: usize,
+        sampling: Sampling,
+        stop_tokens: Vec<u32>,
+    ) -> Result<Self> {
+        let max = model.config.max_seq_len;
+        if prompt.len() >= max {
+            return Err(ModelError::PromptTooLong { tokens: prompt.len(), max });
+        }
+        model.check_batch(prompt, 1, prompt.len())?;
+        let sampler = Sampler::new(sampling)?;
+        let cache = model.new_cache();
+        Ok(Generator {
+            model,
+            cache,
+            sampler,
+            history: prompt.to_vec(),
+            pending: 0..prompt.len(),
+            remaining: max_tokens,
+            stop_tokens,
+            finish: None,
+        })
+    }
+
+    /// Why generation ended, once `next()` has returned `None`.
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.finish
+    }
+
+    /// The prompt and every token generated so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.history
+    }
+
+    fn step(&mut self) -> Result<Option<u32>> {
+        if self.finish.is_some() {
+            return Ok(None);
+        }
+        if self.remaining == 0 || self.history.len() >= self.cache.capacity() {
+            self.finish = Some(FinishReason::Length);
+            return Ok(None);
+        }
+        let logits = self.model.forward_cached(&mut self.cache, &self.history[self.pending.clone()])?;
+        let token = self.sampler.sample(logits, &self.history);
+        if self.stop_tokens.contains(&token) {
+            self.finish = Some(FinishReason::Stop);
+            return Ok(None);
+        }
+        self.remaining -= 1;
+        self.history.push(token);
+        self.pending = self.history.len() - 1..self.history.len();
+        Ok(Some(token))
+    }
+}
+
+impl Iterator for Generator<'_> {
+    type Item = Result<u32>;
+
+    fn next(&mut self) -> Option<Result<u32>> {
+        self.step().transpose()
+    }
+}
