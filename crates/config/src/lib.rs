@@ -10,6 +10,7 @@
 //! Unknown keys and wrong types are rejected while loading; [`Config::validate`] then checks the
 //! relations between fields. Every error names the field, the bad value and what is allowed.
 
+mod data;
 mod error;
 mod model;
 mod presets;
@@ -22,6 +23,7 @@ use figment::providers::{Env, Format, Json, Serialized, Toml, Yaml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use data::DataConfig;
 pub use error::{ConfigError, Invalid};
 pub use model::{
     Balancing, ExpertGroup, ExpertKind, FfnKind, ModelConfig, MoeConfig, NormKind, NormPosition, PimoeConfig,
@@ -44,6 +46,7 @@ pub const ENV_PREFIX: &str = "TRUTHGPT_";
 pub struct Config {
     pub model: ModelConfig,
     pub train: TrainConfig,
+    pub data: DataConfig,
 }
 
 /// Where a configuration comes from; see the crate docs for the order.

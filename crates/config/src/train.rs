@@ -1,4 +1,4 @@
-//! The `train:` section: batch shape, optimiser and schedule.
+//! The `train:` section: batch shape, optimiser, schedule, evaluation and checkpoints.
 
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +36,16 @@ pub struct TrainConfig {
     pub grad_accum: usize,
     /// Recompute each block's activations in backward instead of keeping them.
     pub gradient_checkpointing: bool,
+    /// Seeds initialisation, the validation split, batch order and dropout.
     pub seed: u64,
+    /// Measure validation loss every this many steps (and at the end); 0 only at the end.
+    pub eval_every: usize,
+    /// Batches of `batch_size` windows in each validation measurement.
+    pub eval_batches: usize,
+    /// Write a checkpoint every this many steps (and at the end); 0 only at the end.
+    pub checkpoint_every: usize,
+    /// Checkpoints kept in a run directory; older ones are deleted.
+    pub keep_checkpoints: usize,
 }
 
 impl Default for TrainConfig {
@@ -56,6 +65,10 @@ impl Default for TrainConfig {
             grad_accum: 1,
             gradient_checkpointing: false,
             seed: 1337,
+            eval_every: 100,
+            eval_batches: 20,
+            checkpoint_every: 500,
+            keep_checkpoints: 3,
         }
     }
 }

@@ -169,6 +169,17 @@ impl Config {
             t.grad_clip,
             "a non-negative number (0 turns clipping off)",
         );
+        v.positive("train.eval_batches", t.eval_batches);
+        v.positive("train.keep_checkpoints", t.keep_checkpoints);
+
+        let d = &self.data;
+        v.check(!d.jsonl_field.is_empty(), "data.jsonl_field", "\"\"", "a field name");
+        v.check(
+            d.val_fraction > 0.0 && d.val_fraction <= 0.5,
+            "data.val_fraction",
+            d.val_fraction,
+            "a fraction in (0, 0.5]",
+        );
 
         if v.0.is_empty() {
             Ok(())

@@ -1,11 +1,50 @@
 //! Parameters to and from safetensors, by the names in the model's spec table.
+//!
+//! Besides parameters, a model has state that no gradient trains but that its outputs depend on:
+//! the aux-free MoE selection biases. They are saved as `<block>.ffn.selection_bias`.
 
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
+use crate::block::FeedForward;
 use crate::error::{ModelError, Result};
 use crate::model::Model;
 
 impl Model {
+    /// Every parameter under its spec name, plus the MoE selection biases, as safetensors bytes.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let mut tensors: Vec<(String, TensorView)> = Vec::with_capacity(self.specs.len());
+        for spec in &self.specs {
+            let bytes = bytemuck::cast_slice(spec.handle.of(&self.params));
+            tensors.push((spec.name.clone(), TensorView::new(Dtype::F32, spec.shape.clone(), bytes)?));
+        }
+        for (name, bias) in self.selection_biases() {
+            tensors.push((name, TensorView::new(Dtype::F32, vec![bias.len()], bytemuck::cast_slice(bias))?));
+        }
+        Ok(safetensors::serialize(tensors, None)?)
+    }
+
+    fn selection_biases(&self) -> impl Iterator<Item = (String, &[f32])> {
+        self.blocks.iter().enumerate().filter_map(|(i, block)| match &block.ffn {
+            FeedForward::Moe(moe) => Some((format!("blocks.{i}.ffn.selection_bias"), &moe.selection_bias[..])),
+            FeedForward::Dense(_) => None,
+        })
+    }
+
+    /// Parameters as [`Model::load_params`] reads them, and the MoE selection biases when the file
+    /// has them (files from other tools do not; the biases then stay zero).
+    pub fn load_safetensors(&mut self, tensors: &SafeTensors) -> Result<()> {
+        self.load_params(tensors, "")?;
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            if let FeedForward::Moe(moe) = &mut block.ffn {
+                let name = format!("blocks.{i}.ffn.selection_bias");
+                if let Ok(view) = tensors.tensor(&name) {
+                    moe.selection_bias = f32_values(&name, &view, &[moe.selection_bias.len()])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Copies every parameter from `<prefix><name>` in `tensors`. Every parameter must be present,
     /// f32, and of the exact shape; extra tensors are ignored.
     pub fn load_params(&mut self, tensors: &SafeTensors, prefix: &str) -> Result<()> {

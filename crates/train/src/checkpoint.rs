@@ -1,0 +1,305 @@
+//! Saved models and checkpoints, written so that a crash at any instant leaves the last complete
+//! checkpoint loadable, and read so that corruption is an error that names the file.
+//!
+//! ```text
+//! RUN_DIR/
+//!   latest                      "checkpoints/step-00000200", replaced atomically
+//!   metrics.jsonl
+//!   checkpoints/step-00000200/  one checkpoint = a model directory + optimiser state
+//!     config.json  tokenizer.json  model.safetensors     what `generate` and `eval` need
+//!     optimizer.safetensors  trainer.json               what `--resume` needs
+//!     manifest.json                                     size and SHA-256 of every file
+//! ```
+//!
+//! A checkpoint is built in a hidden temporary directory, every file fsynced, then renamed into
+//! place; only then does `latest` move to it. A kill before the rename leaves a stray temporary
+//! directory (removed by the next save) and the previous checkpoint still `latest`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use truthgpt_config::Config;
+use truthgpt_data::{fsio, Tokenizer};
+use truthgpt_model::{io::f32_values, Model, Trainer};
+
+use crate::error::{IoContext, ModelContext, Result, TrainError};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const LATEST: &str = "latest";
+const CHECKPOINTS: &str = "checkpoints";
+const FORMAT: u32 = 1;
+
+/// Where a run is in its data and schedule; the whole of the random state, because batches and
+/// dropout masks are functions of (seed, step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub step: u64,
+    pub tokens_seen: u64,
+    pub seed: u64,
+    /// Wall-clock seconds of training so far, across resumes.
+    pub elapsed_secs: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    format: u32,
+    files: BTreeMap<String, FileEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FileEntry {
+    bytes: u64,
+    sha256: String,
+}
+
+/// A model ready to run: its config, weights and tokenizer.
+#[derive(Debug)]
+pub struct SavedModel {
+    pub dir: PathBuf,
+    pub config: Config,
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+}
+
+/// A checkpoint to resume from: the model plus optimiser and trainer state.
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub saved: SavedModel,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub state: TrainerState,
+}
+
+impl Checkpoint {
+    /// A trainer in exactly the state that was saved.
+    pub fn into_trainer(self) -> (Trainer, Tokenizer, TrainerState) {
+        let Checkpoint { saved, m, v, state } = self;
+        let mut trainer = Trainer::new(saved.model, saved.config.train.clone());
+        (trainer.m, trainer.v, trainer.step) = (m, v, state.step);
+        (trainer, saved.tokenizer, state)
+    }
+}
+
+/// The model directory `path` names: itself if it has a manifest, else the checkpoint its
+/// `latest` file points to (a run directory).
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.join(MANIFEST).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let latest = path.join(LATEST);
+    if latest.is_file() {
+        let target = fs::read_to_string(&latest).at(&latest)?;
+        let dir = path.join(target.trim());
+        if !dir.join(MANIFEST).is_file() {
+            return Err(TrainError::Corrupt {
+                path: latest,
+                problem: format!("points to {}, which has no {MANIFEST}", dir.display()),
+            });
+        }
+        return Ok(dir);
+    }
+    if !path.exists() {
+        return Err(TrainError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        });
+    }
+    Err(TrainError::NoModel { path: path.to_path_buf() })
+}
+
+/// Loads the model a model or run directory holds, checking every file against the manifest.
+pub fn load_model(path: &Path) -> Result<SavedModel> {
+    let dir = resolve(path)?;
+    let files = verified_files(&dir)?;
+    let config_path = dir.join("config.json");
+    let config: Config = serde_json::from_slice(files.read("config.json")?)
+        .map_err(|e| corrupt(&config_path, format!("not a valid config: {e}")))?;
+    config.validate().map_err(|source| TrainError::Config { path: config_path, source })?;
+    let tokenizer_path = dir.join("tokenizer.json");
+    let tokenizer_json = std::str::from_utf8(files.read("tokenizer.json")?)
+        .map_err(|_| corrupt(&tokenizer_path, "not UTF-8".into()))?;
+    let tokenizer = Tokenizer::from_json(tokenizer_json)?;
+    tokenizer.check_fits(config.model.vocab_size)?;
+    let weights_path = dir.join("model.safetensors");
+    let tensors = SafeTensors::deserialize(files.read("model.safetensors")?)
+        .map_err(|e| corrupt(&weights_path, e.to_string()))?;
+    let mut model = Model::new(&config.model, config.train.seed);
+    model.load_safetensors(&tensors).map_err(|e| corrupt(&weights_path, e.to_string()))?;
+    Ok(SavedModel { dir, config, model, tokenizer })
+}
+
+/// Loads a checkpoint with its optimiser and trainer state (for `--resume`).
+pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
+    let saved = load_model(path)?;
+    let files = verified_files(&saved.dir)?;
+    let state_path = saved.dir.join("trainer.json");
+    let state: TrainerState = serde_json::from_slice(files.read("trainer.json")?)
+        .map_err(|e| corrupt(&state_path, format!("not a trainer state: {e}")))?;
+    let optimizer_path = saved.dir.join("optimizer.safetensors");
+    let tensors = SafeTensors::deserialize(files.read("optimizer.safetensors")?)
+        .map_err(|e| corrupt(&optimizer_path, e.to_string()))?;
+    let n = saved.model.num_params();
+    let moment = |name: &str| {
+        let view = tensors.tensor(name).map_err(|e| corrupt(&optimizer_path, format!("{name}: {e}")))?;
+        f32_values(name, &view, &[n]).map_err(|e| corrupt(&optimizer_path, e.to_string()))
+    };
+    let (m, v) = (moment("m")?, moment("v")?);
+    Ok(Checkpoint { saved, m, v, state })
+}
+
+/// Saves a model directory (what `generate`, `eval` and `serve` load) at `dir`, atomically.
+pub fn save_model(dir: &Path, config: &Config, model: &Model, tokenizer: &Tokenizer) -> Result<()> {
+    let files = model_files(config, model, tokenizer)?;
+    write_dir_atomically(dir, files)
+}
+
+/// Writes checkpoint `step` into `run_dir`, points `latest` at it and keeps the newest `keep`.
+pub fn save_checkpoint(
+    run_dir: &Path,
+    config: &Config,
+    trainer: &Trainer,
+    tokenizer: &Tokenizer,
+    state: &TrainerState,
+    keep: usize,
+) -> Result<PathBuf> {
+    let mut files = model_files(config, &trainer.model, tokenizer)?;
+    let n = trainer.m.len();
+    let moments = [("m", &trainer.m), ("v", &trainer.v)]
+        .map(|(name, values)| (name, TensorView::new(Dtype::F32, vec![n], bytemuck::cast_slice(values))));
+    let mut views = Vec::new();
+    for (name, view) in moments {
+        views.push((name, view.map_err(|e| TrainError::Model { context: "optimizer state".into(), source: e.into() })?));
+    }
+    let optimizer = safetensors::serialize(views, None)
+        .map_err(|e| TrainError::Model { context: "optimizer state".into(), source: e.into() })?;
+    files.push(("optimizer.safetensors", optimizer));
+    files.push(("trainer.json", serde_json::to_vec_pretty(state).expect("state serialises")));
+
+    let checkpoints = run_dir.join(CHECKPOINTS);
+    let name = format!("step-{:08}", state.step);
+    let dir = checkpoints.join(&name);
+    write_dir_atomically(&dir, files)?;
+    fsio::write_atomic(&run_dir.join(LATEST), format!("{CHECKPOINTS}/{name}\n").as_bytes()).at(&run_dir.join(LATEST))?;
+    prune(&checkpoints, &name, keep)?;
+    Ok(dir)
+}
+
+fn model_files(config: &Config, model: &Model, tokenizer: &Tokenizer) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    Ok(vec![
+        ("config.json", serde_json::to_vec_pretty(config).expect("config serialises")),
+        ("tokenizer.json", tokenizer.to_json().into_bytes()),
+        ("model.safetensors", model.to_safetensors().during("serialising weights")?),
+    ])
+}
+
+/// Builds `dir` as a hidden sibling, fsyncs every file and the directory, then renames it into
+/// place (replacing an older `dir`, as when a resumed run re-saves a step).
+fn write_dir_atomically(dir: &Path, files: Vec<(&'static str, Vec<u8>)>) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).at(parent)?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model");
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).at(&tmp)?;
+    }
+    fs::create_dir(&tmp).at(&tmp)?;
+    let mut manifest = Manifest { format: FORMAT, files: BTreeMap::new() };
+    for (file, bytes) in &files {
+        let path = tmp.join(file);
+        write_synced(&path, bytes).at(&path)?;
+        manifest.files.insert(
+            file.to_string(),
+            FileEntry { bytes: bytes.len() as u64, sha256: fsio::sha256_hex(bytes) },
+        );
+    }
+    let manifest_path = tmp.join(MANIFEST);
+    write_synced(&manifest_path, &serde_json::to_vec_pretty(&manifest).expect("manifest serialises"))
+        .at(&manifest_path)?;
+    fsio::sync_dir(&tmp).at(&tmp)?;
+    if dir.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        fs::rename(dir, &old).at(dir)?;
+        fs::rename(&tmp, dir).at(dir)?;
+        fs::remove_dir_all(&old).at(&old)?;
+    } else {
+        fs::rename(&tmp, dir).at(dir)?;
+    }
+    fsio::sync_dir(parent).at(parent)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Deletes all but the newest `keep` checkpoints (never `current`) and stray temporary
+/// directories of interrupted saves.
+fn prune(checkpoints: &Path, current: &str, keep: usize) -> Result<()> {
+    let mut steps = Vec::new();
+    for entry in fs::read_dir(checkpoints).at(checkpoints)? {
+        let entry = entry.at(checkpoints)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp-") {
+            fs::remove_dir_all(entry.path()).at(&entry.path())?;
+        } else if name.starts_with("step-") {
+            steps.push(name);
+        }
+    }
+    steps.sort();
+    let excess = steps.len().saturating_sub(keep.max(1));
+    for name in steps.into_iter().take(excess).filter(|name| name != current) {
+        let path = checkpoints.join(name);
+        fs::remove_dir_all(&path).at(&path)?;
+    }
+    Ok(())
+}
+
+/// The files of a model directory, memory-mapped and checked against its manifest.
+struct VerifiedFiles {
+    dir: PathBuf,
+    maps: BTreeMap<String, memmap2::Mmap>,
+}
+
+impl VerifiedFiles {
+    fn read(&self, name: &str) -> Result<&[u8]> {
+        self.maps.get(name).map(|m| &m[..]).ok_or_else(|| {
+            corrupt(&self.dir.join(MANIFEST), format!("does not list {name}"))
+        })
+    }
+}
+
+fn verified_files(dir: &Path) -> Result<VerifiedFiles> {
+    let manifest_path = dir.join(MANIFEST);
+    let text = fs::read(&manifest_path).at(&manifest_path)?;
+    let manifest: Manifest = serde_json::from_slice(&text)
+        .map_err(|e| corrupt(&manifest_path, format!("not a manifest: {e}")))?;
+    if manifest.format != FORMAT {
+        return Err(corrupt(&manifest_path, format!("format {} (this build reads {FORMAT})", manifest.format)));
+    }
+    let mut maps = BTreeMap::new();
+    for (name, entry) in manifest.files {
+        let path = dir.join(&name);
+        let file = fs::File::open(&path).at(&path)?;
+        let found = file.metadata().at(&path)?.len();
+        if found != entry.bytes {
+            return Err(corrupt(&path, format!("{found} bytes, the manifest says {} (truncated or overwritten)", entry.bytes)));
+        }
+        // SAFETY: checkpoints are never modified in place (only replaced by rename), so the
+        // mapping is not changed under us by this program.
+        let map = unsafe { memmap2::Mmap::map(&file) }.at(&path)?;
+        if fsio::sha256_hex(&map) != entry.sha256 {
+            return Err(corrupt(&path, "SHA-256 does not match the manifest (corrupted)".into()));
+        }
+        maps.insert(name, map);
+    }
+    Ok(VerifiedFiles { dir: dir.to_path_buf(), maps })
+}
+
+fn corrupt(path: &Path, problem: String) -> TrainError {
+    TrainError::Corrupt { path: path.to_path_buf(), problem }
+}
