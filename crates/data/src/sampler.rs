@@ -27,7 +27,15 @@ impl WindowSampler {
         if len < needed {
             return Err(DataError::TooShort { split: "train", tokens: len, seq_len, needed });
         }
-        Ok(WindowSampler { len, seq_len, seed, epoch: None, shift: 0, order: Vec::new(), window: vec![0; seq_len + 1] })
+        Ok(WindowSampler {
+            len,
+            seq_len,
+            seed,
+            epoch: None,
+            shift: 0,
+            order: Vec::new(),
+            window: vec![0; seq_len + 1],
+        })
     }
 
     /// Windows in every epoch (the grid at the largest shift still has this many).
@@ -66,7 +74,14 @@ impl WindowSampler {
     }
 
     /// Fills a (b, seq_len) batch of inputs and targets with samples `first_sample..`.
-    pub fn fill_batch(&mut self, stream: &TokenStream, first_sample: u64, b: usize, tokens: &mut [u32], targets: &mut [u32]) {
+    pub fn fill_batch(
+        &mut self,
+        stream: &TokenStream,
+        first_sample: u64,
+        b: usize,
+        tokens: &mut [u32],
+        targets: &mut [u32],
+    ) {
         let t = self.seq_len;
         for row in 0..b {
             let start = self.window_start(first_sample + row as u64);
@@ -141,6 +156,9 @@ mod tests {
 
     #[test]
     fn too_short_is_an_error() {
-        assert!(matches!(WindowSampler::new(10, 10, 0), Err(DataError::TooShort { tokens: 10, needed: 11, .. })));
+        assert!(matches!(
+            WindowSampler::new(10, 10, 0),
+            Err(DataError::TooShort { tokens: 10, needed: 11, .. })
+        ));
     }
 }

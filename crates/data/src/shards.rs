@@ -90,7 +90,9 @@ impl TokenStream {
     pub fn copy_to(&self, start: u64, out: &mut [u32]) {
         assert!(start + out.len() as u64 <= self.len, "token range past the end of the stream");
         match &self.storage {
-            Storage::Memory(tokens) => out.copy_from_slice(&tokens[start as usize..start as usize + out.len()]),
+            Storage::Memory(tokens) => {
+                out.copy_from_slice(&tokens[start as usize..start as usize + out.len()])
+            }
             Storage::Shards(shards) => {
                 let mut done = 0;
                 let first = shards.partition_point(|(_, _, begin)| *begin <= start) - 1;
@@ -111,8 +113,14 @@ impl TokenStream {
 
 fn decode(bytes: &[u8], width: usize, out: &mut [u32]) {
     match width {
-        2 => out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, b)| *o = u16::from_le_bytes([b[0], b[1]]) as u32),
-        _ => out.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(o, b)| *o = u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        2 => out
+            .iter_mut()
+            .zip(bytes.chunks_exact(2))
+            .for_each(|(o, b)| *o = u16::from_le_bytes([b[0], b[1]]) as u32),
+        _ => out
+            .iter_mut()
+            .zip(bytes.chunks_exact(4))
+            .for_each(|(o, b)| *o = u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
     }
 }
 
@@ -130,7 +138,11 @@ pub fn is_dataset_dir(path: &Path) -> bool {
 
 impl TokenDataset {
     pub fn from_tokens(train: Vec<u32>, val: Vec<u32>, vocab_size: usize) -> Self {
-        TokenDataset { train: TokenStream::from_tokens(train), val: TokenStream::from_tokens(val), vocab_size }
+        TokenDataset {
+            train: TokenStream::from_tokens(train),
+            val: TokenStream::from_tokens(val),
+            vocab_size,
+        }
     }
 
     /// Splits one token stream into train and validation blocks, as `prepare` does.
@@ -165,16 +177,17 @@ impl TokenDataset {
             path: manifest_path.clone(),
             problem: format!("not a dataset manifest: {e}"),
         })?;
-        let width = match (info.format, info.dtype.as_str()) {
-            (FORMAT, "u16") => 2,
-            (FORMAT, "u32") => 4,
-            (format, dtype) => {
-                return Err(DataError::Dataset {
+        let width =
+            match (info.format, info.dtype.as_str()) {
+                (FORMAT, "u16") => 2,
+                (FORMAT, "u32") => 4,
+                (format, dtype) => return Err(DataError::Dataset {
                     path: manifest_path,
-                    problem: format!("format {format} with dtype {dtype} (this build reads format {FORMAT}, u16 or u32)"),
-                })
-            }
-        };
+                    problem: format!(
+                        "format {format} with dtype {dtype} (this build reads format {FORMAT}, u16 or u32)"
+                    ),
+                }),
+            };
         let open_split = |entries: &[ShardEntry]| -> Result<TokenStream, DataError> {
             let mut shards = Vec::new();
             let mut len = 0;
@@ -186,11 +199,20 @@ impl TokenDataset {
             }
             Ok(TokenStream { storage: Storage::Shards(shards), len })
         };
-        Ok(TokenDataset { train: open_split(&info.train)?, val: open_split(&info.val)?, vocab_size: info.vocab_size })
+        Ok(TokenDataset {
+            train: open_split(&info.train)?,
+            val: open_split(&info.val)?,
+            vocab_size: info.vocab_size,
+        })
     }
 }
 
-fn open_shard(path: &Path, entry: &ShardEntry, width: usize, vocab_size: usize) -> Result<memmap2::Mmap, DataError> {
+fn open_shard(
+    path: &Path,
+    entry: &ShardEntry,
+    width: usize,
+    vocab_size: usize,
+) -> Result<memmap2::Mmap, DataError> {
     let bad = |problem: String| DataError::Dataset { path: path.to_path_buf(), problem };
     let file = fs::File::open(path).map_err(DataError::io(path))?;
     let found = file.metadata().map_err(DataError::io(path))?.len();
@@ -206,18 +228,29 @@ fn open_shard(path: &Path, entry: &ShardEntry, width: usize, vocab_size: usize) 
     let mut ids = vec![0u32; map.len() / width];
     decode(&map, width, &mut ids);
     if let Some(position) = ids.iter().position(|&id| id as usize >= vocab_size) {
-        return Err(bad(format!("token {} at {position} is outside the vocabulary of {vocab_size}", ids[position])));
+        return Err(bad(format!(
+            "token {} at {position} is outside the vocabulary of {vocab_size}",
+            ids[position]
+        )));
     }
     Ok(map)
 }
 
 /// Tokenizes the corpus at `source` into shards under `out`; `data.json` is written last, so an
 /// interrupted prepare never looks complete.
-pub fn prepare(source: &Path, tokenizer: &Tokenizer, out: &Path, options: &PrepareOptions) -> Result<DatasetInfo, DataError> {
+pub fn prepare(
+    source: &Path,
+    tokenizer: &Tokenizer,
+    out: &Path,
+    options: &PrepareOptions,
+) -> Result<DatasetInfo, DataError> {
     let vocab_size = tokenizer.vocab_size();
     let width = if vocab_size <= 1 << 16 { 2 } else { 4 };
     fs::create_dir_all(out).map_err(DataError::io(out))?;
-    let mut writers = [ShardWriter::new(out, "train", width, options.shard_tokens), ShardWriter::new(out, "val", width, options.shard_tokens)];
+    let mut writers = [
+        ShardWriter::new(out, "train", width, options.shard_tokens),
+        ShardWriter::new(out, "val", width, options.shard_tokens),
+    ];
     let mut splitter = Splitter::new(options.val_fraction, options.seed, options.block_tokens);
     let mut sink = |block: &[u32], to_val: bool| writers[to_val as usize].extend(block);
     let eos = tokenizer.eos_id();
@@ -269,7 +302,15 @@ struct Splitter {
 impl Splitter {
     fn new(val_fraction: f64, seed: u64, block_tokens: usize) -> Self {
         let block_tokens = block_tokens.max(1);
-        Splitter { val_fraction, seed, block_tokens, block: Vec::with_capacity(block_tokens), index: 0, held: None, any_val: false }
+        Splitter {
+            val_fraction,
+            seed,
+            block_tokens,
+            block: Vec::with_capacity(block_tokens),
+            index: 0,
+            held: None,
+            any_val: false,
+        }
     }
 
     fn push(&mut self, mut tokens: &[u32], sink: &mut Sink) -> Result<(), DataError> {
@@ -290,14 +331,18 @@ impl Splitter {
     fn send(&mut self, block: &[u32], sink: &mut Sink) -> Result<(), DataError> {
         let draw = splitmix64(self.seed ^ self.index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         self.index += 1;
-        let to_val = (draw >> 11) as f64 / (1u64 << 53) as f64 <= self.val_fraction && self.val_fraction > 0.0;
+        let to_val =
+            (draw >> 11) as f64 / (1u64 << 53) as f64 <= self.val_fraction && self.val_fraction > 0.0;
         self.any_val |= to_val;
         sink(block, to_val)
     }
 
     fn finish(mut self, sink: &mut Sink) -> Result<(), DataError> {
         let partial = std::mem::take(&mut self.block);
-        let mut last = [self.held.take(), (!partial.is_empty()).then_some(partial)].into_iter().flatten().collect::<Vec<_>>();
+        let mut last = [self.held.take(), (!partial.is_empty()).then_some(partial)]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
         let final_block = last.pop();
         for block in last {
             self.send(&block, sink)?;
@@ -332,7 +377,14 @@ struct ShardWriter {
 
 impl ShardWriter {
     fn new(dir: &Path, prefix: &'static str, width: usize, shard_tokens: usize) -> Self {
-        ShardWriter { dir: dir.to_path_buf(), prefix, width, shard_tokens: shard_tokens.max(1), buffer: Vec::new(), entries: Vec::new() }
+        ShardWriter {
+            dir: dir.to_path_buf(),
+            prefix,
+            width,
+            shard_tokens: shard_tokens.max(1),
+            buffer: Vec::new(),
+            entries: Vec::new(),
+        }
     }
 
     fn extend(&mut self, tokens: &[u32]) -> Result<(), DataError> {

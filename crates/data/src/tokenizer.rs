@@ -29,7 +29,14 @@ pub struct Tokenizer {
 
 /// Turns generated ids into text as they arrive; see [`Tokenizer::text_decoder`].
 pub struct TextDecoder<'a> {
-    stream: DecodeStream<'a, ModelWrapper, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>,
+    stream: DecodeStream<
+        'a,
+        ModelWrapper,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    >,
 }
 
 impl TextDecoder<'_> {
@@ -81,14 +88,20 @@ impl Tokenizer {
             .build();
         // GPT-2's byte-level scheme, without a space prepended to the text.
         let byte_level = ByteLevel::new(false, true, true);
-        let mut builder = TokenizerBuilder::<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
-            .with_model(BPE::default())
-            .with_normalizer(None)
-            .with_pre_tokenizer(Some(byte_level.into()))
-            .with_post_processor(None)
-            .with_decoder(Some(byte_level.into()))
-            .build()
-            .map_err(|e| tokenizer_error("training", e))?;
+        let mut builder = TokenizerBuilder::<
+            BPE,
+            NormalizerWrapper,
+            PreTokenizerWrapper,
+            PostProcessorWrapper,
+            DecoderWrapper,
+        >::new()
+        .with_model(BPE::default())
+        .with_normalizer(None)
+        .with_pre_tokenizer(Some(byte_level.into()))
+        .with_post_processor(None)
+        .with_decoder(Some(byte_level.into()))
+        .build()
+        .map_err(|e| tokenizer_error("training", e))?;
         builder.train(&mut trainer, texts).map_err(|e| tokenizer_error("training", e))?;
         let json = builder.to_string(false).map_err(|e| tokenizer_error("training", e))?;
         Self::from_json(&json)
