@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// TruthGPT: a CPU transformer training engine.
+/// TruthGPT: train, evaluate and generate with transformer language models (dense and MoE).
 ///
 /// Configs are layered, lowest first: schema defaults, `--preset`, the file, environment
 /// variables `TRUTHGPT_<SECTION>__<KEY>` (e.g. `TRUTHGPT_MODEL__N_LAYERS=4`), then
@@ -24,8 +24,151 @@ pub enum Command {
     /// Measure training throughput.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Train a tiny byte-level MoE model on an embedded text, in seconds.
+    /// Train a small MoE model on the embedded Shakespeare corpus (~90 s), then sample from it.
     Quickstart(QuickstartArgs),
+    /// Fit a byte-level BPE tokenizer on a corpus.
+    #[command(subcommand)]
+    Tokenizer(TokenizerCommand),
+    /// Tokenize a corpus into memory-mapped shards for training.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Train a model; Ctrl-C saves a checkpoint and exits.
+    Train(TrainArgs),
+    /// Generate text from a saved model, streaming it to stdout.
+    Generate(GenerateArgs),
+    /// Validation loss and perplexity of a saved model on a corpus.
+    Eval(EvalArgs),
+    /// Draw a run's loss and learning-rate curves to a PNG.
+    Plot(PlotArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenizerCommand {
+    /// Fit a byte-level BPE (GPT-2 style, with <|endoftext|>) and write tokenizer.json.
+    Train {
+        /// A text file, a JSONL file, or a directory of them.
+        #[arg(long, value_name = "PATH")]
+        data: PathBuf,
+        /// Tokens in the vocabulary, <|endoftext|> included (at least 257).
+        #[arg(long, value_name = "N")]
+        vocab_size: usize,
+        #[arg(long, value_name = "FILE", default_value = "tokenizer.json")]
+        out: PathBuf,
+        /// The JSONL field holding each document's text.
+        #[arg(long, value_name = "NAME", default_value = "text")]
+        jsonl_field: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Tokenize PATH into u16/u32 shards with a checksummed manifest (data.json), split into train
+    /// and validation; `train --data DIR` then memory-maps them.
+    Prepare(PrepareArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// A text file, a JSONL file, or a directory of them.
+    #[arg(long, value_name = "PATH")]
+    pub data: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// A tokenizer.json; without one a BPE of --vocab-size is fitted on the data.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub vocab_size: usize,
+    #[arg(long, value_name = "NAME", default_value = "text")]
+    pub jsonl_field: String,
+    /// Share of tokens held out for validation.
+    #[arg(long, default_value_t = 0.05)]
+    pub val_fraction: f64,
+    /// Chooses which blocks go to validation.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Tokens per shard file.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub shard_tokens: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// A .yaml, .yml, .json or .toml config (not with --resume: the checkpoint has its config).
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub layers: Layers,
+    /// Training data: text, JSONL, a directory of them, or a `data prepare` directory
+    /// (default: data.path from the config).
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    /// The run directory: checkpoints, `latest`, metrics.jsonl.
+    #[arg(long, value_name = "DIR", default_value = "runs/train")]
+    pub out: PathBuf,
+    /// Total optimiser steps (sets train.steps; the schedule spans them).
+    #[arg(long, value_name = "N")]
+    pub steps: Option<usize>,
+    /// Continue the run in --out from its latest checkpoint, exactly where it stopped.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop with a checkpoint after this many steps, leaving the schedule as it is (resume later).
+    #[arg(long, value_name = "STEP")]
+    pub stop_at: Option<u64>,
+    /// Size of the rayon pool; default: one per logical CPU.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// A model directory, or a run directory (its latest checkpoint).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub max_tokens: usize,
+    /// 0 is greedy decoding.
+    #[arg(long, value_name = "T", default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Sample from the K most likely tokens only; 0 keeps all.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub top_k: usize,
+    /// Sample from the smallest set of tokens whose probability reaches P.
+    #[arg(long, value_name = "P", default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Above 1 discourages tokens already in the prompt or output.
+    #[arg(long, value_name = "R", default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+    /// End generation before this text; repeatable.
+    #[arg(long, value_name = "STR")]
+    pub stop: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A model directory, or a run directory (its latest checkpoint).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Text, JSONL or a directory of them (all of it is evaluated), or a `data prepare` directory
+    /// (its validation split).
+    #[arg(long, value_name = "PATH")]
+    pub data: PathBuf,
+    /// Most windows of train.seq_len tokens to evaluate, spread over the data.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_windows: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// A run directory (with metrics.jsonl).
+    pub run: PathBuf,
+    /// Where to write the PNG (default: RUN/curves.png).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,7 +190,8 @@ pub enum ConfigCommand {
 /// The preset and `--set` layers shared by every command that loads a config.
 #[derive(Debug, Args)]
 pub struct Layers {
-    /// Start from a named preset (tiny, gpt2-small, llama-like, mixtral-like, torch-tiny-reference).
+    /// Start from a named preset (tiny, gpt2-small, llama-like, mixtral-like, torch-tiny-reference,
+    /// quickstart).
     #[arg(long, value_name = "NAME")]
     pub preset: Option<String>,
     /// Override one field, e.g. `--set model.n_layers=4`; repeatable, applied last.
@@ -109,7 +253,10 @@ pub struct BenchMoeArgs {
 
 #[derive(Debug, Args)]
 pub struct QuickstartArgs {
-    /// Optimiser steps.
-    #[arg(long, default_value_t = 200)]
-    pub steps: usize,
+    /// Optimiser steps (default: the quickstart preset's 600).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// The run directory; a previous quickstart run there is replaced.
+    #[arg(long, value_name = "DIR", default_value = "runs/quickstart")]
+    pub out: PathBuf,
 }

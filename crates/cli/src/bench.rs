@@ -164,7 +164,7 @@ pub fn moe(args: &BenchMoeArgs) -> anyhow::Result<()> {
 }
 
 /// Builds the global rayon pool when asked to, and returns its size.
-fn init_threads(threads: Option<usize>) -> anyhow::Result<usize> {
+pub fn init_threads(threads: Option<usize>) -> anyhow::Result<usize> {
     if let Some(n) = threads {
         ensure!(n > 0, "--threads must be at least 1");
         rayon::ThreadPoolBuilder::new()

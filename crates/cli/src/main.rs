@@ -3,13 +3,16 @@
 mod args;
 mod bench;
 mod config_cmd;
+mod data_cmd;
+mod progress;
 mod quickstart;
+mod run_cmd;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{BenchCommand, Cli, Command, ConfigCommand};
+use crate::args::{BenchCommand, Cli, Command, ConfigCommand, DataCommand, TokenizerCommand};
 
 fn main() -> ExitCode {
     // clap prints usage errors and exits 2 itself; `--help` and `--version` exit 0.
@@ -30,5 +33,13 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Train(args)) => bench::train(&args),
         Command::Bench(BenchCommand::Moe(args)) => bench::moe(&args),
         Command::Quickstart(args) => quickstart::run(&args),
+        Command::Tokenizer(TokenizerCommand::Train { data, vocab_size, out, jsonl_field }) => {
+            data_cmd::train_tokenizer(&data, vocab_size, &out, &jsonl_field)
+        }
+        Command::Data(DataCommand::Prepare(args)) => data_cmd::prepare(&args),
+        Command::Train(args) => run_cmd::train(&args),
+        Command::Generate(args) => run_cmd::generate(&args),
+        Command::Eval(args) => run_cmd::eval(&args),
+        Command::Plot(args) => run_cmd::plot(&args),
     }
 }

@@ -32,7 +32,6 @@ pub fn for_each_document(
     for file in &files {
         stats.files += 1;
         let bytes = fs::read(file).map_err(DataError::io(file))?;
-        let text = String::from_utf8(bytes).map_err(|_| DataError::NotUtf8 { path: file.clone() })?;
         let mut document = |doc: &str| {
             if !doc.trim().is_empty() {
                 stats.documents += 1;
@@ -42,17 +41,26 @@ pub fn for_each_document(
             Ok(())
         };
         if has_extension(file, JSONL_EXTENSIONS) {
-            for (i, line) in text.lines().enumerate() {
-                if !line.trim().is_empty() {
-                    document(&jsonl_text(line, jsonl_field).map_err(|problem| DataError::Jsonl {
-                        path: file.clone(),
-                        line: i + 1,
-                        problem,
-                    })?)?;
+            // Line by line, so that bad UTF-8 is reported with its line like any other bad line.
+            for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+                let text = std::str::from_utf8(line)
+                    .map_err(|_| "not UTF-8 text".to_string())
+                    .and_then(|line| {
+                        if line.trim().is_empty() {
+                            Ok(None)
+                        } else {
+                            jsonl_text(line, jsonl_field).map(Some)
+                        }
+                    })
+                    .map_err(|problem| DataError::Jsonl { path: file.clone(), line: i + 1, problem })?;
+                if let Some(text) = text {
+                    document(&text)?;
                 }
             }
         } else {
-            document(&text)?;
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|e| DataError::NotUtf8 { path: file.clone(), offset: e.valid_up_to() })?;
+            document(text)?;
         }
     }
     if stats.bytes == 0 {
@@ -81,7 +89,12 @@ fn has_extension(path: &Path, extensions: &[&str]) -> bool {
 fn files_under(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
+    // Directories are followed through symlinks, so a link back up the tree must not loop.
+    let mut visited = std::collections::HashSet::new();
     while let Some(dir) = pending.pop() {
+        if !visited.insert(fs::canonicalize(&dir).map_err(DataError::io(&dir))?) {
+            continue;
+        }
         for entry in fs::read_dir(&dir).map_err(DataError::io(&dir))? {
             let path = entry.map_err(DataError::io(&dir))?.path();
             if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {

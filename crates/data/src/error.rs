@@ -9,8 +9,8 @@ pub enum DataError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} holds no text (every document is empty)")]
     EmptyCorpus { path: PathBuf },
-    #[error("{path}: not UTF-8 text")]
-    NotUtf8 { path: PathBuf },
+    #[error("{path}: not UTF-8 text (invalid byte at offset {offset})")]
+    NotUtf8 { path: PathBuf, offset: usize },
     #[error("{path}:{line}: {problem}")]
     Jsonl { path: PathBuf, line: usize, problem: String },
     #[error("tokenizer {source_name}: {problem}")]
@@ -23,6 +23,13 @@ pub enum DataError {
     TokenizerTooLarge { tokenizer: usize, model: usize },
     #[error("dataset file {path}: {problem}")]
     Dataset { path: PathBuf, problem: String },
+    #[error(
+        "nothing left to train on: {tokens} tokens make {blocks} block(s) of up to {block_tokens} and validation \
+         takes at least one; add text, or lower the validation fraction or block size"
+    )]
+    EmptyTrainSplit { tokens: u64, blocks: u64, block_tokens: usize },
+    #[error("invalid {name} {value}: {requirement}")]
+    InvalidOption { name: &'static str, value: String, requirement: &'static str },
     #[error("{split} split has {tokens} tokens; a window of seq_len {seq_len} needs {needed}")]
     TooShort { split: &'static str, tokens: u64, seq_len: usize, needed: u64 },
 }

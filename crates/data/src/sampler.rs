@@ -23,6 +23,13 @@ pub struct WindowSampler {
 impl WindowSampler {
     /// A window is `seq_len + 1` tokens: inputs and the targets shifted by one.
     pub fn new(len: u64, seq_len: usize, seed: u64) -> Result<Self, DataError> {
+        if seq_len == 0 {
+            return Err(DataError::InvalidOption {
+                name: "seq_len",
+                value: "0".into(),
+                requirement: "at least 1",
+            });
+        }
         let needed = seq_len as u64 + 1;
         if len < needed {
             return Err(DataError::TooShort { split: "train", tokens: len, seq_len, needed });
@@ -152,6 +159,14 @@ mod tests {
         let mut b = WindowSampler::new(100_000, 64, 2).unwrap();
         let differ = (0..100).filter(|&g| a.window_start(g) != b.window_start(g)).count();
         assert!(differ > 90);
+    }
+
+    #[test]
+    fn zero_seq_len_is_an_error() {
+        assert!(matches!(
+            WindowSampler::new(10, 0, 0),
+            Err(DataError::InvalidOption { name: "seq_len", .. })
+        ));
     }
 
     #[test]

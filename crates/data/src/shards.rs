@@ -89,6 +89,9 @@ impl TokenStream {
     /// Copies tokens `start..start + out.len()`, which must be in range.
     pub fn copy_to(&self, start: u64, out: &mut [u32]) {
         assert!(start + out.len() as u64 <= self.len, "token range past the end of the stream");
+        if out.is_empty() {
+            return;
+        }
         match &self.storage {
             Storage::Memory(tokens) => {
                 out.copy_from_slice(&tokens[start as usize..start as usize + out.len()])
@@ -154,7 +157,7 @@ impl TokenDataset {
         block_tokens: usize,
     ) -> Result<Self, DataError> {
         let (mut train, mut val) = (Vec::new(), Vec::new());
-        let mut splitter = Splitter::new(val_fraction, seed, block_tokens);
+        let mut splitter = Splitter::new(val_fraction, seed, block_tokens)?;
         splitter.push(&tokens, &mut |block, to_val| {
             if to_val { &mut val } else { &mut train }.extend_from_slice(block);
             Ok(())
@@ -163,35 +166,46 @@ impl TokenDataset {
             if to_val { &mut val } else { &mut train }.extend_from_slice(block);
             Ok(())
         })?;
-        if train.is_empty() {
-            return Err(DataError::TooShort { split: "train", tokens: 0, seq_len: 0, needed: 1 });
-        }
         Ok(TokenDataset::from_tokens(train, val, vocab_size))
     }
 
     /// Opens a prepared dataset, checking every shard's size, checksum and token ids.
     pub fn open(dir: &Path) -> Result<Self, DataError> {
         let manifest_path = dir.join(MANIFEST);
-        let text = fs::read(&manifest_path).map_err(DataError::io(&manifest_path))?;
+        let text = fs::read(&manifest_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => DataError::Dataset {
+                path: manifest_path.clone(),
+                problem: "missing: not a directory made by `truthgpt data prepare`".into(),
+            },
+            _ => DataError::Io { path: manifest_path.clone(), source: e },
+        })?;
         let info: DatasetInfo = serde_json::from_slice(&text).map_err(|e| DataError::Dataset {
             path: manifest_path.clone(),
             problem: format!("not a dataset manifest: {e}"),
         })?;
-        let width =
-            match (info.format, info.dtype.as_str()) {
-                (FORMAT, "u16") => 2,
-                (FORMAT, "u32") => 4,
-                (format, dtype) => return Err(DataError::Dataset {
+        let width = match (info.format, info.dtype.as_str()) {
+            (FORMAT, "u16") => 2,
+            (FORMAT, "u32") => 4,
+            (format, dtype) => {
+                return Err(DataError::Dataset {
                     path: manifest_path,
                     problem: format!(
                         "format {format} with dtype {dtype} (this build reads format {FORMAT}, u16 or u32)"
                     ),
-                }),
-            };
+                })
+            }
+        };
         let open_split = |entries: &[ShardEntry]| -> Result<TokenStream, DataError> {
             let mut shards = Vec::new();
             let mut len = 0;
             for entry in entries {
+                // A manifest names files beside it, never paths elsewhere.
+                if Path::new(&entry.file).file_name() != Some(std::ffi::OsStr::new(&entry.file)) {
+                    return Err(DataError::Dataset {
+                        path: manifest_path.clone(),
+                        problem: format!("shard {:?} is not a plain file name", entry.file),
+                    });
+                }
                 let path = dir.join(&entry.file);
                 let map = open_shard(&path, entry, width, info.vocab_size)?;
                 shards.push((map, width, len));
@@ -216,22 +230,30 @@ fn open_shard(
     let bad = |problem: String| DataError::Dataset { path: path.to_path_buf(), problem };
     let file = fs::File::open(path).map_err(DataError::io(path))?;
     let found = file.metadata().map_err(DataError::io(path))?.len();
-    let expected = entry.tokens * width as u64;
+    let expected =
+        entry.tokens.checked_mul(width as u64).ok_or_else(|| bad("impossible token count".into()))?;
     if found != expected {
-        return Err(bad(format!("truncated or overwritten: expected {expected} bytes, found {found}")));
+        let what = if found < expected { "truncated" } else { "longer than its manifest entry" };
+        return Err(bad(format!("{what}: expected {expected} bytes, found {found}")));
     }
     // SAFETY: shards are written once, by rename, and never modified in place.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(DataError::io(path))?;
     if fsio::sha256_hex(&map) != entry.sha256 {
         return Err(bad("checksum mismatch: the file is corrupted".into()));
     }
-    let mut ids = vec![0u32; map.len() / width];
-    decode(&map, width, &mut ids);
-    if let Some(position) = ids.iter().position(|&id| id as usize >= vocab_size) {
-        return Err(bad(format!(
-            "token {} at {position} is outside the vocabulary of {vocab_size}",
-            ids[position]
-        )));
+    // In chunks: decoding a whole shard at once would hold 4 bytes per token in memory.
+    const CHUNK: usize = 1 << 16;
+    let mut ids = vec![0u32; CHUNK];
+    for (i, bytes) in map.chunks(CHUNK * width).enumerate() {
+        let ids = &mut ids[..bytes.len() / width];
+        decode(bytes, width, ids);
+        if let Some(at) = ids.iter().position(|&id| id as usize >= vocab_size) {
+            let position = i * CHUNK + at;
+            return Err(bad(format!(
+                "token {} at {position} is outside the vocabulary of {vocab_size}",
+                ids[at]
+            )));
+        }
     }
     Ok(map)
 }
@@ -246,12 +268,25 @@ pub fn prepare(
 ) -> Result<DatasetInfo, DataError> {
     let vocab_size = tokenizer.vocab_size();
     let width = if vocab_size <= 1 << 16 { 2 } else { 4 };
+    if options.shard_tokens == 0 {
+        return Err(DataError::InvalidOption {
+            name: "shard_tokens",
+            value: "0".into(),
+            requirement: "at least 1",
+        });
+    }
+    let mut splitter = Splitter::new(options.val_fraction, options.seed, options.block_tokens)?;
     fs::create_dir_all(out).map_err(DataError::io(out))?;
+    // A manifest left by an earlier prepare here would describe shards this one overwrites.
+    let manifest_path = out.join(MANIFEST);
+    match fs::remove_file(&manifest_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(DataError::io(&manifest_path)(e)),
+        _ => {}
+    }
     let mut writers = [
         ShardWriter::new(out, "train", width, options.shard_tokens),
         ShardWriter::new(out, "val", width, options.shard_tokens),
     ];
-    let mut splitter = Splitter::new(options.val_fraction, options.seed, options.block_tokens);
     let mut sink = |block: &[u32], to_val: bool| writers[to_val as usize].extend(block);
     let eos = tokenizer.eos_id();
     let stats = corpus::for_each_document(source, &options.jsonl_field, |document| {
@@ -262,9 +297,6 @@ pub fn prepare(
     splitter.finish(&mut sink)?;
     let [train, val] = writers.map(ShardWriter::finish);
     let (train, val) = (train?, val?);
-    if train.is_empty() {
-        return Err(DataError::TooShort { split: "train", tokens: 0, seq_len: 0, needed: 1 });
-    }
     let tokenizer_json = tokenizer.to_json();
     let info = DatasetInfo {
         format: FORMAT,
@@ -278,7 +310,6 @@ pub fn prepare(
     };
     let tokenizer_path = out.join("tokenizer.json");
     fsio::write_atomic(&tokenizer_path, tokenizer_json.as_bytes()).map_err(DataError::io(&tokenizer_path))?;
-    let manifest_path = out.join(MANIFEST);
     let manifest = serde_json::to_vec_pretty(&info).expect("manifest serialises");
     fsio::write_atomic(&manifest_path, &manifest).map_err(DataError::io(&manifest_path))?;
     Ok(info)
@@ -286,73 +317,91 @@ pub fn prepare(
 
 type Sink<'a> = dyn FnMut(&[u32], bool) -> Result<(), DataError> + 'a;
 
-/// Cuts a token stream into blocks and sends each to train or validation. The latest block is
-/// held back, so that if no block was drawn for validation the last one can go there.
+/// Cuts a token stream into blocks and sends each to train or validation. The latest full block
+/// is held back: if no block was drawn for validation, it goes there at the end. (Not a trailing
+/// partial block, which could be too short to hold one evaluation window.)
 struct Splitter {
     val_fraction: f64,
     seed: u64,
     block_tokens: usize,
     block: Vec<u32>,
     index: u64,
-    /// The previous full block, not yet sent.
+    /// The latest full block, not yet sent.
     held: Option<Vec<u32>>,
+    tokens: u64,
     any_val: bool,
+    any_train: bool,
 }
 
 impl Splitter {
-    fn new(val_fraction: f64, seed: u64, block_tokens: usize) -> Self {
-        let block_tokens = block_tokens.max(1);
-        Splitter {
+    fn new(val_fraction: f64, seed: u64, block_tokens: usize) -> Result<Self, DataError> {
+        if !(0.0..1.0).contains(&val_fraction) {
+            let value = val_fraction.to_string();
+            return Err(DataError::InvalidOption { name: "val_fraction", value, requirement: "in [0, 1)" });
+        }
+        if block_tokens == 0 {
+            return Err(DataError::InvalidOption {
+                name: "block_tokens",
+                value: "0".into(),
+                requirement: "at least 1",
+            });
+        }
+        Ok(Splitter {
             val_fraction,
             seed,
             block_tokens,
             block: Vec::with_capacity(block_tokens),
             index: 0,
             held: None,
+            tokens: 0,
             any_val: false,
-        }
+            any_train: false,
+        })
     }
 
     fn push(&mut self, mut tokens: &[u32], sink: &mut Sink) -> Result<(), DataError> {
+        self.tokens += tokens.len() as u64;
         while !tokens.is_empty() {
             let n = (self.block_tokens - self.block.len()).min(tokens.len());
             self.block.extend_from_slice(&tokens[..n]);
             tokens = &tokens[n..];
             if self.block.len() == self.block_tokens {
-                let full = std::mem::replace(&mut self.block, Vec::with_capacity(self.block_tokens));
-                if let Some(previous) = self.held.replace(full) {
-                    self.send(&previous, sink)?;
+                let full = std::mem::take(&mut self.block);
+                if let Some(mut previous) = self.held.replace(full) {
+                    self.send(&previous, false, sink)?;
+                    previous.clear();
+                    self.block = previous;
                 }
             }
         }
         Ok(())
     }
 
-    fn send(&mut self, block: &[u32], sink: &mut Sink) -> Result<(), DataError> {
+    fn send(&mut self, block: &[u32], force_val: bool, sink: &mut Sink) -> Result<(), DataError> {
         let draw = splitmix64(self.seed ^ self.index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         self.index += 1;
-        let to_val =
-            (draw >> 11) as f64 / (1u64 << 53) as f64 <= self.val_fraction && self.val_fraction > 0.0;
+        let drawn = (draw >> 11) as f64 / (1u64 << 53) as f64 <= self.val_fraction;
+        let to_val = self.val_fraction > 0.0 && (drawn || force_val);
         self.any_val |= to_val;
+        self.any_train |= !to_val;
         sink(block, to_val)
     }
 
     fn finish(mut self, sink: &mut Sink) -> Result<(), DataError> {
         let partial = std::mem::take(&mut self.block);
-        let mut last = [self.held.take(), (!partial.is_empty()).then_some(partial)]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>();
-        let final_block = last.pop();
-        for block in last {
-            self.send(&block, sink)?;
+        if let Some(last_full) = self.held.take() {
+            self.send(&last_full, !self.any_val, sink)?;
         }
-        if let Some(block) = final_block {
-            if self.any_val || self.val_fraction == 0.0 {
-                self.send(&block, sink)?;
-            } else {
-                sink(&block, true)?;
-            }
+        if !partial.is_empty() {
+            // Forced only when the stream is shorter than one block, and then nothing is left to train on.
+            self.send(&partial, !self.any_val, sink)?;
+        }
+        if !self.any_train {
+            return Err(DataError::EmptyTrainSplit {
+                tokens: self.tokens,
+                blocks: self.index,
+                block_tokens: self.block_tokens,
+            });
         }
         Ok(())
     }

@@ -25,6 +25,9 @@ const MAX_TRAINING_BYTES: u64 = 256 << 20;
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     eos: Option<u32>,
+    /// Largest id plus one: a tokenizer.json may leave gaps in its ids, so this can exceed the
+    /// token count, and it is what an embedding table must cover.
+    vocab_size: usize,
 }
 
 /// Turns generated ids into text as they arrive; see [`Tokenizer::text_decoder`].
@@ -119,7 +122,8 @@ impl Tokenizer {
     fn parse(json: &str, source_name: &str) -> Result<Self, DataError> {
         let inner: tokenizers::Tokenizer = json.parse().map_err(|e| tokenizer_error(source_name, e))?;
         let eos = EOS_NAMES.iter().find_map(|name| inner.token_to_id(name));
-        Ok(Tokenizer { inner, eos })
+        let vocab_size = inner.get_vocab(true).values().max().map_or(0, |&id| id as usize + 1);
+        Ok(Tokenizer { inner, eos, vocab_size })
     }
 
     pub fn to_json(&self) -> String {
@@ -130,9 +134,9 @@ impl Tokenizer {
         fsio::write_atomic(path, self.to_json().as_bytes()).map_err(DataError::io(path))
     }
 
-    /// Number of ids, added tokens included.
+    /// Number of ids (the largest id plus one), added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// The end-of-text (end-of-sequence) id, if the vocabulary has one.
@@ -142,7 +146,8 @@ impl Tokenizer {
 
     /// Ids of `text`, without special tokens added around it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
-        let encoding = self.inner.encode(text, false).map_err(|e| tokenizer_error("encode", e))?;
+        // encode_fast skips the offsets, which nothing here reads.
+        let encoding = self.inner.encode_fast(text, false).map_err(|e| tokenizer_error("encode", e))?;
         Ok(encoding.get_ids().to_vec())
     }
 

@@ -113,3 +113,23 @@ fn the_callback_error_stops_the_walk() {
     let result = for_each_document(&path, "text", |_| Err(DataError::EmptyCorpus { path: "x".into() }));
     assert!(matches!(result, Err(DataError::EmptyCorpus { .. })));
 }
+
+#[test]
+fn bad_utf8_in_jsonl_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("docs.jsonl");
+    fs::write(&path, b"{\"text\": \"ok\"}\r\n{\"text\": \"caf\xe9\"}\n").unwrap();
+    let err = message(documents(&path));
+    assert!(err.contains("docs.jsonl:2:") && err.contains("UTF-8"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_symlink_cycle_is_walked_once() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("sub")).unwrap();
+    fs::write(dir.path().join("sub/a.txt"), "a").unwrap();
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("sub/loop")).unwrap();
+    let (docs, _) = documents(dir.path()).unwrap();
+    assert_eq!(docs, ["a"]);
+}

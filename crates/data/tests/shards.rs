@@ -172,3 +172,43 @@ fn unigram_entropy_is_the_frequency_entropy() {
     assert_eq!(unigram_entropy(&TokenStream::from_tokens(vec![7; 100]), 8), 0.0);
     assert_eq!(unigram_entropy(&TokenStream::from_tokens(Vec::new()), 8), 0.0);
 }
+
+#[test]
+fn forced_validation_takes_the_last_full_block_not_a_short_tail() {
+    // 10 blocks of 100 and a tail of 7; at this fraction no block is drawn.
+    let tokens: Vec<u32> = (0..1007).map(|i| i % 50).collect();
+    let split = TokenDataset::split_tokens(tokens.clone(), 50, 1e-9, 3, 100).unwrap();
+    assert_eq!(all(&split.val), tokens[900..1000]);
+    assert_eq!(all(&split.train), [&tokens[..900], &tokens[1000..]].concat());
+}
+
+#[test]
+fn bad_split_options_are_errors() {
+    let tokens = vec![1u32; 1000];
+    for fraction in [-0.1, 1.0, f64::NAN] {
+        let err = TokenDataset::split_tokens(tokens.clone(), 2, fraction, 0, 100).unwrap_err();
+        assert!(matches!(err, DataError::InvalidOption { name: "val_fraction", .. }), "{err}");
+    }
+    assert!(TokenDataset::split_tokens(tokens.clone(), 2, 0.1, 0, 0).is_err());
+    let err = TokenDataset::split_tokens(tokens[..50].to_vec(), 2, 0.1, 0, 100).unwrap_err();
+    assert!(matches!(err, DataError::EmptyTrainSplit { tokens: 50, blocks: 1, block_tokens: 100 }), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = Tokenizer::train_bpe_from_texts(&[&text(0, 500)], 300).unwrap();
+    fs::write(dir.path().join("a.txt"), text(0, 500)).unwrap();
+    let options = PrepareOptions { shard_tokens: 0, ..PrepareOptions::default() };
+    assert!(
+        shards::prepare(&dir.path().join("a.txt"), &tokenizer, &dir.path().join("out"), &options).is_err()
+    );
+}
+
+#[test]
+fn a_failed_prepare_over_an_old_dataset_leaves_no_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tokenizer, _) = prepared(dir.path(), &small_shards());
+    let out = dir.path().join("out");
+    let tiny = dir.path().join("tiny.txt");
+    fs::write(&tiny, "a few words").unwrap();
+    let err = shards::prepare(&tiny, &tokenizer, &out, &small_shards()).unwrap_err();
+    assert!(matches!(err, DataError::EmptyTrainSplit { .. }), "{err}");
+    assert!(!shards::is_dataset_dir(&out));
+}

@@ -119,3 +119,14 @@ fn eos_is_found_by_its_usual_names() {
     }
     assert_eq!(Tokenizer::from_json(&json("<pad>")).unwrap().eos_id(), None);
 }
+
+#[test]
+fn vocab_size_covers_the_largest_id_when_ids_have_gaps() {
+    let json = r#"{"version":"1.0","added_tokens":[],
+        "model":{"type":"WordLevel","vocab":{"a":0,"b":9},"unk_token":"a"},
+        "pre_tokenizer":{"type":"Whitespace"}}"#;
+    let tokenizer = Tokenizer::from_json(json).unwrap();
+    assert_eq!(tokenizer.encode("b").unwrap(), [9]);
+    assert_eq!(tokenizer.vocab_size(), 10);
+    assert!(tokenizer.check_fits(2).is_err());
+}

@@ -25,7 +25,9 @@ impl Model {
 
     fn selection_biases(&self) -> impl Iterator<Item = (String, &[f32])> {
         self.blocks.iter().enumerate().filter_map(|(i, block)| match &block.ffn {
-            FeedForward::Moe(moe) => Some((format!("blocks.{i}.ffn.selection_bias"), &moe.selection_bias[..])),
+            FeedForward::Moe(moe) => {
+                Some((format!("blocks.{i}.ffn.selection_bias"), &moe.selection_bias[..]))
+            }
             FeedForward::Dense(_) => None,
         })
     }

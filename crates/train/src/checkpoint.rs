@@ -171,7 +171,10 @@ pub fn save_checkpoint(
         .map(|(name, values)| (name, TensorView::new(Dtype::F32, vec![n], bytemuck::cast_slice(values))));
     let mut views = Vec::new();
     for (name, view) in moments {
-        views.push((name, view.map_err(|e| TrainError::Model { context: "optimizer state".into(), source: e.into() })?));
+        views.push((
+            name,
+            view.map_err(|e| TrainError::Model { context: "optimizer state".into(), source: e.into() })?,
+        ));
     }
     let optimizer = safetensors::serialize(views, None)
         .map_err(|e| TrainError::Model { context: "optimizer state".into(), source: e.into() })?;
@@ -182,12 +185,17 @@ pub fn save_checkpoint(
     let name = format!("step-{:08}", state.step);
     let dir = checkpoints.join(&name);
     write_dir_atomically(&dir, files)?;
-    fsio::write_atomic(&run_dir.join(LATEST), format!("{CHECKPOINTS}/{name}\n").as_bytes()).at(&run_dir.join(LATEST))?;
+    fsio::write_atomic(&run_dir.join(LATEST), format!("{CHECKPOINTS}/{name}\n").as_bytes())
+        .at(&run_dir.join(LATEST))?;
     prune(&checkpoints, &name, keep)?;
     Ok(dir)
 }
 
-fn model_files(config: &Config, model: &Model, tokenizer: &Tokenizer) -> Result<Vec<(&'static str, Vec<u8>)>> {
+fn model_files(
+    config: &Config,
+    model: &Model,
+    tokenizer: &Tokenizer,
+) -> Result<Vec<(&'static str, Vec<u8>)>> {
     Ok(vec![
         ("config.json", serde_json::to_vec_pretty(config).expect("config serialises")),
         ("tokenizer.json", tokenizer.to_json().into_bytes()),
@@ -267,19 +275,23 @@ struct VerifiedFiles {
 
 impl VerifiedFiles {
     fn read(&self, name: &str) -> Result<&[u8]> {
-        self.maps.get(name).map(|m| &m[..]).ok_or_else(|| {
-            corrupt(&self.dir.join(MANIFEST), format!("does not list {name}"))
-        })
+        self.maps
+            .get(name)
+            .map(|m| &m[..])
+            .ok_or_else(|| corrupt(&self.dir.join(MANIFEST), format!("does not list {name}")))
     }
 }
 
 fn verified_files(dir: &Path) -> Result<VerifiedFiles> {
     let manifest_path = dir.join(MANIFEST);
     let text = fs::read(&manifest_path).at(&manifest_path)?;
-    let manifest: Manifest = serde_json::from_slice(&text)
-        .map_err(|e| corrupt(&manifest_path, format!("not a manifest: {e}")))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&text).map_err(|e| corrupt(&manifest_path, format!("not a manifest: {e}")))?;
     if manifest.format != FORMAT {
-        return Err(corrupt(&manifest_path, format!("format {} (this build reads {FORMAT})", manifest.format)));
+        return Err(corrupt(
+            &manifest_path,
+            format!("format {} (this build reads {FORMAT})", manifest.format),
+        ));
     }
     let mut maps = BTreeMap::new();
     for (name, entry) in manifest.files {
@@ -287,7 +299,10 @@ fn verified_files(dir: &Path) -> Result<VerifiedFiles> {
         let file = fs::File::open(&path).at(&path)?;
         let found = file.metadata().at(&path)?.len();
         if found != entry.bytes {
-            return Err(corrupt(&path, format!("{found} bytes, the manifest says {} (truncated or overwritten)", entry.bytes)));
+            return Err(corrupt(
+                &path,
+                format!("{found} bytes, the manifest says {} (truncated or overwritten)", entry.bytes),
+            ));
         }
         // SAFETY: checkpoints are never modified in place (only replaced by rename), so the
         // mapping is not changed under us by this program.

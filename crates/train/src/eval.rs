@@ -30,7 +30,9 @@ pub fn evaluate(
     // A validation split shorter than one training window is measured in one shorter window.
     let seq_len = seq_len.min(model.config.max_seq_len).min(stream.len().saturating_sub(1) as usize);
     if seq_len == 0 {
-        return Err(DataError::TooShort { split: "validation", tokens: stream.len(), seq_len: 1, needed: 2 }.into());
+        return Err(
+            DataError::TooShort { split: "validation", tokens: stream.len(), seq_len: 1, needed: 2 }.into()
+        );
     }
     let starts = sampler::eval_windows(stream.len(), seq_len, max_windows);
     let mut window = vec![0u32; seq_len + 1];

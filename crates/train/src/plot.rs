@@ -26,7 +26,10 @@ pub fn plot_run(run_dir: &Path, out: &Path) -> Result<()> {
         }
     }
     if train.is_empty() {
-        return Err(TrainError::Plot(format!("{} has no training steps to plot", run_dir.join(METRICS).display())));
+        return Err(TrainError::Plot(format!(
+            "{} has no training steps to plot",
+            run_dir.join(METRICS).display()
+        )));
     }
     draw(&train, &val, &lr, out).map_err(|e| TrainError::Plot(format!("{}: {e}", out.display())))
 }

@@ -157,7 +157,9 @@ pub fn run(
         }
         let started = Instant::now();
         let first_sample = state.step * (accum * b) as u64;
-        for (micro, (x, y)) in tokens.chunks_exact_mut(b * seq).zip(targets.chunks_exact_mut(b * seq)).enumerate() {
+        for (micro, (x, y)) in
+            tokens.chunks_exact_mut(b * seq).zip(targets.chunks_exact_mut(b * seq)).enumerate()
+        {
             sampler.fill_batch(&data.train, first_sample + (micro * b) as u64, b, x, y);
         }
         let batches: Vec<Batch> = tokens
@@ -189,7 +191,14 @@ pub fn run(
             last_eval = Some(record);
         }
         if due(t.checkpoint_every) {
-            let dir = checkpoint::save_checkpoint(&options.out, config, &trainer, tokenizer, &state, t.keep_checkpoints)?;
+            let dir = checkpoint::save_checkpoint(
+                &options.out,
+                config,
+                &trainer,
+                tokenizer,
+                &state,
+                t.keep_checkpoints,
+            )?;
             observer.checkpointed(&dir);
         }
     }

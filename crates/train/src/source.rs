@@ -39,9 +39,17 @@ pub fn load(path: &Path, config: &Config, tokenizer: Option<Tokenizer>) -> Resul
         (None, None) => Tokenizer::train_bpe(path, field, config.model.vocab_size)?,
     };
     tokenizer.check_fits(config.model.vocab_size)?;
-    let mut tokens = Vec::new();
-    corpus::for_each_document(path, field, |document| append_document(&mut tokens, &tokenizer, document))?;
+    let tokens = tokenize(path, field, &tokenizer)?;
     split(tokens, tokenizer, config)
+}
+
+/// Every document under `path`, tokenized and joined by end-of-text tokens.
+pub fn tokenize(path: &Path, jsonl_field: &str, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+    let mut tokens = Vec::new();
+    corpus::for_each_document(path, jsonl_field, |document| {
+        append_document(&mut tokens, tokenizer, document)
+    })?;
+    Ok(tokens)
 }
 
 /// Tokenizes texts held in memory, fitting a tokenizer on them unless one is given.

@@ -33,8 +33,9 @@ impl<'a> TextStream<'a> {
     pub fn new(model: &'a mut Model, tokenizer: &'a Tokenizer, request: &Request) -> Result<Self> {
         let prompt = tokenizer.encode(&request.prompt)?;
         let stop_tokens = tokenizer.eos_id().into_iter().collect();
-        let generator = Generator::new(model, &prompt, request.max_tokens, request.sampling.clone(), stop_tokens)
-            .during("starting generation")?;
+        let generator =
+            Generator::new(model, &prompt, request.max_tokens, request.sampling.clone(), stop_tokens)
+                .during("starting generation")?;
         Ok(TextStream {
             generator,
             decoder: tokenizer.text_decoder(),
@@ -93,7 +94,9 @@ impl<'a> TextStream<'a> {
 fn partial_match(text: &str, stop: &str) -> usize {
     (1..stop.len().min(text.len() + 1))
         .rev()
-        .find(|&n| text.is_char_boundary(text.len() - n) && stop.is_char_boundary(n) && text.ends_with(&stop[..n]))
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n) && stop.is_char_boundary(n) && text.ends_with(&stop[..n])
+        })
         .unwrap_or(0)
 }
 

@@ -1,0 +1,150 @@
+//! `truthgpt train`, `generate`, `eval` and `plot`.
+
+use std::io::Write;
+
+use anyhow::{bail, Context};
+use truthgpt_data::{shards, TokenDataset, TokenStream};
+use truthgpt_model::Sampling;
+use truthgpt_train::checkpoint::{self, LATEST};
+use truthgpt_train::run::{self, RunOptions};
+use truthgpt_train::{plot, source, Request, TextStream, TrainError};
+
+use crate::args::{EvalArgs, GenerateArgs, PlotArgs, TrainArgs};
+use crate::progress::{stop_on_ctrl_c, Progress};
+use crate::{bench::init_threads, config_cmd};
+
+pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    init_threads(args.threads)?;
+    let stop = stop_on_ctrl_c();
+    let has_run = args.out.join(LATEST).is_file();
+    let (config, trainer, state, data) = if args.resume {
+        if !has_run {
+            return Err(TrainError::NothingToResume { path: args.out.clone() }.into());
+        }
+        let checkpoint = checkpoint::load_checkpoint(&args.out)?;
+        let mut config = checkpoint.saved.config.clone();
+        if let Some(steps) = args.steps {
+            config.train.steps = steps;
+            config.validate()?;
+        }
+        let path = data_path(args, &config)?;
+        let (mut trainer, tokenizer, state) = checkpoint.into_trainer();
+        trainer.config = config.train.clone();
+        let data = source::load(&path, &config, Some(tokenizer))
+            .with_context(|| format!("loading {}", path.display()))?;
+        println!("resuming {} at step {}", args.out.display(), state.step);
+        (config, trainer, state, data)
+    } else {
+        if has_run {
+            bail!(
+                "{} already holds a run; pass --resume to continue it, or choose another --out",
+                args.out.display()
+            );
+        }
+        let mut set = args.layers.set.clone();
+        if let Some(steps) = args.steps {
+            set.push(format!("train.steps={steps}"));
+        }
+        let config = config_cmd::load(args.layers.preset.as_deref(), args.config.as_deref(), &set)?;
+        let path = data_path(args, &config)?;
+        let data =
+            source::load(&path, &config, None).with_context(|| format!("loading {}", path.display()))?;
+        let (trainer, state) = run::fresh(&config);
+        (config, trainer, state, data)
+    };
+    println!(
+        "training {} parameters on {} tokens ({} held out for validation), vocabulary {}",
+        trainer.model.num_params(),
+        data.dataset.train.len(),
+        data.dataset.val.len(),
+        data.tokenizer.vocab_size()
+    );
+    let options = RunOptions { out: args.out.clone(), stop_at: args.stop_at };
+    let mut progress = Progress::new();
+    let outcome =
+        run::run(&config, trainer, state, &data.tokenizer, &data.dataset, &options, &mut progress, &stop);
+    progress.finish();
+    let outcome = outcome?;
+    let verb = if outcome.interrupted { "stopped" } else { "finished" };
+    println!(
+        "{verb} at step {}: validation loss {:.4}, perplexity {:.2}; model saved in {}",
+        outcome.state.step,
+        outcome.final_eval.val_loss,
+        outcome.final_eval.val_perplexity,
+        outcome.checkpoint.display()
+    );
+    Ok(())
+}
+
+fn data_path(args: &TrainArgs, config: &truthgpt_config::Config) -> anyhow::Result<std::path::PathBuf> {
+    match args.data.clone().or_else(|| config.data.path.clone()) {
+        Some(path) => Ok(path),
+        None => bail!("no training data: pass --data PATH or set data.path in the config"),
+    }
+}
+
+pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
+    let mut saved = checkpoint::load_model(&args.model)?;
+    let request = Request {
+        prompt: args.prompt.clone(),
+        max_tokens: args.max_tokens,
+        sampling: Sampling {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            repetition_penalty: args.repetition_penalty,
+            seed: args.seed,
+        },
+        stop: args.stop.clone(),
+    };
+    let mut stream = TextStream::new(&mut saved.model, &saved.tokenizer, &request)?;
+    let mut stdout = std::io::stdout().lock();
+    write!(stdout, "{}", args.prompt)?;
+    let started = std::time::Instant::now();
+    for piece in stream.by_ref() {
+        write!(stdout, "{}", piece?)?;
+        stdout.flush()?;
+    }
+    writeln!(stdout)?;
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "[{} prompt + {} generated tokens in {seconds:.2}s ({:.1} tokens/s), finish: {:?}]",
+        stream.prompt_tokens(),
+        stream.completion_tokens(),
+        stream.completion_tokens() as f64 / seconds,
+        stream.finish_reason().expect("the stream has ended")
+    );
+    Ok(())
+}
+
+pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let mut saved = checkpoint::load_model(&args.model)?;
+    let config = &saved.config;
+    // A prepared dataset is evaluated on its validation split; raw text whole.
+    let stream = if shards::is_dataset_dir(&args.data) {
+        TokenDataset::open(&args.data)?.val
+    } else {
+        let tokens = source::tokenize(&args.data, &config.data.jsonl_field, &saved.tokenizer)
+            .with_context(|| format!("loading {}", args.data.display()))?;
+        TokenStream::from_tokens(tokens)
+    };
+    let t = &config.train;
+    let result =
+        truthgpt_train::evaluate(&mut saved.model, &stream, t.seq_len, t.batch_size, args.max_windows)?;
+    println!(
+        "{}: loss {:.4}, perplexity {:.2} over {} tokens ({})",
+        args.data.display(),
+        result.loss,
+        result.perplexity(),
+        result.tokens,
+        saved.dir.display()
+    );
+    Ok(())
+}
+
+pub fn plot(args: &PlotArgs) -> anyhow::Result<()> {
+    let out = args.out.clone().unwrap_or_else(|| args.run.join("curves.png"));
+    plot::plot_run(&args.run, &out)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
