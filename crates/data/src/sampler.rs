@@ -127,7 +127,7 @@ mod tests {
             let per_epoch = sampler.windows_per_epoch();
             for epoch in 0..3 {
                 let mut starts: Vec<u64> = (0..per_epoch).map(|i| sampler.window_start(epoch * per_epoch + i)).collect();
-                prop_assert!(starts.iter().all(|&s| s + seq_len as u64 + 1 <= len));
+                prop_assert!(starts.iter().all(|&s| s + (seq_len as u64) < len));
                 starts.sort();
                 starts.dedup();
                 prop_assert_eq!(starts.len() as u64, per_epoch);
@@ -148,7 +148,7 @@ mod tests {
         fn eval_windows_fit(len in 0u64..5000, seq_len in 1usize..100, max in 0usize..50) {
             let starts = eval_windows(len, seq_len, max);
             prop_assert!(starts.len() <= max);
-            prop_assert!(starts.iter().all(|&s| s + seq_len as u64 + 1 <= len));
+            prop_assert!(starts.iter().all(|&s| s + (seq_len as u64) < len));
             prop_assert!(starts.windows(2).all(|w| w[1] >= w[0] + seq_len as u64));
         }
     }
