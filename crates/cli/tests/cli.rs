@@ -1,42 +1,12 @@
 //! Runs the built `truthgpt` binary as a user would: exit codes, stdout and stderr.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use common::{assert_fails_cleanly, run, stderr, stdout, truthgpt};
 use serde_json::Value;
-
-fn truthgpt(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_truthgpt"));
-    command.args(args);
-    // A developer's own overrides must not leak into the assertions.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("TRUTHGPT_") {
-            command.env_remove(key);
-        }
-    }
-    command
-}
-
-fn run(command: &mut Command) -> Output {
-    command.output().expect("the truthgpt binary runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Asserts a clean failure: non-zero exit, an `error:` line, no panic.
-fn assert_fails_cleanly(output: &Output) -> String {
-    let err = stderr(output);
-    assert!(!output.status.success(), "expected failure; stdout:\n{}", stdout(output));
-    assert!(!err.contains("panicked"), "panicked:\n{err}");
-    assert!(err.contains("error:"), "no error line:\n{err}");
-    err
-}
 
 fn write_config(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -194,15 +164,6 @@ fn bench_moe_rejects_top_k_above_experts() {
         ["bench", "moe", "--tokens", "8", "--d-model", "8", "--d-ff", "8", "--experts", "2", "--top-k", "3"];
     let err = assert_fails_cleanly(&run(&mut truthgpt(&args)));
     assert!(err.contains("--top-k"), "{err}");
-}
-
-#[test]
-fn quickstart_runs() {
-    let output = run(&mut truthgpt(&["quickstart", "--steps", "5"]));
-    assert!(output.status.success(), "{}", stderr(&output));
-    let out = stdout(&output);
-    assert!(out.contains("held-out loss"), "{out}");
-    assert!(out.contains("layer 0 expert tokens"), "{out}");
 }
 
 #[test]

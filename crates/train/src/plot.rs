@@ -82,7 +82,7 @@ fn draw(
         .x_label_area_size(30)
         .y_label_area_size(55)
         .build_cartesian_2d(0.0..last_step, 0.0..top_lr * 1.05)?;
-    chart.configure_mesh().x_desc("step").y_label_formatter(&|v| format!("{v:.0e}")).draw()?;
+    chart.configure_mesh().x_desc("step").y_label_formatter(&|v| format!("{v:.1e}")).draw()?;
     chart.draw_series(LineSeries::new(lr.iter().copied(), GREEN.stroke_width(2)))?;
     root.present()?;
     Ok(())
