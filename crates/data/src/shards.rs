@@ -133,6 +133,9 @@ pub struct TokenDataset {
     pub train: TokenStream,
     pub val: TokenStream,
     pub vocab_size: usize,
+    /// SHA-256 of the `tokenizer.json` that made a prepared dataset (None in memory), to check
+    /// that a model is trained and run with the same tokenizer.
+    pub tokenizer_sha256: Option<String>,
 }
 
 pub fn is_dataset_dir(path: &Path) -> bool {
@@ -145,6 +148,7 @@ impl TokenDataset {
             train: TokenStream::from_tokens(train),
             val: TokenStream::from_tokens(val),
             vocab_size,
+            tokenizer_sha256: None,
         }
     }
 
@@ -217,6 +221,7 @@ impl TokenDataset {
             train: open_split(&info.train)?,
             val: open_split(&info.val)?,
             vocab_size: info.vocab_size,
+            tokenizer_sha256: Some(info.tokenizer_sha256.clone()),
         })
     }
 }

@@ -57,6 +57,7 @@ fn prepare_then_open_equals_the_in_memory_split() {
     let memory = TokenDataset::split_tokens(tokens, tokenizer.vocab_size(), 0.2, 5, 128).unwrap();
     let opened = TokenDataset::open(&out).unwrap();
     assert_eq!(opened.vocab_size, tokenizer.vocab_size());
+    assert_eq!(opened.tokenizer_sha256, Some(fsio::sha256_hex(tokenizer.to_json().as_bytes())));
     assert_eq!(all(&opened.train), all(&memory.train));
     assert_eq!(all(&opened.val), all(&memory.val));
     // Reads that straddle shard boundaries.
