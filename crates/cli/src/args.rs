@@ -205,6 +205,26 @@ pub enum BenchCommand {
     Train(BenchTrainArgs),
     /// Time forward+backward of one MoE layer against a dense FFN of the same active width.
     Moe(BenchMoeArgs),
+    /// Time greedy decoding with the key/value cache against recomputing the whole sequence per
+    /// token (random weights); checks both give the same tokens.
+    Generate(BenchGenerateArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).multiple(true).args(["preset", "config"])))]
+pub struct BenchGenerateArgs {
+    #[command(flatten)]
+    pub layers: Layers,
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[arg(long, default_value_t = 16)]
+    pub prompt_tokens: usize,
+    /// Tokens generated, each way.
+    #[arg(long, default_value_t = 64)]
+    pub tokens: usize,
+    /// Size of the rayon pool; default: one per logical CPU.
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -1,4 +1,4 @@
-//! `truthgpt bench train|moe`: each prints exactly one JSON line on stdout, so scripts can compare
+//! `truthgpt bench train|moe|generate`: each prints exactly one JSON line on stdout, so scripts can compare
 //! runs (and the PyTorch baseline) without parsing prose.
 
 use std::time::Instant;
@@ -10,9 +10,9 @@ use truthgpt_engine::rng::Rng;
 use truthgpt_model::ffn::Ffn;
 use truthgpt_model::moe::Moe;
 use truthgpt_model::params::ParamBuilder;
-use truthgpt_model::{Batch, Model, Trainer};
+use truthgpt_model::{Batch, Generator, Model, Sampling, Trainer};
 
-use crate::args::{BenchMoeArgs, BenchTrainArgs};
+use crate::args::{BenchGenerateArgs, BenchMoeArgs, BenchTrainArgs};
 use crate::config_cmd;
 
 pub fn train(args: &BenchTrainArgs) -> anyhow::Result<()> {
@@ -53,12 +53,7 @@ pub fn train(args: &BenchTrainArgs) -> anyhow::Result<()> {
     // Median, as the PyTorch baseline script measures, so one slow step does not skew the ratio.
     let ms_per_step = median(&mut ms);
     let tokens_per_step = (b * t * batches.len()) as f64;
-    let source = match (preset, &args.config) {
-        (Some(preset), Some(file)) => format!("{preset} + {}", file.display()),
-        (None, Some(file)) => file.display().to_string(),
-        (Some(preset), None) => preset.to_string(),
-        (None, None) => String::new(),
-    };
+    let source = describe_source(preset, args.config.as_deref());
     let line = json!({
         "tokens_per_sec": tokens_per_step / (ms_per_step / 1e3),
         "ms_per_step": ms_per_step,
@@ -164,6 +159,66 @@ pub fn moe(args: &BenchMoeArgs) -> anyhow::Result<()> {
 }
 
 /// Builds the global rayon pool when asked to, and returns its size.
+fn describe_source(preset: Option<&str>, file: Option<&std::path::Path>) -> String {
+    match (preset, file) {
+        (Some(preset), Some(file)) => format!("{preset} + {}", file.display()),
+        (None, Some(file)) => file.display().to_string(),
+        (Some(preset), None) => preset.to_string(),
+        (None, None) => String::new(),
+    }
+}
+
+/// Greedy decoding with the key/value cache against the same tokens produced by re-running the
+/// whole sequence for each one (what generation costs without a cache), on random weights.
+pub fn generate(args: &BenchGenerateArgs) -> anyhow::Result<()> {
+    ensure!(args.tokens > 0 && args.prompt_tokens > 0, "--tokens and --prompt-tokens must be at least 1");
+    let threads = init_threads(args.threads)?;
+    let preset = args.layers.preset.as_deref();
+    let config = config_cmd::load(preset, args.config.as_deref(), &args.layers.set)?;
+    let max = config.model.max_seq_len;
+    ensure!(
+        args.prompt_tokens + args.tokens <= max,
+        "--prompt-tokens + --tokens = {} exceeds model.max_seq_len = {max}",
+        args.prompt_tokens + args.tokens
+    );
+    let mut model = Model::new(&config.model, config.train.seed);
+    let prompt = random_tokens(&mut Rng::new(1), args.prompt_tokens, config.model.vocab_size);
+
+    let decode = |model: &mut Model| -> anyhow::Result<(Vec<u32>, f64)> {
+        let start = Instant::now();
+        let tokens = Generator::new(model, &prompt, args.tokens, Sampling::greedy(), vec![])?
+            .collect::<Result<Vec<u32>, _>>()?;
+        Ok((tokens, start.elapsed().as_secs_f64()))
+    };
+    decode(&mut model)?; // warm-up: page faults and the cache's first allocation
+    let (cached, cached_secs) = decode(&mut model)?;
+
+    let start = Instant::now();
+    let mut sequence = prompt.clone();
+    for _ in 0..args.tokens {
+        let t = sequence.len();
+        let logits = model.forward(&sequence, 1, t)?;
+        let last = &logits[(t - 1) * config.model.vocab_size..];
+        let best = (0..last.len()).fold(0, |best, i| if last[i] > last[best] { i } else { best });
+        sequence.push(best as u32);
+    }
+    let recompute_secs = start.elapsed().as_secs_f64();
+    ensure!(cached == sequence[prompt.len()..], "cached and recomputed greedy tokens differ");
+    let line = json!({
+        "cached_tokens_per_sec": args.tokens as f64 / cached_secs,
+        "recompute_tokens_per_sec": args.tokens as f64 / recompute_secs,
+        "ratio": recompute_secs / cached_secs,
+        "ms_per_token": cached_secs * 1e3 / args.tokens as f64,
+        "prompt_tokens": args.prompt_tokens,
+        "tokens": args.tokens,
+        "params": model.num_params(),
+        "threads": threads,
+        "preset_or_config": describe_source(preset, args.config.as_deref()),
+    });
+    println!("{line}");
+    Ok(())
+}
+
 pub fn init_threads(threads: Option<usize>) -> anyhow::Result<usize> {
     if let Some(n) = threads {
         ensure!(n > 0, "--threads must be at least 1");
