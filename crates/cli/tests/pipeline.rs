@@ -129,11 +129,13 @@ fn a_finished_run_generates_evaluates_and_plots() {
     let out = succeed(&mut ws.train("run", &[]));
     assert!(out.contains("finished at step 12"), "{out}");
     let run_dir = ws.arg("run");
-    let kept: Vec<_> = fs::read_dir(ws.path("run/checkpoints")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let kept: Vec<_> =
+        fs::read_dir(ws.path("run/checkpoints")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(kept.len(), 2, "keep_checkpoints: 2 {kept:?}");
 
     let generate = |seed: &str| {
-        let args = ["generate", "--model", &run_dir, "--prompt", "The fox", "--max-tokens", "12", "--seed", seed];
+        let args =
+            ["generate", "--model", &run_dir, "--prompt", "The fox", "--max-tokens", "12", "--seed", seed];
         succeed(&mut truthgpt(&args))
     };
     let text = generate("3");
@@ -150,12 +152,34 @@ fn a_finished_run_generates_evaluates_and_plots() {
 fn prepared_datasets_train_and_evaluate() {
     let ws = Workspace::new();
     let (corpus, tokenizer, prepared) = (ws.arg("corpus"), ws.arg("tok.json"), ws.arg("prepared"));
-    succeed(&mut truthgpt(&["tokenizer", "train", "--data", &corpus, "--vocab-size", "300", "--out", &tokenizer]));
-    let args = ["data", "prepare", "--data", &corpus, "--tokenizer", &tokenizer, "--out", &prepared, "--shard-tokens", "2000"];
+    succeed(&mut truthgpt(&[
+        "tokenizer",
+        "train",
+        "--data",
+        &corpus,
+        "--vocab-size",
+        "300",
+        "--out",
+        &tokenizer,
+    ]));
+    let args = [
+        "data",
+        "prepare",
+        "--data",
+        &corpus,
+        "--tokenizer",
+        &tokenizer,
+        "--out",
+        &prepared,
+        "--shard-tokens",
+        "2000",
+    ];
     let out = succeed(&mut truthgpt(&args));
     assert!(out.contains("u16"), "{out}");
     let (config, run_dir) = (ws.arg("config.yaml"), ws.arg("run"));
-    succeed(&mut truthgpt(&["train", "--config", &config, "--data", &prepared, "--out", &run_dir, "--steps", "3"]));
+    succeed(&mut truthgpt(&[
+        "train", "--config", &config, "--data", &prepared, "--out", &run_dir, "--steps", "3",
+    ]));
     let out = succeed(&mut truthgpt(&["eval", "--model", &run_dir, "--data", &prepared]));
     assert!(out.contains("loss"), "{out}");
 
@@ -175,7 +199,8 @@ fn damaged_checkpoints_are_errors_that_name_the_file() {
     succeed(&mut ws.train("run", &["--steps", "2"]));
     let run_dir = ws.arg("run");
     let dir = ws.path("run/checkpoints/step-00000002");
-    let generate = || run(&mut truthgpt(&["generate", "--model", &run_dir, "--prompt", "The", "--max-tokens", "2"]));
+    let generate =
+        || run(&mut truthgpt(&["generate", "--model", &run_dir, "--prompt", "The", "--max-tokens", "2"]));
 
     let weights = dir.join("model.safetensors");
     let original = fs::read(&weights).unwrap();
@@ -202,7 +227,9 @@ fn damaged_checkpoints_are_errors_that_name_the_file() {
 /// Waits until the run has logged `steps` training steps.
 fn wait_for_steps(run_dir: &Path, steps: usize, child: &mut std::process::Child) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(0, |t| t.matches("\"train\"").count()) < steps {
+    while fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(0, |t| t.matches("\"train\"").count())
+        < steps
+    {
         assert!(child.try_wait().unwrap().is_none(), "training exited early");
         assert!(Instant::now() < deadline, "training made no progress");
         std::thread::sleep(Duration::from_millis(20));
@@ -217,7 +244,12 @@ fn signal(child: &std::process::Child, name: &str) {
 #[test]
 fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     let ws = Workspace::new();
-    let mut child = ws.train("run", &["--steps", "100000"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = ws
+        .train("run", &["--steps", "100000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_for_steps(&ws.path("run"), 3, &mut child);
     signal(&child, "INT");
     let output = child.wait_with_output().unwrap();
@@ -237,7 +269,8 @@ fn sigkill_during_checkpoint_writes_leaves_the_previous_checkpoint_loadable() {
     let ws = Workspace::new();
     // Larger tables make each checkpoint a few MB, so kills land inside writes too.
     let config = CONFIG.replace("vocab_size: 320", "vocab_size: 4000").replace("d_model: 32", "d_model: 96");
-    let config = config.replace("checkpoint_every: 4", "checkpoint_every: 1").replace("steps: 12", "steps: 100000");
+    let config =
+        config.replace("checkpoint_every: 4", "checkpoint_every: 1").replace("steps: 12", "steps: 100000");
     fs::write(ws.path("config.yaml"), config).unwrap();
     let run_dir = ws.path("run");
     let mut interrupted_writes = 0;
@@ -270,18 +303,36 @@ fn bad_input_gets_a_clear_error() {
         }
     };
     let missing = ws.arg("no-such-corpus");
-    fails(&["train", "--config", &config, "--data", &missing, "--out", &ws.arg("a")], &["no-such-corpus", "does not exist"]);
+    fails(
+        &["train", "--config", &config, "--data", &missing, "--out", &ws.arg("a")],
+        &["no-such-corpus", "does not exist"],
+    );
     fails(&["train", "--config", &config, "--out", &ws.arg("a")], &["--data"]);
 
     fs::create_dir(ws.path("empty")).unwrap();
     fs::write(ws.path("empty/blank.txt"), "  \n\n").unwrap();
-    fails(&["train", "--config", &config, "--data", &ws.arg("empty"), "--out", &ws.arg("a")], &["empty", "no text"]);
+    fails(
+        &["train", "--config", &config, "--data", &ws.arg("empty"), "--out", &ws.arg("a")],
+        &["empty", "no text"],
+    );
 
     fs::write(ws.path("bad.jsonl"), "{\"text\": \"fine\"}\n{\"body\": 1}\n").unwrap();
-    fails(&["tokenizer", "train", "--data", &ws.arg("bad.jsonl"), "--vocab-size", "300"], &["bad.jsonl:2", "text"]);
+    fails(
+        &["tokenizer", "train", "--data", &ws.arg("bad.jsonl"), "--vocab-size", "300"],
+        &["bad.jsonl:2", "text"],
+    );
 
     let big = ws.arg("big.json");
-    succeed(&mut truthgpt(&["tokenizer", "train", "--data", &ws.arg("corpus"), "--vocab-size", "400", "--out", &big]));
+    succeed(&mut truthgpt(&[
+        "tokenizer",
+        "train",
+        "--data",
+        &ws.arg("corpus"),
+        "--vocab-size",
+        "400",
+        "--out",
+        &big,
+    ]));
     let set = format!("data.tokenizer={big}");
     fails(
         &["train", "--config", &config, "--set", &set, "--data", &ws.arg("corpus"), "--out", &ws.arg("a")],
@@ -290,12 +341,18 @@ fn bad_input_gets_a_clear_error() {
 
     succeed(&mut ws.train("run", &["--steps", "1"]));
     let long_prompt = "The fox jumps over the lazy dog ".repeat(20);
-    fails(&["generate", "--model", &ws.arg("run"), "--prompt", &long_prompt], &["prompt", "max_seq_len = 32"]);
+    fails(
+        &["generate", "--model", &ws.arg("run"), "--prompt", &long_prompt],
+        &["prompt", "max_seq_len = 32"],
+    );
     fails(&["generate", "--model", &ws.arg("run"), "--prompt", "The", "--top-p", "0"], &["top_p"]);
     fails(&["generate", "--model", &ws.arg("corpus"), "--prompt", "The"], &["no model in"]);
     let out = run(&mut ws.train("run", &[]));
     assert!(assert_fails_cleanly(&out).contains("--resume"));
-    fails(&["train", "--resume", "--data", &ws.arg("corpus"), "--out", &ws.arg("fresh")], &["no checkpoint to resume"]);
+    fails(
+        &["train", "--resume", "--data", &ws.arg("corpus"), "--out", &ws.arg("fresh")],
+        &["no checkpoint to resume"],
+    );
 }
 
 #[test]
@@ -303,7 +360,9 @@ fn quickstart_trains_saves_and_its_model_serves_generate_and_eval() {
     let out_dir = tempfile::tempdir().unwrap();
     let out_arg = out_dir.path().display().to_string();
     let out = succeed(&mut truthgpt(&["quickstart", "--steps", "4", "--out", &out_arg]));
-    for expected in ["validation perplexity", "unigram model gets", "expert utilisation", "layer 2:", "sample", "saved"] {
+    for expected in
+        ["validation perplexity", "unigram model gets", "expert utilisation", "layer 2:", "sample", "saved"]
+    {
         assert!(out.contains(expected), "expected {expected:?} in:\n{out}");
     }
     succeed(&mut truthgpt(&["generate", "--model", &out_arg, "--prompt", "ROMEO.", "--max-tokens", "5"]));

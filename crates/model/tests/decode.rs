@@ -44,9 +44,13 @@ fn variants() -> Vec<(&'static str, ModelConfig)> {
 }
 
 fn model(config: &ModelConfig) -> Model {
-    Config { model: config.clone(), train: TrainConfig { seq_len: T, ..TrainConfig::default() } }
-        .validate()
-        .unwrap();
+    Config {
+        model: config.clone(),
+        train: TrainConfig { seq_len: T, ..TrainConfig::default() },
+        ..Config::default()
+    }
+    .validate()
+    .unwrap();
     Model::new(config, 3)
 }
 

@@ -39,7 +39,7 @@ fn objective(model: &mut Model, tokens: &[u32], targets: &[u32]) -> f64 {
 
 fn check(name: &str, config: ModelConfig, dropout_seed: Option<u64>) {
     let train = TrainConfig { seq_len: T, ..TrainConfig::default() };
-    Config { model: config.clone(), train }.validate().unwrap();
+    Config { model: config.clone(), train, ..Config::default() }.validate().unwrap();
     let mut model = Model::new(&config, 7);
     model.set_dropout_seed(dropout_seed);
     let mut rng = Rng::new(11);

@@ -36,4 +36,3 @@ pub fn assert_fails_cleanly(output: &Output) -> String {
     assert!(err.contains("error:"), "no error line:\n{err}");
     err
 }
-
