@@ -132,6 +132,11 @@ fn a_finished_run_generates_evaluates_and_plots() {
     let kept: Vec<_> =
         fs::read_dir(ws.path("run/checkpoints")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(kept.len(), 2, "keep_checkpoints: 2 {kept:?}");
+    // Resuming a finished run trains nothing and keeps its checkpoint as it is.
+    let weights = latest_weights(&ws.path("run"));
+    let out = succeed(&mut ws.resume("run", &[]));
+    assert!(out.contains("finished at step 12"), "{out}");
+    assert_eq!(latest_weights(&ws.path("run")), weights);
 
     let generate = |seed: &str| {
         let args =

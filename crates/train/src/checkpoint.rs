@@ -114,6 +114,10 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 pub fn load_model(path: &Path) -> Result<SavedModel> {
     let dir = resolve(path)?;
     let files = verified_files(&dir)?;
+    saved_model(dir, &files)
+}
+
+fn saved_model(dir: PathBuf, files: &VerifiedFiles) -> Result<SavedModel> {
     let config_path = dir.join("config.json");
     let config: Config = serde_json::from_slice(files.read("config.json")?)
         .map_err(|e| corrupt(&config_path, format!("not a valid config: {e}")))?;
@@ -133,8 +137,9 @@ pub fn load_model(path: &Path) -> Result<SavedModel> {
 
 /// Loads a checkpoint with its optimiser and trainer state (for `--resume`).
 pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
-    let saved = load_model(path)?;
-    let files = verified_files(&saved.dir)?;
+    let dir = resolve(path)?;
+    let files = verified_files(&dir)?;
+    let saved = saved_model(dir, &files)?;
     let state_path = saved.dir.join("trainer.json");
     let state: TrainerState = serde_json::from_slice(files.read("trainer.json")?)
         .map_err(|e| corrupt(&state_path, format!("not a trainer state: {e}")))?;
@@ -157,6 +162,9 @@ pub fn save_model(dir: &Path, config: &Config, model: &Model, tokenizer: &Tokeni
 }
 
 /// Writes checkpoint `step` into `run_dir`, points `latest` at it and keeps the newest `keep`.
+/// A complete checkpoint of the same step is kept as it is: training is deterministic, so it holds
+/// this very state (a run resumed and stopped again before its next step), and replacing a
+/// directory is two renames, which a crash could split.
 pub fn save_checkpoint(
     run_dir: &Path,
     config: &Config,
@@ -165,30 +173,37 @@ pub fn save_checkpoint(
     state: &TrainerState,
     keep: usize,
 ) -> Result<PathBuf> {
-    let mut files = model_files(config, &trainer.model, tokenizer)?;
-    let n = trainer.m.len();
-    let moments = [("m", &trainer.m), ("v", &trainer.v)]
-        .map(|(name, values)| (name, TensorView::new(Dtype::F32, vec![n], bytemuck::cast_slice(values))));
-    let mut views = Vec::new();
-    for (name, view) in moments {
-        views.push((
-            name,
-            view.map_err(|e| TrainError::Model { context: "optimizer state".into(), source: e.into() })?,
-        ));
-    }
-    let optimizer = safetensors::serialize(views, None)
-        .map_err(|e| TrainError::Model { context: "optimizer state".into(), source: e.into() })?;
-    files.push(("optimizer.safetensors", optimizer));
-    files.push(("trainer.json", serde_json::to_vec_pretty(state).expect("state serialises")));
-
     let checkpoints = run_dir.join(CHECKPOINTS);
     let name = format!("step-{:08}", state.step);
     let dir = checkpoints.join(&name);
-    write_dir_atomically(&dir, files)?;
-    fsio::write_atomic(&run_dir.join(LATEST), format!("{CHECKPOINTS}/{name}\n").as_bytes())
-        .at(&run_dir.join(LATEST))?;
+    if !dir.join(MANIFEST).is_file() {
+        write_dir_atomically(&dir, checkpoint_files(config, trainer, tokenizer, state)?)?;
+    }
+    let latest = run_dir.join(LATEST);
+    fsio::write_atomic(&latest, format!("{CHECKPOINTS}/{name}\n").as_bytes()).at(&latest)?;
     prune(&checkpoints, &name, keep)?;
     Ok(dir)
+}
+
+fn checkpoint_files(
+    config: &Config,
+    trainer: &Trainer,
+    tokenizer: &Tokenizer,
+    state: &TrainerState,
+) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let mut files = model_files(config, &trainer.model, tokenizer)?;
+    fn moment(values: &[f32]) -> Result<TensorView<'_>, safetensors::SafeTensorError> {
+        TensorView::new(Dtype::F32, vec![values.len()], bytemuck::cast_slice(values))
+    }
+    let optimizer =
+        (|| safetensors::serialize([("m", moment(&trainer.m)?), ("v", moment(&trainer.v)?)], None))()
+            .map_err(|e| TrainError::Model {
+                context: "serialising optimizer state".into(),
+                source: e.into(),
+            })?;
+    files.push(("optimizer.safetensors", optimizer));
+    files.push(("trainer.json", serde_json::to_vec_pretty(state).expect("state serialises")));
+    Ok(files)
 }
 
 fn model_files(
@@ -204,7 +219,8 @@ fn model_files(
 }
 
 /// Builds `dir` as a hidden sibling, fsyncs every file and the directory, then renames it into
-/// place (replacing an older `dir`, as when a resumed run re-saves a step).
+/// place. An existing `dir` is moved aside first; a crash between the two renames leaves it
+/// under `.NAME.old-PID`.
 fn write_dir_atomically(dir: &Path, files: Vec<(&'static str, Vec<u8>)>) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).at(parent)?;
