@@ -21,7 +21,7 @@ pub enum Command {
     /// Check or print configurations.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Measure training throughput.
+    /// Measure training, MoE-layer and decoding speed.
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Train a small MoE model on the embedded Shakespeare corpus (~90 s), then sample from it.
