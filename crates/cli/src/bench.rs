@@ -8,6 +8,7 @@ use serde_json::json;
 use truthgpt_config::{ExpertKind, FfnKind, ModelConfig, MoeConfig, MAX_TOP_K};
 use truthgpt_engine::rng::Rng;
 use truthgpt_model::ffn::Ffn;
+use truthgpt_model::generate::argmax;
 use truthgpt_model::moe::Moe;
 use truthgpt_model::params::ParamBuilder;
 use truthgpt_model::{Batch, Generator, Model, Sampling, Trainer};
@@ -199,8 +200,7 @@ pub fn generate(args: &BenchGenerateArgs) -> anyhow::Result<()> {
         let t = sequence.len();
         let logits = model.forward(&sequence, 1, t)?;
         let last = &logits[(t - 1) * config.model.vocab_size..];
-        let best = (0..last.len()).fold(0, |best, i| if last[i] > last[best] { i } else { best });
-        sequence.push(best as u32);
+        sequence.push(argmax(last));
     }
     let recompute_secs = start.elapsed().as_secs_f64();
     ensure!(cached == sequence[prompt.len()..], "cached and recomputed greedy tokens differ");

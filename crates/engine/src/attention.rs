@@ -439,6 +439,32 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
+    /// ALiBi slopes and a T5 table (8 buckets) for 4 heads, over up to 600 positions.
+    struct BiasTables {
+        slopes: Vec<f32>,
+        table: Vec<f32>,
+        buckets: Vec<u32>,
+    }
+
+    impl BiasTables {
+        fn new() -> Self {
+            BiasTables {
+                slopes: alibi_slopes(4),
+                table: (0..8 * 4).map(|i| (i as f32 * 0.37).sin()).collect(),
+                buckets: relative_buckets(600, 8, 40),
+            }
+        }
+
+        /// None, ALiBi and relative, in that order.
+        fn biases(&self) -> [ScoreBias<'_>; 3] {
+            [
+                ScoreBias::None,
+                ScoreBias::Alibi { slopes: &self.slopes },
+                ScoreBias::Relative { table: &self.table, bucket_of_distance: &self.buckets },
+            ]
+        }
+    }
+
     /// Plain (T, T) attention in f64, forward and backward, for comparison.
     /// Returns out, dqkv and the relative table's gradient (buckets, NH).
     fn reference(
@@ -500,14 +526,8 @@ mod tests {
     /// reference, including the relative table's gradient.
     #[test]
     fn tiled_attention_matches_the_quadratic_reference() {
-        let slopes = alibi_slopes(4);
-        let table: Vec<f32> = (0..8 * 4).map(|i| (i as f32 * 0.37).sin()).collect();
-        let buckets = relative_buckets(600, 8, 40);
-        let biases = [
-            ScoreBias::None,
-            ScoreBias::Alibi { slopes: &slopes },
-            ScoreBias::Relative { table: &table, bucket_of_distance: &buckets },
-        ];
+        let tables = BiasTables::new();
+        let biases = tables.biases();
         for (s, bias) in [
             (AttentionShape { b: 2, t: 150, nh: 4, kvh: 2, hs: 16 }, &biases[0]),
             (AttentionShape { b: 1, t: 600, nh: 4, kvh: 2, hs: 8 }, &biases[0]),
@@ -543,14 +563,8 @@ mod tests {
     /// first chunk, later chunks and single tokens.
     #[test]
     fn cached_attention_matches_the_full_kernel() {
-        let slopes = alibi_slopes(4);
-        let table: Vec<f32> = (0..8 * 4).map(|i| (i as f32 * 0.37).cos()).collect();
-        let buckets = relative_buckets(300, 8, 40);
-        let biases = [
-            ScoreBias::None,
-            ScoreBias::Alibi { slopes: &slopes },
-            ScoreBias::Relative { table: &table, bucket_of_distance: &buckets },
-        ];
+        let tables = BiasTables::new();
+        let biases = tables.biases();
         for (kvh, bias) in [(2, &biases[0]), (1, &biases[1]), (4, &biases[2])] {
             let s = AttentionShape { b: 1, t: 300, nh: 4, kvh, hs: 16 };
             let width = s.qkv_width();

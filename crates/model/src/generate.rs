@@ -126,6 +126,11 @@ impl Sampler {
     }
 }
 
+/// Index of the largest logit, ties to the lowest id: greedy decoding without a [`Sampler`].
+pub fn argmax(logits: &[f32]) -> u32 {
+    (0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best }) as u32
+}
+
 /// Generated token ids, one per `next()`: the prompt is run on the first call, then one cached
 /// step per token. Stops after `max_tokens`, at a stop token, or at `max_seq_len`.
 pub struct Generator<'m> {

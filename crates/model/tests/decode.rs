@@ -3,6 +3,7 @@
 
 use truthgpt_config::{Config, FfnKind, ModelConfig, NormPosition, Positional, TrainConfig};
 use truthgpt_engine::rng::Rng;
+use truthgpt_model::generate::argmax;
 use truthgpt_model::{FinishReason, Generator, Model, ModelError, Sampler, Sampling};
 
 const T: usize = 40;
@@ -98,8 +99,7 @@ fn greedy_generation_equals_recomputation() {
             let t = sequence.len();
             let logits = model.forward(&sequence, 1, t).unwrap();
             let last = &logits[(t - 1) * config.vocab_size..];
-            let best = (0..last.len()).fold(0, |best, i| if last[i] > last[best] { i } else { best });
-            sequence.push(best as u32);
+            sequence.push(argmax(last));
         }
         assert_eq!(generated, sequence[prompt.len()..], "{name}");
     }
