@@ -105,7 +105,7 @@ pub fn moe(args: &BenchMoeArgs) -> anyhow::Result<()> {
 
     // Same FLOPs per token as the routed experts (ignoring the router): one SwiGLU of width F*K.
     let mut pb = ParamBuilder::default();
-    let dense = Ffn::new(&mut pb, "ffn", ExpertKind::Swiglu, c, f * k, m.bias, m.init_std, m.init_std);
+    let dense = Ffn::new(&mut pb, "ffn", &m, ExpertKind::Swiglu, f * k, m.init_std);
     let (_, dense_params) = pb.finish(seed);
     let mut dense_grads = vec![0.0; dense_params.len()];
     let (hidden, width) = (dense.hidden_width(), dense.width);

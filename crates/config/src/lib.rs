@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 pub use data::DataConfig;
 pub use error::{ConfigError, Invalid};
 pub use model::{
-    Balancing, ExpertGroup, ExpertKind, FfnKind, ModelConfig, MoeConfig, NormKind, NormPosition, PimoeConfig,
-    Positional, RopeScaling, RopeScalingKind,
+    Balancing, ExpertGroup, ExpertKind, FfnKind, GeluApproximate, ModelConfig, MoeConfig, NormKind,
+    NormPosition, PimoeConfig, Positional, RopeScaling, RopeScalingKind,
 };
 pub use presets::PRESETS;
 pub use train::{Schedule, TrainConfig};

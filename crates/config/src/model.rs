@@ -41,6 +41,36 @@ pub struct RopeScaling {
     pub kind: RopeScalingKind,
     /// Context extension factor; 1.0 leaves RoPE unchanged.
     pub factor: f32,
+    /// The context the model was trained for (`dynamic`, `llama3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_max_seq_len: Option<usize>,
+    /// `llama3`: wavelengths above `original_max_seq_len / low_freq_factor` are fully scaled.
+    #[serde(default = "default_low_freq_factor")]
+    pub low_freq_factor: f32,
+    /// `llama3`: wavelengths below `original_max_seq_len / high_freq_factor` are unchanged.
+    #[serde(default = "default_high_freq_factor")]
+    pub high_freq_factor: f32,
+}
+
+fn default_low_freq_factor() -> f32 {
+    1.0
+}
+
+fn default_high_freq_factor() -> f32 {
+    4.0
+}
+
+impl RopeScaling {
+    /// Scaling of `kind` by `factor`, with the Llama 3 frequency bands at their defaults.
+    pub fn new(kind: RopeScalingKind, factor: f32) -> Self {
+        RopeScaling {
+            kind,
+            factor,
+            original_max_seq_len: None,
+            low_freq_factor: default_low_freq_factor(),
+            high_freq_factor: default_high_freq_factor(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +80,21 @@ pub enum RopeScalingKind {
     Linear,
     /// NTK-aware: the base is raised to `theta * factor^(d/(d-2))`.
     Ntk,
+    /// Dynamic NTK (HF `dynamic`): unchanged up to `original_max_seq_len`; beyond it, a sequence
+    /// of length L uses base `theta * (factor L / original - (factor - 1))^(d/(d-2))`.
+    Dynamic,
+    /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a smooth band between.
+    Llama3,
+}
+
+/// The GELU of `mlp` and `geglu` feed-forwards, named as `torch.nn.functional.gelu`'s `approximate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GeluApproximate {
+    /// The exact erf form.
+    None,
+    /// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, GPT-2's `gelu_new`.
+    Tanh,
 }
 
 /// The feed-forward sub-layer of every block.
@@ -171,17 +216,22 @@ pub struct ModelConfig {
     pub max_seq_len: usize,
     /// Biases on every linear layer.
     pub bias: bool,
+    /// Biases on the query/key/value projection even when `bias` is false (Qwen2).
+    pub qkv_bias: bool,
     pub norm: NormKind,
     pub norm_eps: f32,
     pub norm_position: NormPosition,
     pub positional: Positional,
     pub rope_theta: f32,
     pub rope_scaling: Option<RopeScaling>,
+    /// Each query sees only the last `sliding_window` positions, itself included (Mistral).
+    pub sliding_window: Option<usize>,
     /// Buckets of the T5 relative bias (`positional: relative`).
     pub relative_buckets: usize,
     /// Distance beyond which T5 relative positions share the last bucket.
     pub relative_max_distance: usize,
     pub ffn: FfnKind,
+    pub gelu_approximate: GeluApproximate,
     pub moe: MoeConfig,
     pub pimoe: PimoeConfig,
     /// The output head reuses the token embedding matrix.
@@ -205,15 +255,18 @@ impl Default for ModelConfig {
             d_ff: 256,
             max_seq_len: 64,
             bias: true,
+            qkv_bias: false,
             norm: NormKind::LayerNorm,
             norm_eps: 1e-5,
             norm_position: NormPosition::Pre,
             positional: Positional::Learned,
             rope_theta: 10_000.0,
             rope_scaling: None,
+            sliding_window: None,
             relative_buckets: 32,
             relative_max_distance: 128,
             ffn: FfnKind::Mlp,
+            gelu_approximate: GeluApproximate::None,
             moe: MoeConfig::default(),
             pimoe: PimoeConfig::default(),
             tie_embeddings: false,

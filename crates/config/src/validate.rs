@@ -1,6 +1,6 @@
 //! Relations between fields that serde cannot express.
 
-use crate::{Config, ConfigError, FfnKind, Invalid, Positional, MAX_HEAD_SIZE, MAX_TOP_K};
+use crate::{Config, ConfigError, FfnKind, Invalid, Positional, RopeScalingKind, MAX_HEAD_SIZE, MAX_TOP_K};
 
 /// Collects every violation so a user fixes a config in one pass, not one error at a time.
 #[derive(Default)]
@@ -57,6 +57,9 @@ impl Config {
         v.check(m.norm_eps > 0.0, "model.norm_eps", m.norm_eps, "a positive number");
         v.check((0.0..1.0).contains(&m.dropout), "model.dropout", m.dropout, "a probability in [0, 1)");
         v.check(m.init_std > 0.0, "model.init_std", m.init_std, "a positive number");
+        if let Some(window) = m.sliding_window {
+            v.check(window > 0, "model.sliding_window", window, "a positive integer, or null for none");
+        }
         match m.positional {
             Positional::Rope => {
                 if m.n_heads > 0 && m.d_model % m.n_heads == 0 {
@@ -75,6 +78,23 @@ impl Config {
                         scaling.factor,
                         "at least 1.0",
                     );
+                    if matches!(scaling.kind, RopeScalingKind::Dynamic | RopeScalingKind::Llama3) {
+                        v.check(
+                            scaling.original_max_seq_len.is_some_and(|n| n > 0),
+                            "model.rope_scaling.original_max_seq_len",
+                            format!("{:?}", scaling.original_max_seq_len),
+                            "a positive integer for `dynamic` and `llama3`",
+                        );
+                    }
+                    if scaling.kind == RopeScalingKind::Llama3 {
+                        v.check(
+                            scaling.high_freq_factor > scaling.low_freq_factor
+                                && scaling.low_freq_factor > 0.0,
+                            "model.rope_scaling.high_freq_factor",
+                            scaling.high_freq_factor,
+                            format!("above low_freq_factor = {}, both positive", scaling.low_freq_factor),
+                        );
+                    }
                 }
             }
             Positional::Relative => {

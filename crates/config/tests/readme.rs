@@ -21,8 +21,11 @@ fn readme_config_reference_lists_every_key() {
     let reference = &readme[start..end];
     let mut all = Vec::new();
     let mut config = Config::default();
-    config.model.rope_scaling =
-        Some(truthgpt_config::RopeScaling { kind: truthgpt_config::RopeScalingKind::Linear, factor: 2.0 });
+    config.model.rope_scaling = Some(truthgpt_config::RopeScaling {
+        original_max_seq_len: Some(1024),
+        ..truthgpt_config::RopeScaling::new(truthgpt_config::RopeScalingKind::Llama3, 8.0)
+    });
+    config.model.sliding_window = Some(4096);
     keys("", &serde_json::to_value(&config).unwrap(), &mut all);
     let listed =
         |key: &str| reference.contains(&format!("`{key}`")) || reference.contains(&format!("`{key}:`"));

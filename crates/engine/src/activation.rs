@@ -1,4 +1,5 @@
-//! GELU (exact, erf form, as `torch.nn.functional.gelu`) and SiLU, plain and gated (GEGLU, SwiGLU).
+//! GELU (exact erf form, and the tanh form GPT-2 calls `gelu_new`) and SiLU, plain and gated
+//! (GEGLU, SwiGLU), as `torch.nn.functional.gelu(x, approximate=...)` and `silu` compute them.
 
 use crate::fastmath::{erf, erf_given_exp, exp};
 use crate::par::zip_chunks;
@@ -11,6 +12,7 @@ const INV_SQRT_2PI: f32 = 0.398_942_3;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
     Gelu,
+    GeluTanh,
     Silu,
 }
 
@@ -24,6 +26,28 @@ fn gelu_derivative(x: f32) -> f32 {
     // Phi'(x) and erf(x / sqrt 2) share exp(-x^2 / 2): one exp instead of two.
     let gaussian = exp(-0.5 * x * x);
     0.5 * (1.0 + erf_given_exp(x * INV_SQRT_2, gaussian)) + x * INV_SQRT_2PI * gaussian
+}
+
+/// sqrt(2 / pi)
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_TANH_CUBIC: f32 = 0.044_715;
+
+/// `tanh(u) = 1 - 2 / (1 + e^(2u))`, exact at both saturations (exp is 0 or saturates).
+#[inline(always)]
+fn tanh(u: f32) -> f32 {
+    1.0 - 2.0 / (1.0 + exp(2.0 * u))
+}
+
+#[inline(always)]
+fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + tanh(SQRT_2_OVER_PI * (x + GELU_TANH_CUBIC * x * x * x)))
+}
+
+#[inline(always)]
+fn gelu_tanh_derivative(x: f32) -> f32 {
+    let t = tanh(SQRT_2_OVER_PI * (x + GELU_TANH_CUBIC * x * x * x));
+    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_CUBIC * x * x);
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
 }
 
 #[inline(always)]
@@ -42,6 +66,7 @@ impl Activation {
     pub fn apply(self, x: f32) -> f32 {
         match self {
             Activation::Gelu => gelu(x),
+            Activation::GeluTanh => gelu_tanh(x),
             Activation::Silu => silu(x),
         }
     }
@@ -51,6 +76,7 @@ impl Activation {
     pub fn derivative(self, x: f32) -> f32 {
         match self {
             Activation::Gelu => gelu_derivative(x),
+            Activation::GeluTanh => gelu_tanh_derivative(x),
             Activation::Silu => silu_derivative(x),
         }
     }
@@ -63,6 +89,10 @@ macro_rules! with_activation {
         match $act {
             Activation::Gelu => {
                 let ($f, $df) = (gelu, gelu_derivative);
+                $body
+            }
+            Activation::GeluTanh => {
+                let ($f, $df) = (gelu_tanh, gelu_tanh_derivative);
                 $body
             }
             Activation::Silu => {
@@ -121,7 +151,7 @@ mod tests {
 
     #[test]
     fn derivatives_match_finite_differences() {
-        for act in [Activation::Gelu, Activation::Silu] {
+        for act in [Activation::Gelu, Activation::GeluTanh, Activation::Silu] {
             for i in -40..=40 {
                 let x = i as f64 * 0.1;
                 let h = 1e-3f32;
@@ -138,6 +168,16 @@ mod tests {
         let want = [-0.045_500_26, -0.154_268_5, 0.345_731_5, 0.841_344_7, 2.995_950_4];
         for (x, w) in [-2.0f32, -0.5, 0.5, 1.0, 3.0].iter().zip(want) {
             assert!((Activation::Gelu.apply(*x) - w).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn gelu_tanh_is_gpt2_gelu_new() {
+        // torch.nn.functional.gelu(torch.tensor([-6., -2., -0.5, 0.5, 1., 3., 12.]), approximate="tanh")
+        let want = [-0.0, -0.045_402_3, -0.154_285_99, 0.345_714, 0.841_192, 2.996_363_7, 12.0];
+        for (x, w) in [-6.0f32, -2.0, -0.5, 0.5, 1.0, 3.0, 12.0].iter().zip(want) {
+            let got = Activation::GeluTanh.apply(*x);
+            assert!((got - w).abs() < 1e-6, "gelu_tanh({x}) = {got}, torch {w}");
         }
     }
 }

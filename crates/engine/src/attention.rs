@@ -1,7 +1,8 @@
 //! Causal multi-head attention, FlashAttention-style (Dao et al. 2022, 2023): scores are made one
 //! key block at a time with an online softmax, so memory is O(T) per head and the (T, T) matrix
 //! never exists. Backward recomputes scores from the saved log-sum-exp. Grouped-query attention
-//! (GQA/MQA) lets `NH / KVH` query heads share each key/value head.
+//! (GQA/MQA) lets `NH / KVH` query heads share each key/value head. A sliding window (Mistral)
+//! limits each query to its last `window` keys; tiles wholly outside it are skipped.
 //!
 //! Layout: `qkv (N, (NH + 2 KVH) * HS)` holds, per row, all query heads, then key heads, then value
 //! heads, exactly as one fused projection produces them; `out (N, NH * HS)`; `lse (B, NH, T)`.
@@ -22,9 +23,21 @@ pub struct AttentionShape {
     pub nh: usize,
     pub kvh: usize,
     pub hs: usize,
+    /// Query `i` sees keys `j` with `i - window < j <= i`; `None` is plain causal attention.
+    pub window: Option<usize>,
 }
 
 impl AttentionShape {
+    /// The distance from which keys are masked.
+    fn horizon(&self) -> usize {
+        self.window.unwrap_or(usize::MAX)
+    }
+
+    /// The first key that any of the queries `i0..` sees, rounded down to a key tile.
+    fn first_key_tile(&self, i0: usize) -> usize {
+        (i0 + 1).saturating_sub(self.horizon()) / K_BLOCK * K_BLOCK
+    }
+
     pub fn qkv_width(&self) -> usize {
         (self.nh + 2 * self.kvh) * self.hs
     }
@@ -50,6 +63,7 @@ impl AttentionShape {
             self.kvh
         );
         assert!(self.hs <= MAX_HEAD_SIZE, "head size {} exceeds {MAX_HEAD_SIZE}", self.hs);
+        assert!(self.window != Some(0), "a sliding window holds at least the query itself");
         match bias {
             ScoreBias::None => {}
             ScoreBias::Alibi { slopes } => assert!(slopes.len() >= self.nh, "one ALiBi slope per head"),
@@ -107,23 +121,35 @@ impl ScoreBias<'_> {
 }
 
 /// Queries and keys per tile: a (32, 256) score tile per thread (32 KiB). Key tiles are a multiple
-/// of query tiles and both are aligned, so every query row sees at least key `j0` of each key tile
-/// it visits and no row is ever fully masked. Wide key tiles mean few, larger tile products.
+/// of query tiles and both are aligned, so without a sliding window every query row sees at least
+/// key `j0` of each key tile it visits; with one, a row may see none of a tile, and the online
+/// softmax skips it. Wide key tiles mean few, larger tile products.
 const Q_BLOCK: usize = 32;
 const K_BLOCK: usize = 256;
 const _: () = assert!(K_BLOCK % Q_BLOCK == 0);
 
 impl ScoreBias<'_> {
-    /// Adds the bias to one (queries `i0..`, keys `j0..`) score tile and masks keys after the query.
+    /// Adds the bias to one (queries `i0..`, keys `j0..`) score tile and masks keys after the
+    /// query or `horizon` or more before it.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn apply(&self, scores: &mut [f32], rows: usize, cols: usize, h: usize, nh: usize, i0: usize, j0: usize) {
+    fn apply(
+        &self,
+        scores: &mut [f32],
+        rows: usize,
+        cols: usize,
+        h: usize,
+        nh: usize,
+        i0: usize,
+        j0: usize,
+        horizon: usize,
+    ) {
         for r in 0..rows {
             let i = i0 + r;
             let row = &mut scores[r * K_BLOCK..r * K_BLOCK + cols];
             for (c, s) in row.iter_mut().enumerate() {
                 let j = j0 + c;
-                *s = if j > i { f32::NEG_INFINITY } else { *s + self.at(h, nh, i - j) };
+                *s = if j > i || i - j >= horizon { f32::NEG_INFINITY } else { *s + self.at(h, nh, i - j) };
             }
         }
     }
@@ -133,7 +159,7 @@ impl ScoreBias<'_> {
 /// beside a (Q_BLOCK, HS) accumulator; nothing (T, T)-sized is allocated.
 pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: AttentionShape, bias: ScoreBias) {
     s.check(&bias);
-    let AttentionShape { b, t, nh, kvh, hs } = s;
+    let AttentionShape { b, t, nh, kvh, hs, .. } = s;
     assert!(qkv.len() >= b * t * s.qkv_width() && out.len() >= b * t * nh * hs && lse.len() >= b * nh * t);
     let (width, group, scale) = (s.qkv_width() as isize, nh / kvh, 1.0 / (hs as f32).sqrt());
     let (out_ptr, lse_ptr) = (DisjointPtr::new(out), DisjointPtr::new(lse));
@@ -150,7 +176,7 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: Atten
             sum[..rows].fill(0.0);
             acc[..rows * hs].fill(0.0);
             let q = Tile { ptr: at(i0, s.q_offset(h)), rs: width, cs: 1 };
-            for j0 in (0..i0 + rows).step_by(K_BLOCK) {
+            for j0 in (s.first_key_tile(i0)..i0 + rows).step_by(K_BLOCK) {
                 let cols = K_BLOCK.min(i0 + rows - j0);
                 // K^T: element (d, j) of the tile is K[j0 + j][d].
                 let kt = Tile { ptr: at(j0, s.k_offset(kh)), rs: 1, cs: width };
@@ -159,11 +185,16 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: Atten
                 unsafe {
                     gemm_strided(rows, cols, hs, scores.as_mut_ptr(), K_BLOCK, false, q, kt, scale, false)
                 };
-                bias.apply(&mut scores, rows, cols, h, nh, i0, j0);
+                bias.apply(&mut scores, rows, cols, h, nh, i0, j0, s.horizon());
                 // Online softmax: rescale what was accumulated under each row's old maximum.
                 for r in 0..rows {
                     let row = &mut scores[r * K_BLOCK..r * K_BLOCK + cols];
                     let new_max = max[r].max(fastmath::max(row));
+                    if new_max == f32::NEG_INFINITY {
+                        // The window has not reached this row yet: nothing to add.
+                        row.fill(0.0);
+                        continue;
+                    }
                     let correction = exp(max[r] - new_max);
                     row.iter_mut().for_each(|x| *x = exp(*x - new_max));
                     sum[r] = sum[r] * correction + fastmath::sum(row);
@@ -208,7 +239,7 @@ pub fn attention_backward(
     bias: ScoreBias,
 ) {
     s.check(&bias);
-    let AttentionShape { b, t, nh, kvh, hs } = s;
+    let AttentionShape { b, t, nh, kvh, hs, .. } = s;
     let (width, group, scale) = (s.qkv_width(), nh / kvh, 1.0 / (hs as f32).sqrt());
     assert!(qkv.len() >= b * t * width && dqkv.len() >= b * t * width && dout.len() >= b * t * nh * hs);
     dqkv[..b * t * width].fill(0.0);
@@ -240,7 +271,7 @@ pub fn attention_backward(
                 }
                 let q = Tile { ptr: at(i0, s.q_offset(h)), rs: w, cs: 1 };
                 let d_o = Tile { ptr: dout[head_out(i0)..].as_ptr(), rs: out_w, cs: 1 };
-                for j0 in (0..i0 + rows).step_by(K_BLOCK) {
+                for j0 in (s.first_key_tile(i0)..i0 + rows).step_by(K_BLOCK) {
                     let cols = K_BLOCK.min(i0 + rows - j0);
                     let k = Tile { ptr: at(j0, s.k_offset(kh)), rs: w, cs: 1 };
                     let kt = Tile { ptr: at(j0, s.k_offset(kh)), rs: 1, cs: w };
@@ -261,7 +292,7 @@ pub fn attention_backward(
                             false,
                         );
                     }
-                    bias.apply(&mut p, rows, cols, h, nh, i0, j0);
+                    bias.apply(&mut p, rows, cols, h, nh, i0, j0, s.horizon());
                     // P = exp(S - lse); dS = P * (dP - rowsum(dO * O)).
                     for r in 0..rows {
                         let lse_i = lse[(bi * nh + h) * t + i0 + r];
@@ -361,7 +392,7 @@ pub fn attention_cached(
     scores: &mut [f32],
 ) {
     let AttentionShape { nh, kvh, hs, .. } = s;
-    let len = start + n;
+    let (len, horizon) = (start + n, s.horizon());
     s.check(&bias);
     let kv_width = kvh * hs;
     assert!(kv.k.len() >= len * kv_width && kv.v.len() >= len * kv_width, "cache holds {len} positions");
@@ -376,8 +407,9 @@ pub fn attention_cached(
         for r in 0..n {
             let i = start + r;
             let query = &q[r * q_stride + h * hs..][..hs];
-            let row = &mut scores[..=i];
-            for (j, score) in row.iter_mut().enumerate() {
+            let first = (i + 1).saturating_sub(horizon);
+            let row = &mut scores[first..=i];
+            for (score, j) in row.iter_mut().zip(first..) {
                 let key = &kv.k[j * kv_width + kh * hs..][..hs];
                 *score = dot(query, key) * scale + bias.at(h, nh, i - j);
             }
@@ -387,7 +419,7 @@ pub fn attention_cached(
             // SAFETY: head h alone writes its HS columns of each output row.
             let o = unsafe { out_ptr.slice(r * nh * hs + h * hs, hs) };
             o.fill(0.0);
-            for (j, &p) in row.iter().enumerate() {
+            for (&p, j) in row.iter().zip(first..) {
                 fastmath::axpy(o, p * inv, &kv.v[j * kv_width + kh * hs..][..hs]);
             }
         }
@@ -473,8 +505,9 @@ mod tests {
         s: AttentionShape,
         bias: &ScoreBias,
     ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-        let AttentionShape { b, t, nh, kvh, hs } = s;
+        let AttentionShape { b, t, nh, kvh, hs, .. } = s;
         let (width, group, scale) = (s.qkv_width(), nh / kvh, 1.0 / (hs as f64).sqrt());
+        let masked = |i: usize, j: usize| i - j >= s.horizon();
         let mut out = vec![0.0; b * t * nh * hs];
         let mut dqkv = vec![0.0; b * t * width];
         let mut dtable = vec![0.0; bias.buckets(nh) * nh];
@@ -485,6 +518,9 @@ mod tests {
                 for i in 0..t {
                     let scores: Vec<f64> = (0..=i)
                         .map(|j| {
+                            if masked(i, j) {
+                                return f64::NEG_INFINITY;
+                            }
                             let dot: f64 = (0..hs)
                                 .map(|d| x(bi, i, s.q_offset(h), d) * x(bi, j, s.k_offset(kh), d))
                                 .sum();
@@ -522,18 +558,22 @@ mod tests {
     }
 
     /// Several query and key tiles (K_BLOCK = 256, so T = 600 crosses two key-tile boundaries and
-    /// rescales the online softmax), ragged last tiles, GQA/MQA and each bias, against the (T, T)
-    /// reference, including the relative table's gradient.
+    /// rescales the online softmax), ragged last tiles, GQA/MQA, each bias and sliding windows,
+    /// against the (T, T) reference, including the relative table's gradient.
     #[test]
     fn tiled_attention_matches_the_quadratic_reference() {
         let tables = BiasTables::new();
         let biases = tables.biases();
         for (s, bias) in [
-            (AttentionShape { b: 2, t: 150, nh: 4, kvh: 2, hs: 16 }, &biases[0]),
-            (AttentionShape { b: 1, t: 600, nh: 4, kvh: 2, hs: 8 }, &biases[0]),
-            (AttentionShape { b: 1, t: 555, nh: 4, kvh: 1, hs: 8 }, &biases[1]),
-            (AttentionShape { b: 2, t: 600, nh: 4, kvh: 4, hs: 8 }, &biases[2]),
-            (AttentionShape { b: 1, t: 70, nh: 4, kvh: 4, hs: 8 }, &biases[2]),
+            (AttentionShape { b: 2, t: 150, nh: 4, kvh: 2, hs: 16, window: None }, &biases[0]),
+            (AttentionShape { b: 1, t: 600, nh: 4, kvh: 2, hs: 8, window: None }, &biases[0]),
+            (AttentionShape { b: 1, t: 555, nh: 4, kvh: 1, hs: 8, window: None }, &biases[1]),
+            (AttentionShape { b: 2, t: 600, nh: 4, kvh: 4, hs: 8, window: None }, &biases[2]),
+            (AttentionShape { b: 1, t: 70, nh: 4, kvh: 4, hs: 8, window: None }, &biases[2]),
+            // Windows: tiles skipped, rows with no key in a visited tile, a query seeing only itself.
+            (AttentionShape { b: 1, t: 600, nh: 4, kvh: 2, hs: 8, window: Some(300) }, &biases[0]),
+            (AttentionShape { b: 2, t: 333, nh: 4, kvh: 1, hs: 8, window: Some(40) }, &biases[1]),
+            (AttentionShape { b: 1, t: 70, nh: 4, kvh: 4, hs: 8, window: Some(1) }, &biases[2]),
         ] {
             let mut rng = Rng::new(5);
             let qkv: Vec<f32> = (0..s.b * s.t * s.qkv_width()).map(|_| rng.normal()).collect();
@@ -560,13 +600,15 @@ mod tests {
     }
 
     /// Decoding from a cache gives the rows the full causal kernel gives: every bias, GQA, a
-    /// first chunk, later chunks and single tokens.
+    /// sliding window, a first chunk, later chunks and single tokens.
     #[test]
     fn cached_attention_matches_the_full_kernel() {
         let tables = BiasTables::new();
         let biases = tables.biases();
-        for (kvh, bias) in [(2, &biases[0]), (1, &biases[1]), (4, &biases[2])] {
-            let s = AttentionShape { b: 1, t: 300, nh: 4, kvh, hs: 16 };
+        for (kvh, bias, window) in
+            [(2, &biases[0], None), (1, &biases[1], None), (4, &biases[2], None), (2, &biases[0], Some(50))]
+        {
+            let s = AttentionShape { b: 1, t: 300, nh: 4, kvh, hs: 16, window };
             let width = s.qkv_width();
             let mut rng = Rng::new(11);
             let qkv: Vec<f32> = (0..s.t * width).map(|_| rng.normal()).collect();
@@ -599,7 +641,7 @@ mod tests {
                     .zip(&want[start * row..(start + n) * row])
                     .map(|(g, w)| (g - w).abs())
                     .fold(0.0, f32::max);
-                assert!(max_diff < 1e-5, "kvh {kvh} start {start} n {n}: max diff {max_diff:e}");
+                assert!(max_diff < 1e-5, "kvh {kvh} {window:?} start {start} n {n}: max diff {max_diff:e}");
             }
         }
     }

@@ -1,30 +1,34 @@
 //! Rotary position embeddings (Su et al. 2021) in the rotate-half layout of HF Llama/GPT-NeoX:
 //! channel `i` pairs with `i + HS/2`.
+//!
+//! Frequencies and angles are f32 products, as HF computes them, so imported models see the
+//! rotations they were trained with; only `cos`/`sin` of each angle are taken in f64.
 
-/// Precomputed `cos`/`sin` of `position * inv_freq`, each (T, HS/2).
+use std::ops::Range;
+
+/// The unscaled frequencies `inv_freq[i] = 1 / theta^(2i/HS)`, `HS/2` of them.
+pub fn inv_freq(head_size: usize, theta: f32) -> Vec<f32> {
+    (0..head_size / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_size as f32)).collect()
+}
+
+/// Precomputed `cos`/`sin` of `position * inv_freq` for a range of positions, each (T, HS/2).
 #[derive(Debug, Clone)]
 pub struct RopeTable {
     cos: Vec<f32>,
     sin: Vec<f32>,
     half: usize,
+    first: usize,
 }
 
 impl RopeTable {
-    /// `inv_freq[i] = theta^(-2i/HS)`; positions are divided by `position_divisor` (linear
-    /// interpolation; 1.0 for none).
-    pub fn new(max_t: usize, head_size: usize, theta: f64, position_divisor: f64) -> Self {
-        let half = head_size / 2;
-        let mut cos = vec![0.0; max_t * half];
-        let mut sin = vec![0.0; max_t * half];
-        for p in 0..max_t {
-            for i in 0..half {
-                let inv_freq = theta.powf(-2.0 * i as f64 / head_size as f64);
-                let angle = p as f64 / position_divisor * inv_freq;
-                cos[p * half + i] = angle.cos() as f32;
-                sin[p * half + i] = angle.sin() as f32;
-            }
-        }
-        RopeTable { cos, sin, half }
+    /// The table of `positions` for frequencies `inv_freq` (one per pair of channels).
+    pub fn new(positions: Range<usize>, inv_freq: &[f32]) -> Self {
+        let (cos, sin) = positions
+            .clone()
+            .flat_map(|p| inv_freq.iter().map(move |f| (p as f32 * f) as f64))
+            .map(|angle| (angle.cos() as f32, angle.sin() as f32))
+            .unzip();
+        RopeTable { cos, sin, half: inv_freq.len(), first: positions.start }
     }
 
     /// Rotates heads `first_head..first_head + n_heads` of every `row_len`-long row of `x` in
@@ -43,8 +47,14 @@ impl RopeTable {
     ) {
         let half = self.half;
         let sign = if inverse { -1.0 } else { 1.0 };
+        assert!(
+            start >= self.first && (start + t - self.first) * half <= self.cos.len(),
+            "RoPE table covers positions {}.., not {start}..{}",
+            self.first,
+            start + t
+        );
         crate::par::for_each_row(x, row_len, |row, r| {
-            let pos = start + row % t;
+            let pos = start + row % t - self.first;
             let (cos, sin) =
                 (&self.cos[pos * half..(pos + 1) * half], &self.sin[pos * half..(pos + 1) * half]);
             for h in first_head..first_head + n_heads {

@@ -1,9 +1,11 @@
 //! Causal self-attention: fused QKV projection, positional treatment of scores (RoPE, ALiBi, T5
 //! relative bias), tiled online-softmax attention with GQA/MQA, and the output projection.
 
+use std::borrow::Cow;
+
 use truthgpt_config::{ModelConfig, Positional, RopeScalingKind};
 use truthgpt_engine::attention::{self as kernel, AttentionShape, KvView, ScoreBias};
-use truthgpt_engine::rope::RopeTable;
+use truthgpt_engine::rope::{self, RopeTable};
 
 use crate::linear::Linear;
 use crate::params::{Init, ParamBuilder, P};
@@ -15,7 +17,7 @@ const _: () = assert!(truthgpt_config::MAX_HEAD_SIZE == kernel::MAX_HEAD_SIZE);
 #[derive(Debug, Clone)]
 enum ScorePositions {
     None,
-    Rope(RopeTable),
+    Rope(Rope),
     Alibi(Vec<f32>),
     /// Learned (buckets, NH) table, and the bucket of every distance.
     Relative {
@@ -32,6 +34,7 @@ pub struct Attention {
     nh: usize,
     kvh: usize,
     hs: usize,
+    window: Option<usize>,
     positions: ScorePositions,
 }
 
@@ -73,11 +76,12 @@ impl Attention {
     pub fn new(pb: &mut ParamBuilder, m: &ModelConfig, proj_std: f32) -> Self {
         let (nh, kvh, hs) = (m.n_heads, m.n_kv_heads, m.head_dim());
         pb.scope("attn", |pb| {
-            let qkv = Linear::new(pb, "qkv", m.d_model, (nh + 2 * kvh) * hs, m.bias, m.init_std);
+            let qkv_bias = m.bias || m.qkv_bias;
+            let qkv = Linear::new(pb, "qkv", m.d_model, (nh + 2 * kvh) * hs, qkv_bias, m.init_std);
             let proj = Linear::new(pb, "proj", nh * hs, m.d_model, m.bias, proj_std);
             let positions = match m.positional {
                 Positional::Learned | Positional::Sinusoidal => ScorePositions::None,
-                Positional::Rope => ScorePositions::Rope(rope_table(m)),
+                Positional::Rope => ScorePositions::Rope(Rope::new(m)),
                 Positional::Alibi => ScorePositions::Alibi(kernel::alibi_slopes(nh)),
                 Positional::Relative => ScorePositions::Relative {
                     table: pb.add_undecayed(
@@ -93,12 +97,12 @@ impl Attention {
                     buckets: m.relative_buckets,
                 },
             };
-            Attention { qkv, proj, nh, kvh, hs, positions }
+            Attention { qkv, proj, nh, kvh, hs, window: m.sliding_window, positions }
         })
     }
 
     fn shape(&self, b: usize, t: usize) -> AttentionShape {
-        AttentionShape { b, t, nh: self.nh, kvh: self.kvh, hs: self.hs }
+        AttentionShape { b, t, nh: self.nh, kvh: self.kvh, hs: self.hs, window: self.window }
     }
 
     pub fn acts(&self, b: usize, t: usize) -> AttentionActs {
@@ -153,7 +157,8 @@ impl Attention {
         let (n, shape, width) = (b * t, self.shape(b, t), self.qkv.out);
         let start = cached.as_ref().map_or(0, |c| c.start);
         self.qkv.forward(params, &mut acts.qkv, x, n);
-        if let ScorePositions::Rope(table) = &self.positions {
+        if let ScorePositions::Rope(rope) = &self.positions {
+            let table = rope.table(start, t);
             table.apply(&mut acts.qkv[..n * width], width, 0, self.nh + self.kvh, t, start, false);
         }
         let bias = self.bias(params);
@@ -215,7 +220,7 @@ impl Attention {
             self.bias(params),
         );
         match &self.positions {
-            ScorePositions::Rope(table) => table.apply(
+            ScorePositions::Rope(rope) => rope.table(0, t).apply(
                 &mut scratch.dqkv[..n * self.qkv.out],
                 self.qkv.out,
                 0,
@@ -239,16 +244,80 @@ impl Attention {
     }
 }
 
-/// RoPE table with optional linear (position interpolation) or NTK-aware scaling.
-pub fn rope_table(m: &ModelConfig) -> RopeTable {
-    let hs = m.head_dim();
-    let (mut theta, mut divisor) = (m.rope_theta as f64, 1.0);
-    if let Some(scaling) = m.rope_scaling {
-        let factor = scaling.factor as f64;
-        match scaling.kind {
-            RopeScalingKind::Linear => divisor = factor,
-            RopeScalingKind::Ntk => theta *= factor.powf(hs as f64 / (hs as f64 - 2.0)),
+/// RoPE with its context scaling: one table for every position up to `max_seq_len`, except that
+/// dynamic NTK changes the frequencies with the length of the sequence once it passes the
+/// original context.
+#[derive(Debug, Clone)]
+struct Rope {
+    table: RopeTable,
+    dynamic: Option<DynamicNtk>,
+}
+
+/// HF's `dynamic` scaling: a sequence of length `L > original` uses base
+/// `theta (factor L / original - (factor - 1))^(HS / (HS - 2))`.
+#[derive(Debug, Clone)]
+struct DynamicNtk {
+    theta: f32,
+    factor: f32,
+    original: usize,
+    head_size: usize,
+}
+
+impl Rope {
+    fn new(m: &ModelConfig) -> Self {
+        let hs = m.head_dim();
+        let mut inv_freq = rope::inv_freq(hs, m.rope_theta);
+        let mut dynamic = None;
+        if let Some(scaling) = m.rope_scaling {
+            let factor = scaling.factor;
+            let original = scaling.original_max_seq_len.unwrap_or(m.max_seq_len);
+            match scaling.kind {
+                RopeScalingKind::Linear => inv_freq.iter_mut().for_each(|f| *f /= factor),
+                RopeScalingKind::Ntk => {
+                    inv_freq = rope::inv_freq(hs, m.rope_theta * factor.powf(hs as f32 / (hs as f32 - 2.0)))
+                }
+                RopeScalingKind::Dynamic => {
+                    dynamic = Some(DynamicNtk { theta: m.rope_theta, factor, original, head_size: hs })
+                }
+                RopeScalingKind::Llama3 => llama3_frequencies(
+                    &mut inv_freq,
+                    factor,
+                    original,
+                    scaling.low_freq_factor,
+                    scaling.high_freq_factor,
+                ),
+            }
+        }
+        Rope { table: RopeTable::new(0..m.max_seq_len, &inv_freq), dynamic }
+    }
+
+    /// The rotations of positions `start..start + t` of a sequence that is `start + t` long.
+    fn table(&self, start: usize, t: usize) -> Cow<'_, RopeTable> {
+        let len = start + t;
+        match &self.dynamic {
+            Some(DynamicNtk { theta, factor, original, head_size }) if len > *original => {
+                let hs = *head_size as f32;
+                let stretch = factor * len as f32 / *original as f32 - (factor - 1.0);
+                let inv_freq = rope::inv_freq(*head_size, theta * stretch.powf(hs / (hs - 2.0)));
+                Cow::Owned(RopeTable::new(start..len, &inv_freq))
+            }
+            _ => Cow::Borrowed(&self.table),
         }
     }
-    RopeTable::new(m.max_seq_len, hs, theta, divisor)
+}
+
+/// Llama 3.1's scaling: wavelengths longer than `original / low` are divided by `factor`, shorter
+/// than `original / high` kept, and those between interpolated.
+fn llama3_frequencies(inv_freq: &mut [f32], factor: f32, original: usize, low: f32, high: f32) {
+    let original = original as f32;
+    let (low_freq_wavelen, high_freq_wavelen) = (original / low, original / high);
+    for f in inv_freq {
+        let wavelen = 2.0 * std::f32::consts::PI / *f;
+        if wavelen > low_freq_wavelen {
+            *f /= factor;
+        } else if wavelen >= high_freq_wavelen {
+            let smooth = (original / wavelen - low) / (high - low);
+            *f = (1.0 - smooth) * *f / factor + smooth * *f;
+        }
+    }
 }

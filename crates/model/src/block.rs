@@ -97,7 +97,7 @@ impl Block {
                     FfnKind::Swiglu => ExpertKind::Swiglu,
                     FfnKind::Mlp | FfnKind::Moe | FfnKind::Pimoe => ExpertKind::Mlp,
                 };
-                FeedForward::Dense(Ffn::new(pb, "ffn", kind, m.d_model, m.d_ff, m.bias, m.init_std, proj_std))
+                FeedForward::Dense(Ffn::new(pb, "ffn", m, kind, m.d_ff, proj_std))
             }
         };
         Block { norm1, attn, norm2, ffn, position: m.norm_position, dropout: m.dropout }

@@ -1,7 +1,7 @@
 //! Dense feed-forward sub-layers: `mlp` (GELU), `geglu` and `swiglu` (Shazeer 2020). The same
 //! struct is one expert of an MoE layer, run on that expert's gathered rows.
 
-use truthgpt_config::ExpertKind;
+use truthgpt_config::{ExpertKind, GeluApproximate, ModelConfig};
 use truthgpt_engine::activation::{self, Activation};
 
 use crate::linear::Linear;
@@ -15,36 +15,32 @@ pub struct Ffn {
     pub fc2: Linear,
     /// Hidden width `F`.
     pub width: usize,
+    activation: Activation,
 }
 
 impl Ffn {
-    #[allow(clippy::too_many_arguments)]
+    /// An FFN of `kind` and hidden width `width` on the model's `d_model`, with its bias, init and GELU.
     pub fn new(
         pb: &mut ParamBuilder,
         name: &str,
+        m: &ModelConfig,
         kind: ExpertKind,
-        c: usize,
         width: usize,
-        bias: bool,
-        std: f32,
         proj_std: f32,
     ) -> Self {
-        pb.scope(name, |pb| {
-            let gated = kind != ExpertKind::Mlp;
-            Ffn {
-                kind,
-                fc1: Linear::new(pb, "fc1", c, if gated { 2 * width } else { width }, bias, std),
-                fc2: Linear::new(pb, "fc2", width, c, bias, proj_std),
-                width,
-            }
+        let activation = match (kind, m.gelu_approximate) {
+            (ExpertKind::Swiglu, _) => Activation::Silu,
+            (ExpertKind::Mlp | ExpertKind::Geglu, GeluApproximate::None) => Activation::Gelu,
+            (ExpertKind::Mlp | ExpertKind::Geglu, GeluApproximate::Tanh) => Activation::GeluTanh,
+        };
+        let (c, gated) = (m.d_model, kind != ExpertKind::Mlp);
+        pb.scope(name, |pb| Ffn {
+            kind,
+            fc1: Linear::new(pb, "fc1", c, if gated { 2 * width } else { width }, m.bias, m.init_std),
+            fc2: Linear::new(pb, "fc2", width, c, m.bias, proj_std),
+            width,
+            activation,
         })
-    }
-
-    fn activation(&self) -> Activation {
-        match self.kind {
-            ExpertKind::Mlp | ExpertKind::Geglu => Activation::Gelu,
-            ExpertKind::Swiglu => Activation::Silu,
-        }
     }
 
     /// Width of `fc1`'s output: `F`, or `2F` when gated.
@@ -57,9 +53,9 @@ impl Ffn {
         let (h, a) = (&mut h[..n * self.hidden_width()], &mut a[..n * self.width]);
         self.fc1.forward(params, h, x, n);
         match self.kind {
-            ExpertKind::Mlp => activation::forward(self.activation(), a, h),
+            ExpertKind::Mlp => activation::forward(self.activation, a, h),
             ExpertKind::Geglu | ExpertKind::Swiglu => {
-                activation::gated_forward(self.activation(), a, h, self.width)
+                activation::gated_forward(self.activation, a, h, self.width)
             }
         }
         self.fc2.forward(params, y, a, n);
@@ -84,12 +80,12 @@ impl Ffn {
         self.fc2.backward(params, grads, Some(&mut *da), dy, a, n, false);
         let dh: &[f32] = match self.kind {
             ExpertKind::Mlp => {
-                activation::backward_inplace(self.activation(), da, h);
+                activation::backward_inplace(self.activation, da, h);
                 da
             }
             ExpertKind::Geglu | ExpertKind::Swiglu => {
                 let dh = &mut dh[..n * self.hidden_width()];
-                activation::gated_backward(self.activation(), dh, da, h, self.width);
+                activation::gated_backward(self.activation, dh, da, h, self.width);
                 dh
             }
         };

@@ -142,16 +142,7 @@ impl Moe {
                 layout.push(Group { name: group.name.clone(), start: experts.len(), count: group.count });
                 for _ in 0..group.count {
                     let name = format!("experts.{}", experts.len());
-                    experts.push(Ffn::new(
-                        pb,
-                        &name,
-                        group.kind,
-                        m.d_model,
-                        group.width,
-                        m.bias,
-                        m.init_std,
-                        proj_std,
-                    ));
+                    experts.push(Ffn::new(pb, &name, m, group.kind, group.width, proj_std));
                     group_of.push(g);
                 }
             }

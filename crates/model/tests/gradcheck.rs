@@ -6,8 +6,8 @@
 //! A tensor whose gradient is wrong fails here even if it only feeds later layers.
 
 use truthgpt_config::{
-    Balancing, Config, ExpertGroup, ExpertKind, FfnKind, ModelConfig, NormKind, NormPosition, Positional,
-    RopeScaling, RopeScalingKind, TrainConfig,
+    Balancing, Config, ExpertGroup, ExpertKind, FfnKind, GeluApproximate, ModelConfig, NormKind,
+    NormPosition, Positional, RopeScaling, RopeScalingKind, TrainConfig,
 };
 use truthgpt_engine::rng::Rng;
 use truthgpt_model::Model;
@@ -112,12 +112,12 @@ fn positional_schemes() {
 
 #[test]
 fn rope_scaling() {
-    for kind in [RopeScalingKind::Linear, RopeScalingKind::Ntk] {
-        let config = ModelConfig {
-            positional: Positional::Rope,
-            rope_scaling: Some(RopeScaling { kind, factor: 4.0 }),
-            ..base()
-        };
+    // An original context of 4 < T makes dynamic NTK rescale; llama3's bands split the 2 frequencies.
+    for kind in
+        [RopeScalingKind::Linear, RopeScalingKind::Ntk, RopeScalingKind::Dynamic, RopeScalingKind::Llama3]
+    {
+        let scaling = RopeScaling { original_max_seq_len: Some(4), ..RopeScaling::new(kind, 4.0) };
+        let config = ModelConfig { positional: Positional::Rope, rope_scaling: Some(scaling), ..base() };
         check(&format!("rope {kind:?}"), config, None);
     }
 }
@@ -144,9 +144,28 @@ fn grouped_and_multi_query_attention() {
 }
 
 #[test]
+fn sliding_window_and_qkv_bias() {
+    for sliding_window in [1, 3] {
+        let config = ModelConfig {
+            sliding_window: Some(sliding_window),
+            n_kv_heads: 2,
+            bias: false,
+            qkv_bias: true,
+            positional: Positional::Rope,
+            ..base()
+        };
+        check(&format!("window {sliding_window}"), config, None);
+    }
+}
+
+#[test]
 fn dense_feed_forwards() {
     for ffn in [FfnKind::Mlp, FfnKind::Geglu, FfnKind::Swiglu] {
         check(&format!("{ffn:?}"), ModelConfig { ffn, ..base() }, None);
+    }
+    for ffn in [FfnKind::Mlp, FfnKind::Geglu] {
+        let config = ModelConfig { ffn, gelu_approximate: GeluApproximate::Tanh, ..base() };
+        check(&format!("{ffn:?} tanh"), config, None);
     }
 }
 
