@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -27,6 +27,60 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     result?;
     sync_dir(parent)
+}
+
+/// An I/O error and the path it struck.
+#[derive(Debug)]
+pub struct PathError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+trait At<T> {
+    fn at(self, path: &Path) -> Result<T, PathError>;
+}
+
+impl<T> At<T> for std::io::Result<T> {
+    fn at(self, path: &Path) -> Result<T, PathError> {
+        self.map_err(|source| PathError { path: path.to_path_buf(), source })
+    }
+}
+
+/// Writes directory `dir` holding `files` (name, bytes) atomically: it is built as a hidden
+/// sibling, every file and the directory fsynced, then renamed into place. An existing `dir` is
+/// moved aside first; a crash between the two renames leaves it under `.NAME.old-PID`.
+pub fn write_dir_atomic<B: AsRef<[u8]>>(dir: &Path, files: &[(&str, B)]) -> Result<(), PathError> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(parent).at(parent)?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).at(&tmp)?;
+    }
+    fs::create_dir(&tmp).at(&tmp)?;
+    for (file, bytes) in files {
+        let path = tmp.join(file);
+        write_synced(&path, bytes.as_ref()).at(&path)?;
+    }
+    sync_dir(&tmp).at(&tmp)?;
+    if dir.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        fs::rename(dir, &old).at(dir)?;
+        fs::rename(&tmp, dir).at(dir)?;
+        fs::remove_dir_all(&old).at(&old)?;
+    } else {
+        fs::rename(&tmp, dir).at(dir)?;
+    }
+    sync_dir(parent).at(parent)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// Makes a directory's entries (a rename, a new file) durable.

@@ -144,6 +144,21 @@ impl Tokenizer {
         self.eos
     }
 
+    /// The end-of-sequence token's text.
+    pub fn eos_token(&self) -> Option<String> {
+        self.inner.id_to_token(self.eos?)
+    }
+
+    /// Makes `token` the end-of-sequence token, as a model's `tokenizer_config.json` names it.
+    pub fn set_eos_token(&mut self, token: &str) -> Result<(), DataError> {
+        let id = self
+            .inner
+            .token_to_id(token)
+            .ok_or_else(|| tokenizer_error("tokenizer.json", format!("has no token `{token}`")))?;
+        self.eos = Some(id);
+        Ok(())
+    }
+
     /// Ids of `text`, without special tokens added around it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
         // encode_fast skips the offsets, which nothing here reads.

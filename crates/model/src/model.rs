@@ -82,6 +82,15 @@ struct State {
 impl Model {
     /// Builds a model with freshly initialised parameters. The config must be validated.
     pub fn new(config: &ModelConfig, seed: u64) -> Self {
+        Self::build(config, |pb| pb.finish(seed))
+    }
+
+    /// Builds a model whose parameters are all zero, to load weights into.
+    pub fn zeroed(config: &ModelConfig) -> Self {
+        Self::build(config, ParamBuilder::finish_zeroed)
+    }
+
+    fn build(config: &ModelConfig, finish: impl FnOnce(ParamBuilder) -> (Vec<ParamSpec>, Vec<f32>)) -> Self {
         let m = config;
         let mut pb = ParamBuilder::default();
         let wte = pb.add("embed.tokens", &[m.vocab_size, m.d_model], Init::Normal(m.init_std));
@@ -107,7 +116,7 @@ impl Model {
         } else {
             Linear::new(&mut pb, "head", m.d_model, m.vocab_size, false, m.init_std)
         };
-        let (specs, params) = pb.finish(seed);
+        let (specs, params) = finish(pb);
         let grads = vec![0.0; params.len()];
         Model {
             config: m.clone(),

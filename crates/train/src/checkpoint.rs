@@ -130,7 +130,7 @@ fn saved_model(dir: PathBuf, files: &VerifiedFiles) -> Result<SavedModel> {
     let weights_path = dir.join("model.safetensors");
     let tensors = SafeTensors::deserialize(files.read("model.safetensors")?)
         .map_err(|e| corrupt(&weights_path, e.to_string()))?;
-    let mut model = Model::new(&config.model, config.train.seed);
+    let mut model = Model::zeroed(&config.model);
     model.load_safetensors(&tensors).map_err(|e| corrupt(&weights_path, e.to_string()))?;
     Ok(SavedModel { dir, config, model, tokenizer })
 }
@@ -218,47 +218,18 @@ fn model_files(
     ])
 }
 
-/// Builds `dir` as a hidden sibling, fsyncs every file and the directory, then renames it into
-/// place. An existing `dir` is moved aside first; a crash between the two renames leaves it
-/// under `.NAME.old-PID`.
-fn write_dir_atomically(dir: &Path, files: Vec<(&'static str, Vec<u8>)>) -> Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(parent).at(parent)?;
-    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model");
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).at(&tmp)?;
-    }
-    fs::create_dir(&tmp).at(&tmp)?;
+/// Writes the model directory `dir` with a manifest of its files' sizes and SHA-256, atomically.
+fn write_dir_atomically(dir: &Path, mut files: Vec<(&'static str, Vec<u8>)>) -> Result<()> {
     let mut manifest = Manifest { format: FORMAT, files: BTreeMap::new() };
     for (file, bytes) in &files {
-        let path = tmp.join(file);
-        write_synced(&path, bytes).at(&path)?;
         manifest.files.insert(
             file.to_string(),
             FileEntry { bytes: bytes.len() as u64, sha256: fsio::sha256_hex(bytes) },
         );
     }
-    let manifest_path = tmp.join(MANIFEST);
-    write_synced(&manifest_path, &serde_json::to_vec_pretty(&manifest).expect("manifest serialises"))
-        .at(&manifest_path)?;
-    fsio::sync_dir(&tmp).at(&tmp)?;
-    if dir.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        fs::rename(dir, &old).at(dir)?;
-        fs::rename(&tmp, dir).at(dir)?;
-        fs::remove_dir_all(&old).at(&old)?;
-    } else {
-        fs::rename(&tmp, dir).at(dir)?;
-    }
-    fsio::sync_dir(parent).at(parent)
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut file = fs::File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    files.push((MANIFEST, serde_json::to_vec_pretty(&manifest).expect("manifest serialises")));
+    fsio::write_dir_atomic(dir, &files)
+        .map_err(|fsio::PathError { path, source }| TrainError::Io { path, source })
 }
 
 /// Deletes all but the newest `keep` checkpoints (never `current`) and stray temporary

@@ -1,0 +1,12 @@
+//! Interchange with the checkpoints people already have.
+//!
+//! - [`hf`]: Hugging Face model directories (Llama, Mistral, Qwen2, Mixtral, GPT-2), imported
+//!   with the same logits as `transformers` and exported so that `transformers` loads them;
+//! - [`gguf`]: GGUF files for llama.cpp (Llama-family models, f32, f16 or q8_0);
+//! - [`tensors`]: memory-mapped safetensors, single or sharded, read as f32 from f32/f16/bf16.
+
+pub mod error;
+pub mod hf;
+pub mod tensors;
+
+pub use error::{InteropError, Result};
