@@ -40,6 +40,72 @@ pub enum Command {
     Eval(EvalArgs),
     /// Draw a run's loss and learning-rate curves to a PNG.
     Plot(PlotArgs),
+    /// Convert another tool's model into a model directory of ours.
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// Write a model in another tool's format.
+    #[command(subcommand)]
+    Export(ExportCommand),
+    /// Print a model's logits for token ids as JSON, {"logits": [[...], ...]}: one row per
+    /// position, the whole vocabulary, f32 precision. For parity checks against other tools.
+    Logits(LogitsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// A Hugging Face directory (config.json, model.safetensors or shards, tokenizer.json) of a
+    /// Llama, Mistral, Qwen2, Mixtral or GPT-2 model. Every command that takes --model also
+    /// reads such a directory directly.
+    Hf {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// The model directory to write; it must not exist.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// A Hugging Face directory that `transformers` loads (as Llama, Mistral, Qwen2, Mixtral or
+    /// GPT-2, whichever matches the model exactly).
+    Hf {
+        /// A model, run or Hugging Face directory.
+        #[arg(value_name = "MODEL")]
+        model: PathBuf,
+        /// The directory to write; it must not exist.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// A GGUF file for llama.cpp (Llama-family models: Llama, Mistral, Mixtral, Qwen2).
+    Gguf {
+        /// A model, run or Hugging Face directory; it needs a tokenizer.
+        #[arg(value_name = "MODEL")]
+        model: PathBuf,
+        /// The file to write; it must not exist.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "f16")]
+        dtype: GgufDtypeArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GgufDtypeArg {
+    F32,
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+#[derive(Debug, Args)]
+pub struct LogitsArgs {
+    /// A model, run or Hugging Face directory.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Comma-separated token ids, e.g. 1,5,9.
+    #[arg(long, value_name = "IDS", value_delimiter = ',', required = true, num_args = 1..)]
+    pub ids: Vec<u32>,
 }
 
 #[derive(Debug, Subcommand)]

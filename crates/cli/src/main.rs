@@ -4,6 +4,7 @@ mod args;
 mod bench;
 mod config_cmd;
 mod data_cmd;
+mod interop_cmd;
 mod progress;
 mod quickstart;
 mod run_cmd;
@@ -12,7 +13,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{BenchCommand, Cli, Command, ConfigCommand, DataCommand, TokenizerCommand};
+use crate::args::{
+    BenchCommand, Cli, Command, ConfigCommand, DataCommand, ExportCommand, ImportCommand, TokenizerCommand,
+};
 
 fn main() -> ExitCode {
     // clap prints usage errors and exits 2 itself; `--help` and `--version` exit 0.
@@ -42,5 +45,11 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => run_cmd::generate(&args),
         Command::Eval(args) => run_cmd::eval(&args),
         Command::Plot(args) => run_cmd::plot(&args),
+        Command::Import(ImportCommand::Hf { dir, out }) => interop_cmd::import_hf(&dir, &out),
+        Command::Export(ExportCommand::Hf { model, out }) => interop_cmd::export_hf(&model, &out),
+        Command::Export(ExportCommand::Gguf { model, out, dtype }) => {
+            interop_cmd::export_gguf(&model, &out, dtype)
+        }
+        Command::Logits(args) => interop_cmd::logits(&args),
     }
 }

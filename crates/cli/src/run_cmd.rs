@@ -97,7 +97,8 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
         },
         stop: args.stop.clone(),
     };
-    let mut stream = TextStream::new(&mut saved.model, &saved.tokenizer, &request)?;
+    let tokenizer = saved.tokenizer()?.clone();
+    let mut stream = TextStream::new(&mut saved.model, &tokenizer, &request)?;
     let mut stdout = std::io::stdout().lock();
     write!(stdout, "{}", args.prompt)?;
     let started = std::time::Instant::now();
@@ -124,7 +125,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let stream = if shards::is_dataset_dir(&args.data) {
         TokenDataset::open(&args.data)?.val
     } else {
-        let tokens = source::tokenize(&args.data, &config.data.jsonl_field, &saved.tokenizer)
+        let tokens = source::tokenize(&args.data, &config.data.jsonl_field, saved.tokenizer()?)
             .with_context(|| format!("loading {}", args.data.display()))?;
         TokenStream::from_tokens(tokens)
     };

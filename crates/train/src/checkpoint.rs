@@ -7,6 +7,7 @@
 //!   metrics.jsonl
 //!   checkpoints/step-00000200/  one checkpoint = a model directory + optimiser state
 //!     config.json  tokenizer.json  model.safetensors     what `generate` and `eval` need
+//!                                                       (an imported model may lack the tokenizer)
 //!     optimizer.safetensors  trainer.json               what `--resume` needs
 //!     manifest.json                                     size and SHA-256 of every file
 //! ```
@@ -23,11 +24,13 @@ use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use truthgpt_config::Config;
 use truthgpt_data::{fsio, Tokenizer};
+use truthgpt_interop::hf::{self, HfModel};
 use truthgpt_model::{io::f32_values, Model, Trainer};
 
 use crate::error::{IoContext, ModelContext, Result, TrainError};
 
 pub const MANIFEST: &str = "manifest.json";
+const TOKENIZER: &str = "tokenizer.json";
 pub const LATEST: &str = "latest";
 const CHECKPOINTS: &str = "checkpoints";
 const FORMAT: u32 = 1;
@@ -61,7 +64,15 @@ pub struct SavedModel {
     pub dir: PathBuf,
     pub config: Config,
     pub model: Model,
-    pub tokenizer: Tokenizer,
+    /// Our runs always save one; a Hugging Face directory may not have one.
+    pub tokenizer: Option<Tokenizer>,
+}
+
+impl SavedModel {
+    /// The tokenizer, for commands that take or give text.
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| TrainError::NoTokenizer { path: self.dir.clone() })
+    }
 }
 
 /// A checkpoint to resume from: the model plus optimiser and trainer state.
@@ -79,7 +90,8 @@ impl Checkpoint {
         let Checkpoint { saved, m, v, state } = self;
         let mut trainer = Trainer::new(saved.model, saved.config.train.clone());
         (trainer.m, trainer.v, trainer.step) = (m, v, state.step);
-        (trainer, saved.tokenizer, state)
+        let tokenizer = saved.tokenizer.expect("load_checkpoint refuses a checkpoint without a tokenizer");
+        (trainer, tokenizer, state)
     }
 }
 
@@ -110,8 +122,15 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     Err(TrainError::NoModel { path: path.to_path_buf() })
 }
 
-/// Loads the model a model or run directory holds, checking every file against the manifest.
+/// Loads the model a model or run directory holds, checking every file against the manifest, or
+/// the model of a Hugging Face directory.
 pub fn load_model(path: &Path) -> Result<SavedModel> {
+    let ours = path.join(MANIFEST).is_file() || path.join(LATEST).is_file();
+    if !ours && hf::is_model_dir(path) {
+        let HfModel { model, tokenizer, .. } = hf::load(path)?;
+        let config = hf::config::settings_for(&model.config);
+        return Ok(SavedModel { dir: path.to_path_buf(), config, model, tokenizer });
+    }
     let dir = resolve(path)?;
     let files = verified_files(&dir)?;
     saved_model(dir, &files)
@@ -122,11 +141,17 @@ fn saved_model(dir: PathBuf, files: &VerifiedFiles) -> Result<SavedModel> {
     let config: Config = serde_json::from_slice(files.read("config.json")?)
         .map_err(|e| corrupt(&config_path, format!("not a valid config: {e}")))?;
     config.validate().map_err(|source| TrainError::Config { path: config_path, source })?;
-    let tokenizer_path = dir.join("tokenizer.json");
-    let tokenizer_json = std::str::from_utf8(files.read("tokenizer.json")?)
-        .map_err(|_| corrupt(&tokenizer_path, "not UTF-8".into()))?;
-    let tokenizer = Tokenizer::from_json(tokenizer_json)?;
-    tokenizer.check_fits(config.model.vocab_size)?;
+    let tokenizer = match files.maps.contains_key(TOKENIZER) {
+        true => {
+            let tokenizer_path = dir.join(TOKENIZER);
+            let tokenizer_json = std::str::from_utf8(files.read(TOKENIZER)?)
+                .map_err(|_| corrupt(&tokenizer_path, "not UTF-8".into()))?;
+            let tokenizer = Tokenizer::from_json(tokenizer_json)?;
+            tokenizer.check_fits(config.model.vocab_size)?;
+            Some(tokenizer)
+        }
+        false => None,
+    };
     let weights_path = dir.join("model.safetensors");
     let tensors = SafeTensors::deserialize(files.read("model.safetensors")?)
         .map_err(|e| corrupt(&weights_path, e.to_string()))?;
@@ -140,6 +165,7 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
     let dir = resolve(path)?;
     let files = verified_files(&dir)?;
     let saved = saved_model(dir, &files)?;
+    saved.tokenizer()?;
     let state_path = saved.dir.join("trainer.json");
     let state: TrainerState = serde_json::from_slice(files.read("trainer.json")?)
         .map_err(|e| corrupt(&state_path, format!("not a trainer state: {e}")))?;
@@ -156,7 +182,7 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
 }
 
 /// Saves a model directory (what `generate`, `eval` and `serve` load) at `dir`, atomically.
-pub fn save_model(dir: &Path, config: &Config, model: &Model, tokenizer: &Tokenizer) -> Result<()> {
+pub fn save_model(dir: &Path, config: &Config, model: &Model, tokenizer: Option<&Tokenizer>) -> Result<()> {
     let files = model_files(config, model, tokenizer)?;
     write_dir_atomically(dir, files)
 }
@@ -191,7 +217,7 @@ fn checkpoint_files(
     tokenizer: &Tokenizer,
     state: &TrainerState,
 ) -> Result<Vec<(&'static str, Vec<u8>)>> {
-    let mut files = model_files(config, &trainer.model, tokenizer)?;
+    let mut files = model_files(config, &trainer.model, Some(tokenizer))?;
     fn moment(values: &[f32]) -> Result<TensorView<'_>, safetensors::SafeTensorError> {
         TensorView::new(Dtype::F32, vec![values.len()], bytemuck::cast_slice(values))
     }
@@ -209,13 +235,16 @@ fn checkpoint_files(
 fn model_files(
     config: &Config,
     model: &Model,
-    tokenizer: &Tokenizer,
+    tokenizer: Option<&Tokenizer>,
 ) -> Result<Vec<(&'static str, Vec<u8>)>> {
-    Ok(vec![
+    let mut files = vec![
         ("config.json", serde_json::to_vec_pretty(config).expect("config serialises")),
-        ("tokenizer.json", tokenizer.to_json().into_bytes()),
         ("model.safetensors", model.to_safetensors().during("serialising weights")?),
-    ])
+    ];
+    if let Some(tokenizer) = tokenizer {
+        files.push((TOKENIZER, tokenizer.to_json().into_bytes()));
+    }
+    Ok(files)
 }
 
 /// Writes the model directory `dir` with a manifest of its files' sizes and SHA-256, atomically.

@@ -9,8 +9,15 @@ use truthgpt_model::ModelError;
 pub enum TrainError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("no model in {path}: expected a model directory (manifest.json) or a run directory (latest)")]
+    #[error(
+        "no model in {path}: expected a model directory (manifest.json), a run directory (latest) \
+         or a Hugging Face model directory (config.json)"
+    )]
     NoModel { path: PathBuf },
+    #[error("the model in {path} has no tokenizer.json; text in or out needs one")]
+    NoTokenizer { path: PathBuf },
+    #[error(transparent)]
+    Interop(#[from] truthgpt_interop::InteropError),
     #[error("no checkpoint to resume in {path}")]
     NothingToResume { path: PathBuf },
     #[error("checkpoint file {path}: {problem}")]

@@ -1,0 +1,63 @@
+//! `import`, `export` and `logits`: models in and out of other tools' formats, and the logits
+//! that show they agree.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use truthgpt_interop::hf;
+use truthgpt_train::checkpoint;
+
+use crate::args::{GgufDtypeArg, LogitsArgs};
+
+pub fn import_hf(dir: &Path, out: &Path) -> anyhow::Result<()> {
+    if out.exists() {
+        bail!("{} already exists; choose another --out or remove it", out.display());
+    }
+    let started = Instant::now();
+    let loaded = hf::load(dir).with_context(|| format!("importing {}", dir.display()))?;
+    let settings = hf::config::settings_for(&loaded.model.config);
+    checkpoint::save_model(out, &settings, &loaded.model, loaded.tokenizer.as_ref())?;
+    eprintln!(
+        "imported {} ({:?}, {:.1}M parameters, {}) into {} in {:.2}s",
+        dir.display(),
+        loaded.family,
+        loaded.model.num_params() as f64 / 1e6,
+        if loaded.tokenizer.is_some() { "with its tokenizer" } else { "no tokenizer" },
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+pub fn export_hf(model: &Path, out: &Path) -> anyhow::Result<()> {
+    let saved = checkpoint::load_model(model)?;
+    let exported = hf::export(&saved.model, saved.tokenizer.as_ref(), out)?;
+    eprintln!(
+        "wrote {} as {} ({} tensors{})",
+        out.display(),
+        exported.family.architecture(),
+        exported.tensors,
+        if saved.tokenizer.is_some() { ", tokenizer" } else { "" }
+    );
+    Ok(())
+}
+
+pub fn export_gguf(model: &Path, out: &Path, dtype: GgufDtypeArg) -> anyhow::Result<()> {
+    let _ = (model, out, dtype);
+    bail!("GGUF export is not wired yet")
+}
+
+/// One forward pass over `ids` as a single sequence; prints every position's logits.
+pub fn logits(args: &LogitsArgs) -> anyhow::Result<()> {
+    let mut saved = checkpoint::load_model(&args.model)?;
+    let vocab = saved.model.config.vocab_size;
+    let logits = saved.model.forward(&args.ids, 1, args.ids.len())?;
+    let rows: Vec<&[f32]> = logits.chunks_exact(vocab).collect();
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    // serde_json writes each f32 in the shortest form that parses back to the same f32.
+    serde_json::to_writer(&mut stdout, &std::collections::BTreeMap::from([("logits", rows)]))?;
+    writeln!(stdout)?;
+    Ok(())
+}
