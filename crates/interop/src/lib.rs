@@ -6,6 +6,7 @@
 //! - [`tensors`]: memory-mapped safetensors, single or sharded, read as f32 from f32/f16/bf16.
 
 pub mod error;
+pub mod gguf;
 pub mod hf;
 pub mod tensors;
 

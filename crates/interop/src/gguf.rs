@@ -1,0 +1,824 @@
+//! GGUF files for llama.cpp: Llama, Mistral and Mixtral models as llama.cpp's `llama`
+//! architecture, Qwen2 models as `qwen2`, with the tokenizer, in f32, f16 or q8_0.
+//!
+//! The layout follows llama.cpp's `convert_hf_to_gguf.py`, so that a file written here is the file
+//! that converter would write from our Hugging Face export ([`crate::hf::export`]):
+//!
+//! - tensors are those of [`crate::hf::tensor_map`], renamed to GGUF names (`token_embd.weight`,
+//!   `blk.N.attn_q.weight`, ...); Mixtral's experts are stacked into 3-D `ffn_*_exps` tensors;
+//!   a tied head is left out (llama.cpp then uses `token_embd.weight`);
+//! - for `llama`, query and key rows (weights and biases) are permuted from Hugging Face's
+//!   rotate-half RoPE layout to the interleaved pairs llama.cpp rotates (`LlamaModel.permute`);
+//!   `qwen2` uses NeoX RoPE, the rotate-half layout, and is written as is;
+//! - dtypes: 1-D tensors (norms, biases, RoPE factors) and the MoE router stay f32; other
+//!   matrices are f16 or q8_0 as asked; a q8_0 matrix whose rows are not a multiple of 32 long
+//!   falls back to f16, as the converter does;
+//! - Llama 3 RoPE scaling becomes the `rope_freqs.weight` tensor of per-frequency divisors, as the
+//!   converter computes it; linear scaling becomes `rope.scaling.type`/`rope.scaling.factor`.
+//!
+//! Refused, with [`InteropError::NoTarget`] naming the reason: GPT-2 (out of scope here), any
+//! model [`crate::hf::config::family_for`] refuses, dynamic-NTK RoPE (llama.cpp has no
+//! equivalent), Llama 3 scaling on Qwen2 (llama.cpp's `qwen2` graph has no frequency factors),
+//! a Mistral/Mixtral sliding window shorter than `max_seq_len` (llama.cpp's `llama` architecture
+//! attends to the whole context, so logits past the window would differ), MoE routers with
+//! aux-free balancing biases (Mixtral has no place for them), non-finite weights, and tokenizers
+//! that are not byte-level BPE with GPT-2's pre-tokenizer (the only kind written as
+//! `tokenizer.ggml.model = gpt2`, `pre = gpt-2`).
+//!
+//! MoE capacity limits (`moe.dropless: false`) are a training-time device; llama.cpp, like
+//! transformers' Mixtral, runs every routed token through its experts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use half::f16;
+use serde_json::Value;
+use truthgpt_config::{ModelConfig, RopeScaling, RopeScalingKind};
+use truthgpt_data::{fsio, Tokenizer};
+use truthgpt_model::Model;
+
+use crate::error::{InteropError, Result};
+use crate::hf::{self, Family};
+
+/// How weight matrices are stored; 1-D tensors are always f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufDtype {
+    F32,
+    F16,
+    Q8_0,
+}
+
+impl GgufDtype {
+    /// `general.file_type` (llama.cpp's `llama_ftype`): all f32, mostly f16, mostly q8_0.
+    pub fn file_type(self) -> u32 {
+        match self {
+            GgufDtype::F32 => 0,
+            GgufDtype::F16 => 1,
+            GgufDtype::Q8_0 => 7,
+        }
+    }
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GgufExported {
+    pub tensors: usize,
+    /// Size of the file.
+    pub bytes: u64,
+    /// `general.architecture`: `llama` or `qwen2`.
+    pub architecture: &'static str,
+}
+
+/// The GGUF version written.
+pub const VERSION: u32 = 3;
+/// `general.alignment`: tensor data offsets are multiples of it (GGUF's default).
+pub const ALIGNMENT: usize = 32;
+/// Elements per q8_0 block, and its size: an f16 scale and 32 i8.
+pub const Q8_0_BLOCK: usize = 32;
+pub const Q8_0_BLOCK_BYTES: usize = 34;
+
+/// `ggml_type` of the tensor types written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GgmlType {
+    F32,
+    F16,
+    Q8_0,
+}
+
+impl GgmlType {
+    fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q8_0 => 8,
+        }
+    }
+
+    fn bytes(self, elements: usize) -> usize {
+        match self {
+            GgmlType::F32 => 4 * elements,
+            GgmlType::F16 => 2 * elements,
+            GgmlType::Q8_0 => elements / Q8_0_BLOCK * Q8_0_BLOCK_BYTES,
+        }
+    }
+}
+
+/// Token types of `tokenizer.ggml.token_type` (llama.cpp's `llama_token_type`).
+const TOKEN_NORMAL: i32 = 1;
+const TOKEN_CONTROL: i32 = 3;
+const TOKEN_USER_DEFINED: i32 = 4;
+const TOKEN_UNUSED: i32 = 5;
+
+/// Writes `model` and its tokenizer as a GGUF v3 file at `out`, which must not exist. The file is
+/// written beside `out`, fsynced and renamed into place, so it appears whole or not at all.
+pub fn export(model: &Model, tokenizer: &Tokenizer, out: &Path, dtype: GgufDtype) -> Result<GgufExported> {
+    if out.exists() {
+        return Err(InteropError::Exists { path: out.into() });
+    }
+    let m = &model.config;
+    let family = hf::config::family_for(m)?;
+    let arch = match family {
+        Family::Llama | Family::Mistral | Family::Mixtral => "llama",
+        Family::Qwen2 => "qwen2",
+        Family::Gpt2 => {
+            return Err(InteropError::NoTarget(
+                "GPT-2 models (learned positions, LayerNorm, GELU MLP) are not exported to GGUF here; \
+                 GGUF export covers the Llama family (rope, rmsnorm, swiglu or moe)"
+                    .into(),
+            ))
+        }
+    };
+    check_expressible(model, family)?;
+    let vocab = vocabulary(tokenizer, m.vocab_size)?;
+    let plans = plan_tensors(model, family, dtype)?;
+    let metadata = metadata(model, family, arch, dtype, &vocab, out);
+    let bytes = write_file(out, &metadata, &plans, model)?;
+    Ok(GgufExported { tensors: plans.len(), bytes, architecture: arch })
+}
+
+/// What llama.cpp cannot run the same way, beyond what [`hf::config::family_for`] refuses.
+fn check_expressible(model: &Model, family: Family) -> Result<()> {
+    let m = &model.config;
+    let no = |why: String| Err(InteropError::NoTarget(why));
+    match m.rope_scaling {
+        Some(RopeScaling { kind: RopeScalingKind::Dynamic, .. }) => {
+            return no("dynamic NTK RoPE scaling has no llama.cpp equivalent (linear and llama3 do)".into())
+        }
+        Some(RopeScaling { kind: RopeScalingKind::Ntk, .. }) => {
+            return no("static NTK RoPE scaling has no llama.cpp equivalent (linear and llama3 do)".into())
+        }
+        Some(RopeScaling { kind: RopeScalingKind::Llama3, .. }) if family == Family::Qwen2 => {
+            return no("llama3 RoPE scaling on a Qwen2 model: llama.cpp's qwen2 architecture applies no \
+                       RoPE frequency factors"
+                .into())
+        }
+        _ => {}
+    }
+    if let Some(window) = m.sliding_window {
+        if window < m.max_seq_len {
+            return no(format!(
+                "sliding_window {window} is shorter than max_seq_len {}: llama.cpp's llama architecture \
+                 attends to the whole context, so logits past {window} tokens would differ; set \
+                 sliding_window to null (or at least max_seq_len) if that is acceptable",
+                m.max_seq_len
+            ));
+        }
+    }
+    if model.moe_layers().any(|moe| moe.selection_bias.iter().any(|&b| b != 0.0)) {
+        return no("the MoE routers carry aux-free balancing biases (`moe.balancing: bias`), which \
+                   llama.cpp's Mixtral-style routing has no place for"
+            .into());
+    }
+    if m.head_dim() % 2 != 0 {
+        return no(format!("head size {} is odd; RoPE needs pairs", m.head_dim()));
+    }
+    if let Some(spec) = model.specs.iter().find(|s| s.handle.of(&model.params).iter().any(|x| !x.is_finite()))
+    {
+        return no(format!("tensor `{}` has non-finite values", spec.name));
+    }
+    for (what, n) in [
+        ("vocab_size", m.vocab_size),
+        ("d_model", m.d_model),
+        ("n_layers", m.n_layers),
+        ("d_ff", m.d_ff),
+        ("max_seq_len", m.max_seq_len),
+        ("n_heads", m.n_heads),
+    ] {
+        if u32::try_from(n).is_err() {
+            return no(format!("{what} {n} does not fit GGUF's u32 metadata"));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokenizer
+
+/// The vocabulary as GGUF stores it: one token per id up to the model's vocabulary size.
+struct Vocab {
+    tokens: Vec<String>,
+    types: Vec<i32>,
+    merges: Vec<String>,
+    eos: Option<u32>,
+}
+
+fn bad_tokenizer(problem: impl std::fmt::Display) -> InteropError {
+    InteropError::NoTarget(format!(
+        "the tokenizer {problem}; GGUF export writes byte-level BPE tokenizers with GPT-2's \
+         pre-tokenizer (as `truthgpt tokenizer train` makes)"
+    ))
+}
+
+/// Checks `tokenizer` is a byte-level BPE with GPT-2's pre-tokenizer and reads its tokens, their
+/// types and its merges, padded to `vocab_size` ids.
+fn vocabulary(tokenizer: &Tokenizer, vocab_size: usize) -> Result<Vocab> {
+    tokenizer.check_fits(vocab_size)?;
+    let json: Value = serde_json::from_str(&tokenizer.to_json())
+        .map_err(|e| bad_tokenizer(format!("does not serialise to JSON ({e})")))?;
+    let model = json.get("model").ok_or_else(|| bad_tokenizer("has no `model`"))?;
+    let kind = model.get("type").and_then(Value::as_str).unwrap_or("?");
+    if kind != "BPE" {
+        return Err(bad_tokenizer(format!("is a {kind} model, not BPE")));
+    }
+    for (key, ok) in [
+        ("byte_fallback", model.get("byte_fallback").is_none_or(|v| v == &Value::Bool(false))),
+        ("continuing_subword_prefix", model.get("continuing_subword_prefix").is_none_or(Value::is_null)),
+        ("end_of_word_suffix", model.get("end_of_word_suffix").is_none_or(Value::is_null)),
+        ("ignore_merges", model.get("ignore_merges").is_none_or(|v| v == &Value::Bool(false))),
+        ("dropout", model.get("dropout").is_none_or(Value::is_null)),
+    ] {
+        if !ok {
+            return Err(bad_tokenizer(format!(
+                "sets BPE `{key}`, which llama.cpp's GPT-2 BPE does not have"
+            )));
+        }
+    }
+    if !json.get("normalizer").is_none_or(Value::is_null) {
+        return Err(bad_tokenizer("has a normalizer, which llama.cpp's GPT-2 BPE does not apply"));
+    }
+    check_pre_tokenizer(json.get("pre_tokenizer"))?;
+
+    let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
+    let mut types = vec![TOKEN_UNUSED; vocab_size];
+    let mut place = |id: u64, token: &str, ty: i32| -> Result<()> {
+        let slot = usize::try_from(id).ok().filter(|&i| i < vocab_size).ok_or_else(|| {
+            bad_tokenizer(format!("has id {id} for `{token}`, past the model's vocab_size {vocab_size}"))
+        })?;
+        match &tokens[slot] {
+            Some(other) if other != token => {
+                return Err(bad_tokenizer(format!("gives id {id} to both `{other}` and `{token}`")))
+            }
+            _ => {}
+        }
+        tokens[slot] = Some(token.to_string());
+        types[slot] = ty;
+        Ok(())
+    };
+    let vocab =
+        model.get("vocab").and_then(Value::as_object).ok_or_else(|| bad_tokenizer("has no BPE vocab"))?;
+    for (token, id) in vocab {
+        let id = id.as_u64().ok_or_else(|| bad_tokenizer(format!("has a non-integer id for `{token}`")))?;
+        place(id, token, TOKEN_NORMAL)?;
+    }
+    for added in json.get("added_tokens").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+        let (Some(id), Some(token)) =
+            (added.get("id").and_then(Value::as_u64), added.get("content").and_then(Value::as_str))
+        else {
+            return Err(bad_tokenizer("has an added token without an id or content"));
+        };
+        let special = added.get("special").and_then(Value::as_bool).unwrap_or(false);
+        place(id, token, if special { TOKEN_CONTROL } else { TOKEN_USER_DEFINED })?;
+    }
+    let tokens: Vec<String> =
+        tokens.into_iter().enumerate().map(|(id, t)| t.unwrap_or_else(|| format!("[PAD{id}]"))).collect();
+    // llama.cpp maps text to ids through a hash map: every token must be distinct.
+    let mut seen = HashMap::with_capacity(tokens.len());
+    for (id, token) in tokens.iter().enumerate() {
+        if let Some(first) = seen.insert(token.as_str(), id) {
+            return Err(bad_tokenizer(format!("has `{token}` at both id {first} and id {id}")));
+        }
+    }
+
+    let merges =
+        model.get("merges").and_then(Value::as_array).ok_or_else(|| bad_tokenizer("has no BPE merges"))?;
+    let merges = merges
+        .iter()
+        .map(|merge| {
+            let (a, b) = match merge {
+                Value::String(s) => {
+                    s.split_once(' ').ok_or_else(|| bad_tokenizer(format!("has merge `{s}`")))?
+                }
+                Value::Array(pair) => match pair.as_slice() {
+                    [Value::String(a), Value::String(b)] => (a.as_str(), b.as_str()),
+                    _ => return Err(bad_tokenizer(format!("has merge {merge}"))),
+                },
+                _ => return Err(bad_tokenizer(format!("has merge {merge}"))),
+            };
+            // GGUF stores merges as "a b": a part holding a space could not be split back.
+            if a.contains(' ') || b.contains(' ') || a.is_empty() || b.is_empty() {
+                return Err(bad_tokenizer(format!(
+                    "has merge ({a:?}, {b:?}), which GGUF cannot write as `a b`"
+                )));
+            }
+            Ok(format!("{a} {b}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Vocab { tokens, types, merges, eos: tokenizer.eos_id() })
+}
+
+/// GPT-2's pre-tokenizer: `ByteLevel` with its regex and no prefix space (alone, or the one step of
+/// a `Sequence`), which is what llama.cpp's `gpt-2` pre-tokenizer type does.
+fn check_pre_tokenizer(pre: Option<&Value>) -> Result<()> {
+    let mut pre = pre.filter(|p| !p.is_null()).ok_or_else(|| bad_tokenizer("has no pre-tokenizer"))?;
+    if pre.get("type").and_then(Value::as_str) == Some("Sequence") {
+        match pre.get("pretokenizers").and_then(Value::as_array).map(Vec::as_slice) {
+            Some([one]) => pre = one,
+            _ => return Err(bad_tokenizer("has a sequence of pre-tokenizers")),
+        }
+    }
+    let kind = pre.get("type").and_then(Value::as_str).unwrap_or("?");
+    if kind != "ByteLevel" {
+        return Err(bad_tokenizer(format!("has a {kind} pre-tokenizer, not ByteLevel")));
+    }
+    if pre.get("use_regex").and_then(Value::as_bool) == Some(false) {
+        return Err(bad_tokenizer("splits without GPT-2's regex (ByteLevel use_regex: false)"));
+    }
+    if pre.get("add_prefix_space").and_then(Value::as_bool) == Some(true) {
+        return Err(bad_tokenizer(
+            "adds a prefix space (ByteLevel add_prefix_space: true), which llama.cpp does not",
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensors
+
+/// A run of our parameters: `len` values of spec `spec` from `start`, optionally with the
+/// llama.cpp RoPE permutation of `heads` heads of rows `cols` long.
+#[derive(Debug, Clone)]
+struct Part {
+    spec: usize,
+    start: usize,
+    len: usize,
+    permute: Option<(usize, usize)>,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    /// The parts, concatenated.
+    Params(Vec<Part>),
+    Owned(Vec<f32>),
+}
+
+/// One GGUF tensor: its name, row-major shape (GGUF dims are this reversed), type and data.
+#[derive(Debug, Clone)]
+struct Plan {
+    name: String,
+    shape: Vec<usize>,
+    ty: GgmlType,
+    source: Source,
+}
+
+impl Plan {
+    fn elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    fn bytes(&self) -> usize {
+        self.ty.bytes(self.elements())
+    }
+
+    fn values(&self, model: &Model) -> Vec<f32> {
+        match &self.source {
+            Source::Owned(v) => v.clone(),
+            Source::Params(parts) => {
+                let mut out = Vec::with_capacity(self.elements());
+                for part in parts {
+                    let all = model.specs[part.spec].handle.of(&model.params);
+                    let src = &all[part.start..part.start + part.len];
+                    match part.permute {
+                        None => out.extend_from_slice(src),
+                        Some((heads, cols)) => {
+                            let start = out.len();
+                            out.resize(start + src.len(), 0.0);
+                            permute_rope(src, &mut out[start..], heads, cols);
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// convert_hf_to_gguf's `LlamaModel.permute`: rows `(head, half, i)` of `src` (Hugging Face's
+/// rotate-half order) become rows `(head, i, half)` (llama.cpp's interleaved pairs), each row
+/// `cols` long. The row count is `heads * head_size`.
+fn permute_rope(src: &[f32], dst: &mut [f32], heads: usize, cols: usize) {
+    let rows = src.len() / cols;
+    let half = rows / heads / 2;
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..half {
+                let from = (h * 2 * half + j * half + i) * cols;
+                let to = (h * 2 * half + 2 * i + j) * cols;
+                dst[to..to + cols].copy_from_slice(&src[from..from + cols]);
+            }
+        }
+    }
+}
+
+/// Where a Hugging Face tensor goes: its GGUF name, and for experts, which expert of a stack.
+enum Target {
+    Plain(String),
+    Expert { name: String, expert: usize },
+}
+
+/// The GGUF name of the HF tensor `hf_name`, as llama.cpp's tensor_mapping.py maps it.
+fn gguf_name(hf_name: &str) -> Option<Target> {
+    let plain = |s: &str| Some(Target::Plain(s.to_string()));
+    match hf_name {
+        "model.embed_tokens.weight" => return plain("token_embd.weight"),
+        "model.norm.weight" => return plain("output_norm.weight"),
+        "lm_head.weight" => return plain("output.weight"),
+        _ => {}
+    }
+    let rest = hf_name.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let blk = |s: &str| Some(Target::Plain(format!("blk.{layer}.{s}")));
+    if let Some(expert) = rest.strip_prefix("block_sparse_moe.experts.") {
+        let (e, tail) = expert.split_once('.')?;
+        let expert: usize = e.parse().ok()?;
+        let which = match tail {
+            "w1.weight" => "ffn_gate_exps",
+            "w3.weight" => "ffn_up_exps",
+            "w2.weight" => "ffn_down_exps",
+            _ => return None,
+        };
+        return Some(Target::Expert { name: format!("blk.{layer}.{which}.weight"), expert });
+    }
+    let (module, param) = rest.rsplit_once('.')?;
+    let name = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        "block_sparse_moe.gate" => "ffn_gate_inp",
+        _ => return None,
+    };
+    blk(&format!("{name}.{param}"))
+}
+
+/// The type a tensor of row-major `shape` named `name` is stored as, by convert_hf_to_gguf's rules.
+fn tensor_type(name: &str, shape: &[usize], dtype: GgufDtype) -> GgmlType {
+    let row = *shape.last().unwrap_or(&0);
+    if shape.len() <= 1
+        || name.ends_with("_norm.weight")
+        || !name.ends_with(".weight")
+        || name.contains("ffn_gate_inp")
+    {
+        return GgmlType::F32;
+    }
+    match dtype {
+        GgufDtype::F32 => GgmlType::F32,
+        GgufDtype::F16 => GgmlType::F16,
+        GgufDtype::Q8_0 if row % Q8_0_BLOCK == 0 => GgmlType::Q8_0,
+        GgufDtype::Q8_0 => GgmlType::F16,
+    }
+}
+
+/// Every GGUF tensor of `model`, in order: embeddings, RoPE factors, blocks, final norm, head.
+fn plan_tensors(model: &Model, family: Family, dtype: GgufDtype) -> Result<Vec<Plan>> {
+    let m = &model.config;
+    let internal = |what: String| InteropError::NoTarget(format!("internal: {what}"));
+    let spec_index: HashMap<&str, usize> =
+        model.specs.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    // Tensors by GGUF name, in first-seen order, each with its parts and per-part (rows.., cols).
+    let mut order: Vec<String> = Vec::new();
+    let mut built: BTreeMap<String, (Vec<usize>, Vec<Part>)> = BTreeMap::new();
+    let hs = m.head_dim();
+    for map in hf::tensor_map(family, m) {
+        let &spec =
+            spec_index.get(map.ours.as_str()).ok_or_else(|| internal(format!("no tensor {}", map.ours)))?;
+        if map.transposed {
+            return Err(internal(format!("{} is transposed (GPT-2 only)", map.ours)));
+        }
+        let mut start = 0;
+        for (hf_name, shape) in &map.parts {
+            let len: usize = shape.iter().product();
+            let target = gguf_name(hf_name).ok_or_else(|| internal(format!("no GGUF name for {hf_name}")))?;
+            // llama: q and k rows from rotate-half to interleaved pairs; biases are rows of width 1.
+            let heads = if family == Family::Qwen2 {
+                None
+            } else if hf_name.contains("self_attn.q_proj.") {
+                Some(m.n_heads)
+            } else if hf_name.contains("self_attn.k_proj.") {
+                Some(m.n_kv_heads)
+            } else {
+                None
+            };
+            let cols = if shape.len() == 2 { shape[1] } else { 1 };
+            let permute = heads.map(|h| (h, cols));
+            if let Some((h, _)) = permute {
+                if shape[0] != h * hs {
+                    return Err(internal(format!("{hf_name} has {} rows, not {h} heads of {hs}", shape[0])));
+                }
+            }
+            let part = Part { spec, start, len, permute };
+            start += len;
+            match target {
+                Target::Plain(name) => {
+                    if built.insert(name.clone(), (shape.clone(), vec![part])).is_some() {
+                        return Err(internal(format!("{name} written twice")));
+                    }
+                    order.push(name);
+                }
+                Target::Expert { name, expert } => {
+                    let entry = built.entry(name.clone()).or_insert_with(|| {
+                        order.push(name.clone());
+                        ([&[0], shape.as_slice()].concat(), Vec::new())
+                    });
+                    if entry.0[0] != expert || entry.0[1..] != shape[..] {
+                        return Err(internal(format!("{hf_name} out of order or of another shape")));
+                    }
+                    entry.0[0] += 1;
+                    entry.1.push(part);
+                }
+            }
+        }
+        let total = model.specs[spec].handle.len;
+        if start != total {
+            return Err(internal(format!("{} has {total} values, its HF parts {start}", map.ours)));
+        }
+    }
+    let mut plans: Vec<Plan> = order
+        .into_iter()
+        .map(|name| {
+            let (shape, parts) = built.remove(&name).expect("every ordered name was built");
+            Plan { ty: tensor_type(&name, &shape, dtype), name, shape, source: Source::Params(parts) }
+        })
+        .collect();
+    if let Some(s @ RopeScaling { kind: RopeScalingKind::Llama3, .. }) = m.rope_scaling {
+        let factors = llama3_rope_factors(hs, m.rope_theta, &s, m.max_seq_len);
+        plans.insert(
+            1.min(plans.len()),
+            Plan {
+                name: "rope_freqs.weight".into(),
+                shape: vec![factors.len()],
+                ty: GgmlType::F32,
+                source: Source::Owned(factors),
+            },
+        );
+    }
+    Ok(plans)
+}
+
+/// llama.cpp divides each RoPE frequency by these: 1 for short wavelengths, `factor` for long
+/// ones, and the smooth Llama 3 interpolation between, as convert_hf_to_gguf computes them (f32).
+fn llama3_rope_factors(head_size: usize, theta: f32, s: &RopeScaling, max_seq_len: usize) -> Vec<f32> {
+    let original = s.original_max_seq_len.unwrap_or(max_seq_len) as f32;
+    let (low, high, factor) = (s.low_freq_factor, s.high_freq_factor, s.factor);
+    let (low_freq_wavelen, high_freq_wavelen) = (original / low, original / high);
+    (0..head_size / 2)
+        .map(|i| {
+            let freq = 1.0 / theta.powf((2 * i) as f32 / head_size as f32);
+            let wavelen = 2.0 * std::f32::consts::PI / freq;
+            if wavelen < high_freq_wavelen {
+                1.0
+            } else if wavelen > low_freq_wavelen {
+                factor
+            } else {
+                let smooth = (original / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metadata
+
+/// The metadata value types written (GGUF's `gguf_metadata_value_type`).
+enum Meta {
+    U32(u32),
+    F32(f32),
+    Bool(bool),
+    Str(String),
+    StrArray(Vec<String>),
+    I32Array(Vec<i32>),
+}
+
+const GGUF_TYPE_INT32: u32 = 5;
+const GGUF_TYPE_UINT32: u32 = 4;
+const GGUF_TYPE_FLOAT32: u32 = 6;
+const GGUF_TYPE_BOOL: u32 = 7;
+const GGUF_TYPE_STRING: u32 = 8;
+const GGUF_TYPE_ARRAY: u32 = 9;
+
+fn metadata(
+    model: &Model,
+    family: Family,
+    arch: &'static str,
+    dtype: GgufDtype,
+    vocab: &Vocab,
+    out: &Path,
+) -> Vec<(String, Meta)> {
+    let m: &ModelConfig = &model.config;
+    let u = |n: usize| Meta::U32(n as u32);
+    let name = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "truthgpt".into());
+    let mut kv: Vec<(String, Meta)> = vec![
+        ("general.architecture".into(), Meta::Str(arch.into())),
+        ("general.name".into(), Meta::Str(name)),
+        ("general.file_type".into(), Meta::U32(dtype.file_type())),
+        ("general.quantization_version".into(), Meta::U32(2)),
+        ("general.alignment".into(), u(ALIGNMENT)),
+    ];
+    let mut a = |key: &str, value: Meta| kv.push((format!("{arch}.{key}"), value));
+    a("vocab_size", u(m.vocab_size));
+    a("context_length", u(m.max_seq_len));
+    a("embedding_length", u(m.d_model));
+    a("block_count", u(m.n_layers));
+    a("feed_forward_length", u(m.d_ff));
+    a("attention.head_count", u(m.n_heads));
+    a("attention.head_count_kv", u(m.n_kv_heads));
+    a("attention.layer_norm_rms_epsilon", Meta::F32(m.norm_eps));
+    a("rope.freq_base", Meta::F32(m.rope_theta));
+    a("rope.dimension_count", u(m.head_dim()));
+    if let Some(RopeScaling { kind: RopeScalingKind::Linear, factor, .. }) = m.rope_scaling {
+        a("rope.scaling.type", Meta::Str("linear".into()));
+        a("rope.scaling.factor", Meta::F32(factor));
+    }
+    if family == Family::Mixtral {
+        a("expert_count", u(m.moe.n_experts));
+        a("expert_used_count", u(m.moe.top_k));
+    }
+    kv.push(("tokenizer.ggml.model".into(), Meta::Str("gpt2".into())));
+    kv.push(("tokenizer.ggml.pre".into(), Meta::Str("gpt-2".into())));
+    kv.push(("tokenizer.ggml.tokens".into(), Meta::StrArray(vocab.tokens.clone())));
+    kv.push(("tokenizer.ggml.token_type".into(), Meta::I32Array(vocab.types.clone())));
+    kv.push(("tokenizer.ggml.merges".into(), Meta::StrArray(vocab.merges.clone())));
+    if let Some(eos) = vocab.eos {
+        kv.push(("tokenizer.ggml.eos_token_id".into(), Meta::U32(eos)));
+        kv.push(("tokenizer.ggml.bos_token_id".into(), Meta::U32(eos)));
+    }
+    kv.push(("tokenizer.ggml.add_bos_token".into(), Meta::Bool(false)));
+    kv
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+/// Bytes in the order GGUF wants them (little-endian), counting what was written.
+struct Out<W: Write> {
+    w: W,
+    written: u64,
+}
+
+impl<W: Write> Out<W> {
+    fn bytes(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.w.write_all(b)?;
+        self.written += b.len() as u64;
+        Ok(())
+    }
+
+    fn u32(&mut self, x: u32) -> std::io::Result<()> {
+        self.bytes(&x.to_le_bytes())
+    }
+
+    fn u64(&mut self, x: u64) -> std::io::Result<()> {
+        self.bytes(&x.to_le_bytes())
+    }
+
+    fn str(&mut self, s: &str) -> std::io::Result<()> {
+        self.u64(s.len() as u64)?;
+        self.bytes(s.as_bytes())
+    }
+
+    fn pad_to(&mut self, alignment: u64) -> std::io::Result<()> {
+        let pad = (alignment - self.written % alignment) % alignment;
+        self.bytes(&vec![0u8; pad as usize])
+    }
+
+    fn meta(&mut self, key: &str, value: &Meta) -> std::io::Result<()> {
+        self.str(key)?;
+        match value {
+            Meta::U32(x) => {
+                self.u32(GGUF_TYPE_UINT32)?;
+                self.u32(*x)
+            }
+            Meta::F32(x) => {
+                self.u32(GGUF_TYPE_FLOAT32)?;
+                self.bytes(&x.to_le_bytes())
+            }
+            Meta::Bool(x) => {
+                self.u32(GGUF_TYPE_BOOL)?;
+                self.bytes(&[*x as u8])
+            }
+            Meta::Str(s) => {
+                self.u32(GGUF_TYPE_STRING)?;
+                self.str(s)
+            }
+            Meta::StrArray(items) => {
+                self.u32(GGUF_TYPE_ARRAY)?;
+                self.u32(GGUF_TYPE_STRING)?;
+                self.u64(items.len() as u64)?;
+                items.iter().try_for_each(|s| self.str(s))
+            }
+            Meta::I32Array(items) => {
+                self.u32(GGUF_TYPE_ARRAY)?;
+                self.u32(GGUF_TYPE_INT32)?;
+                self.u64(items.len() as u64)?;
+                items.iter().try_for_each(|x| self.bytes(&x.to_le_bytes()))
+            }
+        }
+    }
+}
+
+/// `values` as `ty`, appended to `buf`.
+fn encode(values: &[f32], ty: GgmlType, buf: &mut Vec<u8>) {
+    match ty {
+        GgmlType::F32 => values.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
+        GgmlType::F16 => values.iter().for_each(|x| buf.extend_from_slice(&f16::from_f32(*x).to_le_bytes())),
+        GgmlType::Q8_0 => {
+            for block in values.chunks_exact(Q8_0_BLOCK) {
+                let (d, qs) = quantize_q8_0(block);
+                buf.extend_from_slice(&d.to_le_bytes());
+                buf.extend(qs.iter().map(|&q| q as u8));
+            }
+        }
+    }
+}
+
+/// One q8_0 block as ggml's `quantize_row_q8_0_ref` (and gguf-py) makes it: scale
+/// `d = max|x| / 127` stored as f16, `q = round(x / d)` with halves away from zero.
+pub fn quantize_q8_0(block: &[f32]) -> (f16, [i8; Q8_0_BLOCK]) {
+    let amax = block.iter().fold(0.0f32, |a, x| a.max(x.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0i8; Q8_0_BLOCK];
+    for (q, x) in qs.iter_mut().zip(block) {
+        *q = (x * id).round().clamp(-127.0, 127.0) as i8;
+    }
+    (f16::from_f32(d), qs)
+}
+
+fn write_file(out: &Path, metadata: &[(String, Meta)], plans: &[Plan], model: &Model) -> Result<u64> {
+    let io = |path: &Path| {
+        let path: PathBuf = path.into();
+        move |source: std::io::Error| InteropError::Io { path: path.clone(), source }
+    };
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(parent).map_err(io(parent))?;
+    let file_name =
+        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.gguf".into());
+    let tmp = parent.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| -> Result<u64> {
+        let file = File::create(&tmp).map_err(io(&tmp))?;
+        let mut w = Out { w: BufWriter::with_capacity(1 << 20, file), written: 0 };
+        write_contents(&mut w, metadata, plans, model).map_err(io(&tmp))?;
+        let file = w.w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+        file.sync_all().map_err(io(&tmp))?;
+        drop(file);
+        if out.exists() {
+            return Err(InteropError::Exists { path: out.into() });
+        }
+        fs::rename(&tmp, out).map_err(io(out))?;
+        Ok(w.written)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    let written = result?;
+    fsio::sync_dir(parent).map_err(io(parent))?;
+    Ok(written)
+}
+
+fn write_contents<W: Write>(
+    w: &mut Out<W>,
+    metadata: &[(String, Meta)],
+    plans: &[Plan],
+    model: &Model,
+) -> std::io::Result<()> {
+    let align = ALIGNMENT as u64;
+    w.bytes(b"GGUF")?;
+    w.u32(VERSION)?;
+    w.u64(plans.len() as u64)?;
+    w.u64(metadata.len() as u64)?;
+    for (key, value) in metadata {
+        w.meta(key, value)?;
+    }
+    let mut offset = 0u64;
+    for plan in plans {
+        w.str(&plan.name)?;
+        w.u32(plan.shape.len() as u32)?;
+        for &d in plan.shape.iter().rev() {
+            w.u64(d as u64)?;
+        }
+        w.u32(plan.ty.id())?;
+        w.u64(offset)?;
+        offset += plan.bytes() as u64;
+        offset = offset.div_ceil(align) * align;
+    }
+    w.pad_to(align)?;
+    let mut buf = Vec::new();
+    for plan in plans {
+        buf.clear();
+        encode(&plan.values(model), plan.ty, &mut buf);
+        debug_assert_eq!(buf.len(), plan.bytes());
+        w.bytes(&buf)?;
+        w.pad_to(align)?;
+    }
+    Ok(())
+}
