@@ -271,9 +271,29 @@ pub enum BenchCommand {
     Train(BenchTrainArgs),
     /// Time forward+backward of one MoE layer against a dense FFN of the same active width.
     Moe(BenchMoeArgs),
+    /// Time loading a Hugging Face directory (memory-mapped safetensors) against loading our own
+    /// checksummed model directory of the same model (random weights).
+    Load(BenchLoadArgs),
     /// Time greedy decoding with the key/value cache against recomputing the whole sequence per
     /// token (random weights); checks both give the same tokens.
     Generate(BenchGenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchLoadArgs {
+    /// The model to write and load (default gpt2-small); `--set` layers over it.
+    #[command(flatten)]
+    pub layers: Layers,
+    /// Keep the Hugging Face directory here (e.g. to time `transformers` on the same files);
+    /// default: a temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+    /// Timed loads of each kind; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Size of the rayon pool; default: one per logical CPU.
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -7,13 +7,15 @@ use anyhow::{ensure, Context};
 use serde_json::json;
 use truthgpt_config::{ExpertKind, FfnKind, ModelConfig, MoeConfig, MAX_TOP_K};
 use truthgpt_engine::rng::Rng;
+use truthgpt_interop::hf;
 use truthgpt_model::ffn::Ffn;
 use truthgpt_model::generate::argmax;
 use truthgpt_model::moe::Moe;
 use truthgpt_model::params::ParamBuilder;
 use truthgpt_model::{Batch, Generator, Model, Sampling, Trainer};
+use truthgpt_train::checkpoint;
 
-use crate::args::{BenchGenerateArgs, BenchMoeArgs, BenchTrainArgs};
+use crate::args::{BenchGenerateArgs, BenchLoadArgs, BenchMoeArgs, BenchTrainArgs};
 use crate::config_cmd;
 
 pub fn train(args: &BenchTrainArgs) -> anyhow::Result<()> {
@@ -214,6 +216,50 @@ pub fn generate(args: &BenchGenerateArgs) -> anyhow::Result<()> {
         "params": model.num_params(),
         "threads": threads,
         "preset_or_config": describe_source(preset, args.config.as_deref()),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// Writes one model both ways, then times `--repeats` loads of each and reports the medians.
+pub fn load(args: &BenchLoadArgs) -> anyhow::Result<()> {
+    ensure!(args.repeats > 0, "--repeats must be at least 1");
+    let threads = init_threads(args.threads)?;
+    let preset = args.layers.preset.as_deref().unwrap_or("gpt2-small");
+    let config = config_cmd::load(Some(preset), None, &args.layers.set)?;
+    let model = Model::new(&config.model, config.train.seed);
+    let scratch = tempfile::tempdir().context("creating a temporary directory")?;
+    let hf_dir = args.keep.clone().unwrap_or_else(|| scratch.path().join("hf"));
+    let ours_dir = scratch.path().join("ours");
+    let exported = hf::export(&model, None, &hf_dir)?;
+    checkpoint::save_model(&ours_dir, &config, &model, None)?;
+    let params = model.num_params();
+    drop(model);
+
+    let median = |load: &dyn Fn() -> anyhow::Result<Model>| -> anyhow::Result<f64> {
+        let mut secs = Vec::with_capacity(args.repeats);
+        for _ in 0..args.repeats {
+            let start = Instant::now();
+            let model = load()?;
+            secs.push(start.elapsed().as_secs_f64());
+            drop(model);
+        }
+        secs.sort_by(f64::total_cmp);
+        Ok(secs[secs.len() / 2])
+    };
+    let hf_secs = median(&|| Ok(hf::load(&hf_dir)?.model))?;
+    let ours_secs = median(&|| Ok(checkpoint::load_model(&ours_dir)?.model))?;
+    let bytes = std::fs::metadata(hf_dir.join("model.safetensors")).map(|m| m.len()).unwrap_or(0);
+    let line = json!({
+        "hf_load_secs": hf_secs,
+        "native_load_secs": ours_secs,
+        "ratio": ours_secs / hf_secs,
+        "weights_bytes": bytes,
+        "hf_gib_per_sec": bytes as f64 / hf_secs / (1u64 << 30) as f64,
+        "architecture": exported.family.architecture(),
+        "params": params,
+        "threads": threads,
+        "preset": preset,
     });
     println!("{line}");
     Ok(())

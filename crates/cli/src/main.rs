@@ -36,6 +36,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Train(args)) => bench::train(&args),
         Command::Bench(BenchCommand::Moe(args)) => bench::moe(&args),
         Command::Bench(BenchCommand::Generate(args)) => bench::generate(&args),
+        Command::Bench(BenchCommand::Load(args)) => bench::load(&args),
         Command::Quickstart(args) => quickstart::run(&args),
         Command::Tokenizer(TokenizerCommand::Train { data, vocab_size, out, jsonl_field }) => {
             data_cmd::train_tokenizer(&data, vocab_size, &out, &jsonl_field)

@@ -17,6 +17,7 @@ pub mod embedding;
 pub mod fastmath;
 pub mod loss;
 pub mod matmul;
+pub mod memory;
 pub mod norm;
 pub mod optim;
 pub mod par;

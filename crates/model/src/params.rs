@@ -108,9 +108,10 @@ impl ParamBuilder {
         (specs, values)
     }
 
-    /// Allocates the flat buffer as zeros (pages the OS hands out lazily), for weights about to
-    /// be loaded: initialising 100M parameters only to overwrite them would cost a second.
+    /// Allocates the flat buffer as zeros (pages the OS hands out lazily, huge where it can),
+    /// for weights about to be loaded: initialising 100M parameters only to overwrite them would
+    /// cost a second.
     pub fn finish_zeroed(self) -> (Vec<ParamSpec>, Vec<f32>) {
-        (self.specs, vec![0.0; self.len])
+        (self.specs, truthgpt_engine::memory::zeroed(self.len))
     }
 }
