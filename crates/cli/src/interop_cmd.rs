@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use truthgpt_interop::gguf::{self, GgufDtype};
 use truthgpt_interop::hf;
 use truthgpt_train::checkpoint;
 
@@ -45,8 +46,21 @@ pub fn export_hf(model: &Path, out: &Path) -> anyhow::Result<()> {
 }
 
 pub fn export_gguf(model: &Path, out: &Path, dtype: GgufDtypeArg) -> anyhow::Result<()> {
-    let _ = (model, out, dtype);
-    bail!("GGUF export is not wired yet")
+    let saved = checkpoint::load_model(model)?;
+    let dtype = match dtype {
+        GgufDtypeArg::F32 => GgufDtype::F32,
+        GgufDtypeArg::F16 => GgufDtype::F16,
+        GgufDtypeArg::Q8_0 => GgufDtype::Q8_0,
+    };
+    let exported = gguf::export(&saved.model, saved.tokenizer()?, out, dtype)?;
+    eprintln!(
+        "wrote {} (GGUF, arch {}, {} tensors, {:.1} MB, {dtype:?})",
+        out.display(),
+        exported.architecture,
+        exported.tensors,
+        exported.bytes as f64 / 1e6
+    );
+    Ok(())
 }
 
 /// One forward pass over `ids` as a single sequence; prints every position's logits.
