@@ -206,12 +206,12 @@ fn is_buffer(name: &str) -> bool {
 
 /// The name `name` has in `files`: as written, or without the `model.` / `transformer.` prefix
 /// that checkpoints of the bare base model lack.
-fn locate<'a>(files: &TensorFiles, name: &'a str) -> Option<Cow<'a, str>> {
+fn locate<'a>(files: &TensorFiles, name: &'a str) -> Option<&'a str> {
     if files.contains(name) {
-        return Some(Cow::Borrowed(name));
+        return Some(name);
     }
     let bare = name.strip_prefix("model.").or_else(|| name.strip_prefix("transformer."))?;
-    files.contains(bare).then(|| Cow::Borrowed(bare))
+    files.contains(bare).then_some(bare)
 }
 
 fn load_weights(family: Family, config: &ModelConfig, files: &TensorFiles) -> Result<Model> {
@@ -234,13 +234,13 @@ fn load_weights(family: Family, config: &ModelConfig, files: &TensorFiles) -> Re
             let len: usize = shape.iter().product();
             if map.transposed {
                 scratch.resize(len, 0.0);
-                files.read_into(&name, shape, &mut scratch)?;
+                files.read_into(name, shape, &mut scratch)?;
                 transpose(&scratch, out, shape[0], shape[1]);
             } else {
-                files.read_into(&name, shape, &mut out[row..row + len])?;
+                files.read_into(name, shape, &mut out[row..row + len])?;
             }
             row += len;
-            used.insert(name.into_owned());
+            used.insert(name.to_string());
         }
     }
     let unused: Vec<&str> = files

@@ -1,0 +1,100 @@
+//! `import`, `export` and `logits` through the binary, on the committed Hugging Face fixtures.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{assert_fails_cleanly, run, stdout, truthgpt};
+use safetensors::SafeTensors;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../interop/tests/fixtures/hf").join(name)
+}
+
+fn logits(model: &Path, ids: &[u32]) -> Vec<Vec<f32>> {
+    let ids = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let output = run(&mut truthgpt(&["logits", "--model", model.to_str().unwrap(), "--ids", &ids]));
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("one JSON object");
+    serde_json::from_value(json["logits"].clone()).expect("logits: rows of floats")
+}
+
+/// The fixture's ids and transformers' logits.
+fn expected(name: &str) -> (Vec<u32>, Vec<f32>) {
+    let bytes = std::fs::read(fixture(name).join("expected.safetensors")).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let ids = tensors.tensor("ids").unwrap();
+    let ids = ids.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect();
+    let logits = tensors.tensor("logits").unwrap();
+    let logits = logits.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    (ids, logits)
+}
+
+#[test]
+fn logits_of_a_hugging_face_directory_match_transformers() {
+    let (ids, want) = expected("qwen2");
+    let rows = logits(&fixture("qwen2"), &ids);
+    assert_eq!(rows.len(), ids.len());
+    let got: Vec<f32> = rows.concat();
+    assert_eq!(got.len(), want.len(), "one row of the whole vocabulary per position");
+    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(diff <= 1e-4, "max diff {diff:e}");
+}
+
+#[test]
+fn import_export_and_logits_agree_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (imported, exported) = (tmp.path().join("imported"), tmp.path().join("exported"));
+    let source = fixture("gpt2");
+    let output =
+        run(&mut truthgpt(&["import", "hf", source.to_str().unwrap(), "--out", imported.to_str().unwrap()]));
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    assert!(imported.join("manifest.json").is_file() && imported.join("tokenizer.json").is_file());
+    let output = run(&mut truthgpt(&[
+        "export",
+        "hf",
+        imported.to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]));
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let ids = [0, 5, 299, 17, 42];
+    let original = logits(&source, &ids);
+    assert_eq!(logits(&imported, &ids), original);
+    assert_eq!(logits(&exported, &ids), original);
+
+    // The imported model generates text with its own tokenizer.
+    let output = run(&mut truthgpt(&[
+        "generate",
+        "--model",
+        imported.to_str().unwrap(),
+        "--prompt",
+        "To be",
+        "--max-tokens",
+        "5",
+    ]));
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    assert!(stdout(&output).starts_with("To be"));
+}
+
+#[test]
+fn bad_requests_fail_cleanly() {
+    let llama = fixture("llama");
+    let llama = llama.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.gguf");
+    for (args, expect) in [
+        (vec!["logits", "--model", llama, "--ids", "1,128"], "out of range"),
+        (vec!["logits", "--model", llama, "--ids", "1,x"], "invalid digit"),
+        (vec!["logits", "--model", "/nonexistent", "--ids", "1"], "/nonexistent"),
+        (vec!["export", "gguf", llama, "--out", out.to_str().unwrap()], "no tokenizer.json"),
+        (vec!["import", "hf", llama, "--out", tmp.path().to_str().unwrap()], "already exists"),
+        (vec!["generate", "--model", llama, "--prompt", "hi"], "no tokenizer.json"),
+    ] {
+        let err = assert_fails_cleanly(&run(&mut truthgpt(&args)));
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+    let too_long: String = (0..300).map(|i| (i % 100).to_string()).collect::<Vec<_>>().join(",");
+    let err = assert_fails_cleanly(&run(&mut truthgpt(&["logits", "--model", llama, "--ids", &too_long])));
+    assert!(err.contains("max_seq_len"), "{err}");
+}
