@@ -191,7 +191,7 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: Atten
                     let row = &mut scores[r * K_BLOCK..r * K_BLOCK + cols];
                     let new_max = max[r].max(fastmath::max(row));
                     if new_max == f32::NEG_INFINITY {
-                        // The window has not reached this row yet: nothing to add.
+                        // The whole tile is older than this row's window: nothing to add.
                         row.fill(0.0);
                         continue;
                     }

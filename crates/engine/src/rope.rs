@@ -11,6 +11,22 @@ pub fn inv_freq(head_size: usize, theta: f32) -> Vec<f32> {
     (0..head_size / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_size as f32)).collect()
 }
 
+/// Llama 3.1's scaling: wavelengths longer than `original / low` are divided by `factor`, shorter
+/// than `original / high` kept, and those between interpolated.
+pub fn llama3_frequencies(inv_freq: &mut [f32], factor: f32, original: usize, low: f32, high: f32) {
+    let original = original as f32;
+    let (low_freq_wavelen, high_freq_wavelen) = (original / low, original / high);
+    for f in inv_freq {
+        let wavelen = 2.0 * std::f32::consts::PI / *f;
+        if wavelen > low_freq_wavelen {
+            *f /= factor;
+        } else if wavelen >= high_freq_wavelen {
+            let smooth = (original / wavelen - low) / (high - low);
+            *f = (1.0 - smooth) * *f / factor + smooth * *f;
+        }
+    }
+}
+
 /// Precomputed `cos`/`sin` of `position * inv_freq` for a range of positions, each (T, HS/2).
 #[derive(Debug, Clone)]
 pub struct RopeTable {

@@ -37,6 +37,7 @@ use half::f16;
 use serde_json::Value;
 use truthgpt_config::{ModelConfig, RopeScaling, RopeScalingKind};
 use truthgpt_data::{fsio, Tokenizer};
+use truthgpt_engine::rope;
 use truthgpt_model::Model;
 
 use crate::error::{InteropError, Result};
@@ -563,25 +564,13 @@ fn plan_tensors(model: &Model, family: Family, dtype: GgufDtype) -> Result<Vec<P
 }
 
 /// llama.cpp divides each RoPE frequency by these: 1 for short wavelengths, `factor` for long
-/// ones, and the smooth Llama 3 interpolation between, as convert_hf_to_gguf computes them (f32).
+/// ones, and the smooth Llama 3 interpolation between (what convert_hf_to_gguf computes).
 fn llama3_rope_factors(head_size: usize, theta: f32, s: &RopeScaling, max_seq_len: usize) -> Vec<f32> {
-    let original = s.original_max_seq_len.unwrap_or(max_seq_len) as f32;
-    let (low, high, factor) = (s.low_freq_factor, s.high_freq_factor, s.factor);
-    let (low_freq_wavelen, high_freq_wavelen) = (original / low, original / high);
-    (0..head_size / 2)
-        .map(|i| {
-            let freq = 1.0 / theta.powf((2 * i) as f32 / head_size as f32);
-            let wavelen = 2.0 * std::f32::consts::PI / freq;
-            if wavelen < high_freq_wavelen {
-                1.0
-            } else if wavelen > low_freq_wavelen {
-                factor
-            } else {
-                let smooth = (original / wavelen - low) / (high - low);
-                1.0 / ((1.0 - smooth) / factor + smooth)
-            }
-        })
-        .collect()
+    let original = s.original_max_seq_len.unwrap_or(max_seq_len);
+    let base = rope::inv_freq(head_size, theta);
+    let mut scaled = base.clone();
+    rope::llama3_frequencies(&mut scaled, s.factor, original, s.low_freq_factor, s.high_freq_factor);
+    base.iter().zip(&scaled).map(|(b, s)| b / s).collect()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -249,9 +249,15 @@ impl Attention {
 /// original context.
 #[derive(Debug, Clone)]
 struct Rope {
+    /// Positions `0..min(max_seq_len, PRECOMPUTED)`.
     table: RopeTable,
+    inv_freq: Vec<f32>,
     dynamic: Option<DynamicNtk>,
 }
+
+/// Positions each layer keeps rotations for; longer sequences compute theirs per forward. A
+/// table for all of Llama 3.1's 131,072 positions would take 67 MB per layer.
+const PRECOMPUTED: usize = 4096;
 
 /// HF's `dynamic` scaling: a sequence of length `L > original` uses base
 /// `theta (factor L / original - (factor - 1))^(HS / (HS - 2))`.
@@ -279,7 +285,7 @@ impl Rope {
                 RopeScalingKind::Dynamic => {
                     dynamic = Some(DynamicNtk { theta: m.rope_theta, factor, original, head_size: hs })
                 }
-                RopeScalingKind::Llama3 => llama3_frequencies(
+                RopeScalingKind::Llama3 => rope::llama3_frequencies(
                     &mut inv_freq,
                     factor,
                     original,
@@ -288,7 +294,8 @@ impl Rope {
                 ),
             }
         }
-        Rope { table: RopeTable::new(0..m.max_seq_len, &inv_freq), dynamic }
+        let table = RopeTable::new(0..m.max_seq_len.min(PRECOMPUTED), &inv_freq);
+        Rope { table, inv_freq, dynamic }
     }
 
     /// The rotations of positions `start..start + t` of a sequence that is `start + t` long.
@@ -301,23 +308,8 @@ impl Rope {
                 let inv_freq = rope::inv_freq(*head_size, theta * stretch.powf(hs / (hs - 2.0)));
                 Cow::Owned(RopeTable::new(start..len, &inv_freq))
             }
+            _ if len > PRECOMPUTED => Cow::Owned(RopeTable::new(start..len, &self.inv_freq)),
             _ => Cow::Borrowed(&self.table),
-        }
-    }
-}
-
-/// Llama 3.1's scaling: wavelengths longer than `original / low` are divided by `factor`, shorter
-/// than `original / high` kept, and those between interpolated.
-fn llama3_frequencies(inv_freq: &mut [f32], factor: f32, original: usize, low: f32, high: f32) {
-    let original = original as f32;
-    let (low_freq_wavelen, high_freq_wavelen) = (original / low, original / high);
-    for f in inv_freq {
-        let wavelen = 2.0 * std::f32::consts::PI / *f;
-        if wavelen > low_freq_wavelen {
-            *f /= factor;
-        } else if wavelen >= high_freq_wavelen {
-            let smooth = (original / wavelen - low) / (high - low);
-            *f = (1.0 - smooth) * *f / factor + smooth * *f;
         }
     }
 }

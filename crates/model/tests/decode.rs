@@ -198,3 +198,29 @@ fn sampler_filters_and_frequencies() {
     assert_eq!(sampler.sample(&[1.0, 0.8, -0.5], &[0, 0]), 1);
     assert_eq!(sampler.sample(&[1.0, -0.1, 0.6], &[0, 1]), 2);
 }
+
+/// Past the 4096 positions whose rotations each layer precomputes, RoPE rows are computed per
+/// forward; both must give the same numbers, through the cache and without it.
+#[test]
+fn rope_beyond_the_precomputed_positions() {
+    let config = ModelConfig {
+        positional: Positional::Rope,
+        n_layers: 1,
+        d_model: 16,
+        max_seq_len: 4200,
+        sliding_window: Some(64),
+        ..base()
+    };
+    let mut model = model(&config);
+    let tokens = random_tokens(4150, config.vocab_size, 9);
+    let vocab = config.vocab_size;
+    let full = model.forward(&tokens, 1, tokens.len()).unwrap().to_vec();
+    let mut cache = model.new_cache();
+    model.forward_cached(&mut cache, &tokens[..4090]).unwrap();
+    for (i, &token) in tokens.iter().enumerate().skip(4090) {
+        let got = model.forward_cached(&mut cache, &[token]).unwrap();
+        let want = &full[i * vocab..(i + 1) * vocab];
+        let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(diff < 1e-4, "position {i}: cached logits differ by {diff:e}");
+    }
+}
