@@ -47,11 +47,27 @@ pub struct AttentionActs {
 }
 
 /// One layer's keys and values for the positions of one sequence decoded so far, each
-/// `(max_seq_len, KVH * HS)`.
+/// `(positions, KVH * HS)`.
 #[derive(Debug, Clone)]
 pub struct LayerKv {
     pub k: Vec<f32>,
     pub v: Vec<f32>,
+    /// `KVH * HS`
+    width: usize,
+}
+
+impl LayerKv {
+    /// Room for at least `positions` positions (at most `limit`), doubling as it grows, so a
+    /// sequence decoded token by token reallocates O(log T) times and holds memory for the
+    /// positions it uses, not for the model's whole context.
+    pub fn reserve(&mut self, positions: usize, limit: usize) {
+        let held = self.k.len() / self.width;
+        if positions > held {
+            let len = positions.max(2 * held).min(limit.max(positions)) * self.width;
+            self.k.resize(len, 0.0);
+            self.v.resize(len, 0.0);
+        }
+    }
 }
 
 /// Incremental decoding: the forward's `t` rows are positions `start..start + t` of one sequence
@@ -136,9 +152,9 @@ impl Attention {
         }
     }
 
-    pub fn layer_kv(&self, max_t: usize) -> LayerKv {
-        let len = max_t * self.kvh * self.hs;
-        LayerKv { k: vec![0.0; len], v: vec![0.0; len] }
+    /// An empty cache; [`LayerKv::reserve`] grows it as positions arrive.
+    pub fn layer_kv(&self) -> LayerKv {
+        LayerKv { k: Vec::new(), v: Vec::new(), width: self.kvh * self.hs }
     }
 
     /// `y (N, C) = proj(attention(qkv(x)))`; `x` is the normalised input. With `cached` (B = 1)

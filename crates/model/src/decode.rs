@@ -12,14 +12,15 @@ use crate::linear::NormSaved;
 use crate::model::Model;
 
 /// Everything one sequence needs to be decoded: per-layer keys and values for up to
-/// `max_seq_len` positions, and activation buffers for the chunk being run.
+/// `max_seq_len` positions (allocated as the sequence grows), and activation buffers for the
+/// chunk being run.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     layers: Vec<LayerKv>,
     /// Positions filled so far.
     len: usize,
     capacity: usize,
-    /// (NH, capacity) attention scores.
+    /// (NH, positions) attention scores, grown with the keys.
     scores: Vec<f32>,
     chunk: Option<Chunk>,
     /// (V) logits of the last position run.
@@ -58,7 +59,7 @@ impl KvCache {
         self.len = 0;
     }
 
-    /// Bytes of the key/value buffers.
+    /// Bytes of the key/value buffers now allocated.
     pub fn kv_bytes(&self) -> usize {
         self.layers.iter().map(|l| 4 * (l.k.len() + l.v.len())).sum()
     }
@@ -67,13 +68,12 @@ impl KvCache {
 impl Model {
     /// An empty cache for one sequence of up to `max_seq_len` positions.
     pub fn new_cache(&self) -> KvCache {
-        let capacity = self.config.max_seq_len;
-        let layers = (0..self.config.n_layers).map(|l| self.block(l).attn.layer_kv(capacity)).collect();
+        let layers = (0..self.config.n_layers).map(|l| self.block(l).attn.layer_kv()).collect();
         KvCache {
             layers,
             len: 0,
-            capacity,
-            scores: vec![0.0; self.config.n_heads * capacity],
+            capacity: self.config.max_seq_len,
+            scores: Vec::new(),
             chunk: None,
             logits: vec![0.0; self.config.vocab_size],
         }
@@ -107,7 +107,14 @@ impl Model {
                 head_in: vec![0.0; c],
             });
         }
-        let KvCache { layers, scores, chunk, logits, .. } = cache;
+        let KvCache { layers, scores, chunk, logits, capacity, .. } = cache;
+        for kv in layers.iter_mut() {
+            kv.reserve(start + n, *capacity);
+        }
+        let heads = self.config.n_heads;
+        if scores.len() < heads * (start + n) {
+            scores.resize(heads * (start + n).max(2 * scores.len() / heads).min(*capacity), 0.0);
+        }
         let chunk = chunk.as_mut().expect("chunk was just ensured");
         let Model { params, blocks, positions, wte, final_norm, head, .. } = self;
         let table = positions.table(params).map(|table| &table[start * c..]);
