@@ -97,8 +97,9 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
         },
         stop: args.stop.clone(),
     };
-    let tokenizer = saved.tokenizer()?.clone();
-    let mut stream = TextStream::new(&mut saved.model, &tokenizer, &request)?;
+    let tokenizer =
+        saved.tokenizer.as_ref().ok_or_else(|| TrainError::NoTokenizer { path: saved.dir.clone() })?;
+    let mut stream = TextStream::new(&mut saved.model, tokenizer, &request)?;
     let mut stdout = std::io::stdout().lock();
     write!(stdout, "{}", args.prompt)?;
     let started = std::time::Instant::now();

@@ -94,6 +94,17 @@ fn bad_requests_fail_cleanly() {
         let err = assert_fails_cleanly(&run(&mut truthgpt(&args)));
         assert!(err.contains(expect), "{args:?}: {err}");
     }
+    // A damaged Hugging Face directory says what is wrong with it, not just "no model".
+    std::fs::write(tmp.path().join("config.json"), "{ not json").unwrap();
+    let err = assert_fails_cleanly(&run(&mut truthgpt(&[
+        "logits",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--ids",
+        "1",
+    ])));
+    assert!(err.contains("config.json") && err.contains("not JSON"), "{err}");
+
     let too_long: String = (0..300).map(|i| (i % 100).to_string()).collect::<Vec<_>>().join(",");
     let err = assert_fails_cleanly(&run(&mut truthgpt(&["logits", "--model", llama, "--ids", &too_long])));
     assert!(err.contains("max_seq_len"), "{err}");

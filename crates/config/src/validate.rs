@@ -70,13 +70,18 @@ impl Config {
                         "d_model / n_heads even, for RoPE",
                     );
                 }
-                v.check(m.rope_theta > 0.0, "model.rope_theta", m.rope_theta, "a positive number");
+                v.check(
+                    m.rope_theta > 0.0 && m.rope_theta.is_finite(),
+                    "model.rope_theta",
+                    m.rope_theta,
+                    "a positive number",
+                );
                 if let Some(scaling) = m.rope_scaling {
                     v.check(
-                        scaling.factor >= 1.0,
+                        scaling.factor >= 1.0 && scaling.factor.is_finite(),
                         "model.rope_scaling.factor",
                         scaling.factor,
-                        "at least 1.0",
+                        "a finite number, at least 1.0",
                     );
                     if matches!(scaling.kind, RopeScalingKind::Dynamic | RopeScalingKind::Llama3) {
                         v.check(

@@ -46,10 +46,23 @@ impl<T> At<T> for std::io::Result<T> {
     }
 }
 
+/// What [`write_dir_atomic`] does with a directory already at its destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Move it aside and replace it; a crash between the two renames leaves it under `.NAME.old-PID`.
+    Replace,
+    /// Fail with `AlreadyExists`, also when it appeared while the files were being written.
+    Refuse,
+}
+
 /// Writes directory `dir` holding `files` (name, bytes) atomically: it is built as a hidden
-/// sibling, every file and the directory fsynced, then renamed into place. An existing `dir` is
-/// moved aside first; a crash between the two renames leaves it under `.NAME.old-PID`.
-pub fn write_dir_atomic<B: AsRef<[u8]>>(dir: &Path, files: &[(&str, B)]) -> Result<(), PathError> {
+/// sibling, every file and the directory fsynced, then renamed into place. On failure the
+/// temporary directory is removed.
+pub fn write_dir_atomic<B: AsRef<[u8]>>(
+    dir: &Path,
+    files: &[(&str, B)],
+    existing: Existing,
+) -> Result<(), PathError> {
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -61,19 +74,27 @@ pub fn write_dir_atomic<B: AsRef<[u8]>>(dir: &Path, files: &[(&str, B)]) -> Resu
         fs::remove_dir_all(&tmp).at(&tmp)?;
     }
     fs::create_dir(&tmp).at(&tmp)?;
-    for (file, bytes) in files {
-        let path = tmp.join(file);
-        write_synced(&path, bytes.as_ref()).at(&path)?;
+    let result = (|| {
+        for (file, bytes) in files {
+            let path = tmp.join(file);
+            write_synced(&path, bytes.as_ref()).at(&path)?;
+        }
+        sync_dir(&tmp).at(&tmp)?;
+        match (dir.exists(), existing) {
+            (true, Existing::Refuse) => Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists)).at(dir),
+            (true, Existing::Replace) => {
+                let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+                fs::rename(dir, &old).at(dir)?;
+                fs::rename(&tmp, dir).at(dir)?;
+                fs::remove_dir_all(&old).at(&old)
+            }
+            (false, _) => fs::rename(&tmp, dir).at(dir),
+        }
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
     }
-    sync_dir(&tmp).at(&tmp)?;
-    if dir.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        fs::rename(dir, &old).at(dir)?;
-        fs::rename(&tmp, dir).at(dir)?;
-        fs::remove_dir_all(&old).at(&old)?;
-    } else {
-        fs::rename(&tmp, dir).at(dir)?;
-    }
+    result?;
     sync_dir(parent).at(parent)
 }
 
@@ -116,6 +137,27 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn directories_replace_or_refuse_and_leave_no_temporary() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("model");
+        write_dir_atomic(&dir, &[("a", b"1")], Existing::Refuse).unwrap();
+        write_dir_atomic(&dir, &[("b", b"2")], Existing::Replace).unwrap();
+        assert!(!dir.join("a").exists() && fs::read(dir.join("b")).unwrap() == b"2");
+        let err = write_dir_atomic(&dir, &[("c", b"3")], Existing::Refuse).unwrap_err();
+        assert_eq!(err.source.kind(), std::io::ErrorKind::AlreadyExists);
+        assert!(!dir.join("c").exists(), "a refused write leaves the directory as it was");
+        // A file name that cannot be created fails mid-way; nothing is left behind.
+        assert!(write_dir_atomic(
+            &root.path().join("other"),
+            &[("x", b""), ("no/such/dir", b"")],
+            Existing::Refuse
+        )
+        .is_err());
+        let names: Vec<_> = fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["model"]);
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temporary() {

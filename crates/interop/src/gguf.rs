@@ -17,16 +17,12 @@
 //!   converter computes it; linear scaling becomes `rope.scaling.type`/`rope.scaling.factor`.
 //!
 //! Refused, with [`InteropError::NoTarget`] naming the reason: GPT-2 (out of scope here), any
-//! model [`crate::hf::config::family_for`] refuses, dynamic-NTK RoPE (llama.cpp has no
-//! equivalent), Llama 3 scaling on Qwen2 (llama.cpp's `qwen2` graph has no frequency factors),
-//! a Mistral/Mixtral sliding window shorter than `max_seq_len` (llama.cpp's `llama` architecture
-//! attends to the whole context, so logits past the window would differ), MoE routers with
-//! aux-free balancing biases (Mixtral has no place for them), non-finite weights, and tokenizers
-//! that are not byte-level BPE with GPT-2's pre-tokenizer (the only kind written as
-//! `tokenizer.ggml.model = gpt2`, `pre = gpt-2`).
-//!
-//! MoE capacity limits (`moe.dropless: false`) are a training-time device; llama.cpp, like
-//! transformers' Mixtral, runs every routed token through its experts.
+//! model [`crate::hf::config::family_of`] refuses (MoE capacity limits and aux-free routing biases
+//! included), dynamic-NTK RoPE (llama.cpp has no equivalent), Llama 3 scaling on Qwen2 (llama.cpp's
+//! `qwen2` graph has no frequency factors), a Mistral/Mixtral sliding window shorter than
+//! `max_seq_len` (llama.cpp's `llama` architecture attends to the whole context, so logits past the
+//! window would differ), non-finite weights, and tokenizers that are not byte-level BPE with GPT-2's
+//! pre-tokenizer (the only kind written as `tokenizer.ggml.model = gpt2`, `pre = gpt-2`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
@@ -119,7 +115,7 @@ pub fn export(model: &Model, tokenizer: &Tokenizer, out: &Path, dtype: GgufDtype
         return Err(InteropError::Exists { path: out.into() });
     }
     let m = &model.config;
-    let family = hf::config::family_for(m)?;
+    let family = hf::config::family_of(model)?;
     let arch = match family {
         Family::Llama | Family::Mistral | Family::Mixtral => "llama",
         Family::Qwen2 => "qwen2",
@@ -139,7 +135,7 @@ pub fn export(model: &Model, tokenizer: &Tokenizer, out: &Path, dtype: GgufDtype
     Ok(GgufExported { tensors: plans.len(), bytes, architecture: arch })
 }
 
-/// What llama.cpp cannot run the same way, beyond what [`hf::config::family_for`] refuses.
+/// What llama.cpp cannot run the same way, beyond what [`hf::config::family_of`] refuses.
 fn check_expressible(model: &Model, family: Family) -> Result<()> {
     let m = &model.config;
     let no = |why: String| Err(InteropError::NoTarget(why));
@@ -166,14 +162,6 @@ fn check_expressible(model: &Model, family: Family) -> Result<()> {
                 m.max_seq_len
             ));
         }
-    }
-    if model.moe_layers().any(|moe| moe.selection_bias.iter().any(|&b| b != 0.0)) {
-        return no("the MoE routers carry aux-free balancing biases (`moe.balancing: bias`), which \
-                   llama.cpp's Mixtral-style routing has no place for"
-            .into());
-    }
-    if m.head_dim() % 2 != 0 {
-        return no(format!("head size {} is odd; RoPE needs pairs", m.head_dim()));
     }
     if let Some(spec) = model.specs.iter().find(|s| s.handle.of(&model.params).iter().any(|x| !x.is_finite()))
     {

@@ -1,9 +1,11 @@
 //! Safetensors checkpoints as Hugging Face writes them: one `model.safetensors`, or shards named by
-//! `model.safetensors.index.json`. Files are memory-mapped and each tensor is converted to f32
-//! (from f32, f16 or bf16) straight into its destination.
+//! `model.safetensors.index.json`. Files are memory-mapped, each header is parsed and checked once
+//! when opened, and each tensor is converted to f32 (from f32, f16 or bf16) straight into its
+//! destination.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -20,10 +22,20 @@ struct Shard {
     map: Mmap,
 }
 
+/// Where one tensor's bytes are.
+struct Entry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Range<usize>,
+}
+
 /// Every tensor of a checkpoint, by name.
 pub struct TensorFiles {
+    /// The index, or the single file: what errors about the checkpoint as a whole name.
+    source: PathBuf,
     shards: Vec<Shard>,
-    shard_of: BTreeMap<String, usize>,
+    tensors: BTreeMap<String, Entry>,
 }
 
 impl TensorFiles {
@@ -41,9 +53,9 @@ impl TensorFiles {
                 what: format!("the weights ({SINGLE}, or {INDEX} and its shards)"),
             });
         }
-        let shard = map(&single)?;
-        let names = header(&shard)?.names().into_iter().map(str::to_string).collect::<Vec<_>>();
-        Ok(TensorFiles { shard_of: names.into_iter().map(|n| (n, 0)).collect(), shards: vec![shard] })
+        let mut files = TensorFiles { source: single.clone(), shards: Vec::new(), tensors: BTreeMap::new() };
+        files.add_shard(&single, None)?;
+        Ok(files)
     }
 
     fn open_sharded(dir: &Path, index: &Path) -> Result<Self> {
@@ -55,73 +67,107 @@ impl TensorFiles {
             .get("weight_map")
             .and_then(|w| w.as_object())
             .ok_or_else(|| invalid("no `weight_map` object".into()))?;
-        let (mut shards, mut shard_number, mut shard_of) = (Vec::new(), BTreeMap::new(), BTreeMap::new());
+        let mut by_file: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (name, file) in weight_map {
             let file = file.as_str().ok_or_else(|| invalid(format!("`{name}` maps to a non-string")))?;
             if file.contains('/') || file.contains('\\') || file.starts_with('.') {
                 return Err(invalid(format!("shard name `{file}` is not a file in the model directory")));
             }
-            let number = match shard_number.get(file) {
-                Some(&number) => number,
-                None => {
-                    let path = dir.join(file);
-                    if !path.is_file() {
-                        return Err(InteropError::Missing {
-                            path,
-                            what: format!("a shard that {INDEX} names (for `{name}`)"),
-                        });
-                    }
-                    shards.push(map(&path)?);
-                    shard_number.insert(file.to_string(), shards.len() - 1);
-                    shards.len() - 1
-                }
-            };
-            shard_of.insert(name.clone(), number);
+            by_file.entry(file).or_default().push(name);
         }
-        for (number, shard) in shards.iter().enumerate() {
-            let present: BTreeSet<String> = header(shard)?.names().into_iter().map(str::to_string).collect();
-            if let Some((name, _)) = shard_of.iter().find(|(n, &s)| s == number && !present.contains(*n)) {
-                return Err(invalid(format!(
-                    "`{name}` is mapped to {}, which lacks it",
-                    shard.path.display()
-                )));
+        let mut files =
+            TensorFiles { source: index.to_path_buf(), shards: Vec::new(), tensors: BTreeMap::new() };
+        for (file, names) in by_file {
+            let path = dir.join(file);
+            if !path.is_file() {
+                return Err(InteropError::Missing {
+                    path,
+                    what: format!("a shard that {INDEX} names (for `{}`)", names[0]),
+                });
             }
+            files.add_shard(&path, Some(&names))?;
         }
-        Ok(TensorFiles { shards, shard_of })
+        Ok(files)
+    }
+
+    /// Maps the file at `path` and records its tensors: all of them, or those the index assigns
+    /// it (which it must hold).
+    fn add_shard(&mut self, path: &Path, assigned: Option<&[&str]>) -> Result<()> {
+        let map = map(path)?;
+        let number = self.shards.len();
+        let tensors = SafeTensors::deserialize(&map).map_err(|e| InteropError::Invalid {
+            path: path.into(),
+            problem: format!("not a valid safetensors file: {e}"),
+        })?;
+        let names: Vec<String> = match assigned {
+            Some(names) => names.iter().map(|n| n.to_string()).collect(),
+            None => tensors.names().into_iter().map(str::to_string).collect(),
+        };
+        for name in names {
+            let view = tensors.tensor(&name).map_err(|_| InteropError::Invalid {
+                path: self.source.clone(),
+                problem: format!("`{name}` is mapped to {}, which lacks it", path.display()),
+            })?;
+            let start = view.data().as_ptr() as usize - map.as_ptr() as usize;
+            let entry = Entry {
+                shard: number,
+                dtype: view.dtype(),
+                shape: view.shape().to_vec(),
+                bytes: start..start + view.data().len(),
+            };
+            self.tensors.insert(name, entry);
+        }
+        self.shards.push(Shard { path: path.to_path_buf(), map });
+        Ok(())
+    }
+
+    /// The index or single file, for errors about the checkpoint as a whole.
+    pub fn source(&self) -> &Path {
+        &self.source
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.shard_of.contains_key(name)
+        self.tensors.contains_key(name)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.shard_of.keys().map(String::as_str)
+        self.tensors.keys().map(String::as_str)
     }
 
-    fn shard(&self, name: &str) -> Result<&Shard> {
-        let number = *self.shard_of.get(name).ok_or_else(|| InteropError::Tensor {
-            path: self.shards.first().map(|s| s.path.clone()).unwrap_or_default(),
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.tensors.get(name).ok_or_else(|| InteropError::Tensor {
+            path: self.source.clone(),
             name: name.into(),
             problem: "missing".into(),
-        })?;
-        Ok(&self.shards[number])
+        })
+    }
+
+    /// Checks that tensor `name` has `shape` and a dtype we read.
+    pub fn check(&self, name: &str, shape: &[usize]) -> Result<()> {
+        let entry = self.entry(name)?;
+        let problem = |problem: String| InteropError::Tensor {
+            path: self.shards[entry.shard].path.clone(),
+            name: name.into(),
+            problem,
+        };
+        if entry.shape != shape {
+            return Err(problem(format!("shape {:?}, but config.json implies {shape:?}", entry.shape)));
+        }
+        match entry.dtype {
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 => Ok(()),
+            other => Err(problem(format!("dtype {other:?}; f32, f16 and bf16 are supported"))),
+        }
     }
 
     /// Reads tensor `name`, which must have `shape`, into `out` as f32.
     pub fn read_into(&self, name: &str, shape: &[usize], out: &mut [f32]) -> Result<()> {
-        let shard = self.shard(name)?;
-        let tensors = header(shard)?;
-        let problem =
-            |problem: String| InteropError::Tensor { path: shard.path.clone(), name: name.into(), problem };
-        let view = tensors.tensor(name).map_err(|e| problem(e.to_string()))?;
-        if view.shape() != shape {
-            return Err(problem(format!("shape {:?}, but config.json implies {shape:?}", view.shape())));
-        }
+        self.check(name, shape)?;
+        let entry = self.entry(name)?;
+        let bytes = &self.shards[entry.shard].map[entry.bytes.clone()];
         debug_assert_eq!(out.len(), shape.iter().product::<usize>());
-        let bytes = view.data();
         // Tensors are converted in parallel, in runs of 64K elements.
         const RUN: usize = 1 << 16;
-        match view.dtype() {
+        match entry.dtype {
             // Little-endian f32 is our layout already: a parallel byte copy.
             Dtype::F32 if cfg!(target_endian = "little") => {
                 let out: &mut [u8] = bytemuck::cast_slice_mut(out);
@@ -131,21 +177,9 @@ impl TensorFiles {
             }
             Dtype::F32 => convert(out, bytes, 4, RUN, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             Dtype::F16 => convert(out, bytes, 2, RUN, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-            Dtype::BF16 => convert(out, bytes, 2, RUN, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-            other => return Err(problem(format!("dtype {other:?}; f32, f16 and bf16 are supported"))),
+            _ => convert(out, bytes, 2, RUN, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
         }
         Ok(())
-    }
-
-    /// The shape of tensor `name`.
-    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        let shard = self.shard(name)?;
-        let view = header(shard)?.tensor(name).map_err(|e| InteropError::Tensor {
-            path: shard.path.clone(),
-            name: name.into(),
-            problem: e.to_string(),
-        })?;
-        Ok(view.shape().to_vec())
     }
 }
 
@@ -157,20 +191,11 @@ fn convert(out: &mut [f32], bytes: &[u8], width: usize, run: usize, read: impl F
     });
 }
 
-fn map(path: &Path) -> Result<Shard> {
+fn map(path: &Path) -> Result<Mmap> {
     let file = fs::File::open(path).map_err(|source| InteropError::Io { path: path.into(), source })?;
     // SAFETY: the map is read-only; a file changed underneath while loading is the same hazard
     // every mmap-based loader (HF's included) accepts. Populating maps the file's cached pages in
     // one call instead of one page fault per 4 KiB as the tensors are read.
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
-        .map_err(|source| InteropError::Io { path: path.into(), source })?;
-    Ok(Shard { path: path.to_path_buf(), map })
-}
-
-/// The parsed header of a shard; safetensors checks that offsets tile the file exactly.
-fn header(shard: &Shard) -> Result<SafeTensors<'_>> {
-    SafeTensors::deserialize(&shard.map).map_err(|e| InteropError::Invalid {
-        path: shard.path.clone(),
-        problem: format!("not a valid safetensors file: {e}"),
-    })
+    unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+        .map_err(|source| InteropError::Io { path: path.into(), source })
 }

@@ -82,6 +82,25 @@ fn tensors_of_the_wrong_shape() {
     );
 }
 
+/// A config claiming a model far larger than its files fails on a tensor's shape before anything
+/// of that size is allocated.
+#[test]
+fn sizes_the_files_do_not_back() {
+    for (key, value) in [("vocab_size", 1u64 << 40), ("intermediate_size", 1 << 40)] {
+        let (_tmp, dir) = copy("llama");
+        edit_config(&dir, |c| c[key] = value.into());
+        let err = load_err(&dir);
+        assert!(err.contains("shape") && err.contains("config.json implies"), "{key}: {err}");
+    }
+    // A huge context allocates nothing up front: positions and the KV cache grow with use.
+    let (_tmp, dir) = copy("llama");
+    edit_config(&dir, |c| c["max_position_embeddings"] = (1u64 << 40).into());
+    let mut model = hf::load(&dir).unwrap().model;
+    let mut cache = model.new_cache();
+    let logits = model.forward_cached(&mut cache, &[1, 2, 3]).unwrap();
+    assert!(logits.iter().all(|x| x.is_finite()));
+}
+
 #[test]
 fn tensors_the_config_does_not_account_for() {
     let (_tmp, dir) = copy("llama");

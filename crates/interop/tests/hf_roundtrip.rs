@@ -121,6 +121,8 @@ fn models_without_a_hugging_face_equivalent_are_refused_with_reasons() {
             "static NTK",
         ),
         (ModelConfig { bias: false, ..ModelConfig::default() }, "bias: true"),
+        (ModelConfig { n_kv_heads: 2, ..ModelConfig::default() }, "grouped-query"),
+        (dropping_moe(), "drops tokens"),
     ] {
         let err = hf::export(&Model::new(&config, 1), None, &dir.path().join("out")).unwrap_err().to_string();
         assert!(err.contains(reason), "{err}");
@@ -136,6 +138,13 @@ fn models_without_a_hugging_face_equivalent_are_refused_with_reasons() {
     let err = hf::export(&model, None, &dir.path().join("out")).unwrap_err().to_string();
     assert!(err.contains("aux-free balancing"), "{err}");
     assert!(!dir.path().join("out").exists(), "a refused export writes nothing");
+}
+
+/// An MoE with a capacity limit, which drops tokens at inference too.
+fn dropping_moe() -> ModelConfig {
+    let mut config = ModelConfig { ffn: FfnKind::Moe, ..llama() };
+    config.moe.dropless = false;
+    config
 }
 
 #[test]

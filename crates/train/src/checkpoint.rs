@@ -181,10 +181,11 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
     Ok(Checkpoint { saved, m, v, state })
 }
 
-/// Saves a model directory (what `generate`, `eval` and `serve` load) at `dir`, atomically.
+/// Saves a new model directory (what `generate`, `eval` and `serve` load) at `dir`, atomically;
+/// an existing `dir` is an error, never overwritten.
 pub fn save_model(dir: &Path, config: &Config, model: &Model, tokenizer: Option<&Tokenizer>) -> Result<()> {
     let files = model_files(config, model, tokenizer)?;
-    write_dir_atomically(dir, files)
+    write_dir_atomically(dir, files, fsio::Existing::Refuse)
 }
 
 /// Writes checkpoint `step` into `run_dir`, points `latest` at it and keeps the newest `keep`.
@@ -203,7 +204,8 @@ pub fn save_checkpoint(
     let name = format!("step-{:08}", state.step);
     let dir = checkpoints.join(&name);
     if !dir.join(MANIFEST).is_file() {
-        write_dir_atomically(&dir, checkpoint_files(config, trainer, tokenizer, state)?)?;
+        let files = checkpoint_files(config, trainer, tokenizer, state)?;
+        write_dir_atomically(&dir, files, fsio::Existing::Replace)?;
     }
     let latest = run_dir.join(LATEST);
     fsio::write_atomic(&latest, format!("{CHECKPOINTS}/{name}\n").as_bytes()).at(&latest)?;
@@ -248,7 +250,11 @@ fn model_files(
 }
 
 /// Writes the model directory `dir` with a manifest of its files' sizes and SHA-256, atomically.
-fn write_dir_atomically(dir: &Path, mut files: Vec<(&'static str, Vec<u8>)>) -> Result<()> {
+fn write_dir_atomically(
+    dir: &Path,
+    mut files: Vec<(&'static str, Vec<u8>)>,
+    existing: fsio::Existing,
+) -> Result<()> {
     let mut manifest = Manifest { format: FORMAT, files: BTreeMap::new() };
     for (file, bytes) in &files {
         manifest.files.insert(
@@ -257,7 +263,7 @@ fn write_dir_atomically(dir: &Path, mut files: Vec<(&'static str, Vec<u8>)>) -> 
         );
     }
     files.push((MANIFEST, serde_json::to_vec_pretty(&manifest).expect("manifest serialises")));
-    fsio::write_dir_atomic(dir, &files)
+    fsio::write_dir_atomic(dir, &files, existing)
         .map_err(|fsio::PathError { path, source }| TrainError::Io { path, source })
 }
 

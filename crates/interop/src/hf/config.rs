@@ -12,6 +12,8 @@ use truthgpt_config::{
     RopeScaling, RopeScalingKind,
 };
 
+use truthgpt_model::Model;
+
 use crate::error::{InteropError, Result};
 
 /// The architectures we import and export.
@@ -166,7 +168,7 @@ fn llama_like(family: Family, f: &Fields) -> Result<ModelConfig> {
     let d_model = f.usize("hidden_size")?;
     let n_heads = f.usize("num_attention_heads")?;
     if let Some(head_dim) = f.opt_usize("head_dim")? {
-        if n_heads == 0 || head_dim * n_heads != d_model {
+        if head_dim.checked_mul(n_heads) != Some(d_model) {
             return Err(f.unsupported(format!(
                 "head_dim {head_dim} differs from hidden_size / num_attention_heads = {d_model} / {n_heads}"
             )));
@@ -194,10 +196,12 @@ fn llama_like(family: Family, f: &Fields) -> Result<ModelConfig> {
         _ => None,
     };
     let max_position_embeddings = f.usize("max_position_embeddings")?;
-    let (rope_theta, rope_scaling) = rope(f, max_position_embeddings)?;
+    // The defaults of transformers' config classes, for configs written by hand.
+    let (default_theta, default_eps) = if family == Family::Mixtral { (1e6, 1e-5) } else { (1e4, 1e-6) };
+    let (rope_theta, rope_scaling) = rope(f, max_position_embeddings, default_theta)?;
     // Dynamic NTK scaling exists to run past the trained context; allow `factor` times it.
     let max_seq_len = match rope_scaling {
-        Some(RopeScaling { kind: RopeScalingKind::Dynamic, factor, .. }) => {
+        Some(RopeScaling { kind: RopeScalingKind::Dynamic, factor, .. }) if factor.is_finite() => {
             (max_position_embeddings as f64 * factor as f64).ceil() as usize
         }
         _ => max_position_embeddings,
@@ -213,7 +217,7 @@ fn llama_like(family: Family, f: &Fields) -> Result<ModelConfig> {
         bias: attention_bias,
         qkv_bias: family == Family::Qwen2,
         norm: NormKind::RmsNorm,
-        norm_eps: f.f32_or("rms_norm_eps", 1e-6)?,
+        norm_eps: f.f32_or("rms_norm_eps", default_eps)?,
         norm_position: NormPosition::Pre,
         positional: Positional::Rope,
         rope_theta,
@@ -241,17 +245,21 @@ fn llama_like(family: Family, f: &Fields) -> Result<ModelConfig> {
 }
 
 /// `rope_theta` and our scaling, from either spelling; see the module docs.
-fn rope(f: &Fields, max_position_embeddings: usize) -> Result<(f32, Option<RopeScaling>)> {
+fn rope(
+    f: &Fields,
+    max_position_embeddings: usize,
+    default_theta: f32,
+) -> Result<(f32, Option<RopeScaling>)> {
     let (params, name) = match (f.get("rope_parameters"), f.get("rope_scaling")) {
         (Some(p), _) => (p, "rope_parameters"),
         (None, Some(s)) => (s, "rope_scaling"),
-        (None, None) => return Ok((f.f32_or("rope_theta", 10_000.0)?, None)),
+        (None, None) => return Ok((f.f32_or("rope_theta", default_theta)?, None)),
     };
     let params = params.as_object().ok_or_else(|| f.invalid(name, "an object"))?;
     let p = Fields { json: params, path: f.path };
     let theta = match p.get("rope_theta") {
-        Some(_) => p.f32_or("rope_theta", 10_000.0)?,
-        None => f.f32_or("rope_theta", 10_000.0)?,
+        Some(_) => p.f32_or("rope_theta", default_theta)?,
+        None => f.f32_or("rope_theta", default_theta)?,
     };
     let kind = match p.get("rope_type") {
         Some(_) => p.str_or("rope_type", "default")?,
@@ -298,7 +306,7 @@ fn gpt2(f: &Fields) -> Result<ModelConfig> {
         n_layers: f.usize("n_layer")?,
         n_heads,
         n_kv_heads: n_heads,
-        d_ff: f.opt_usize("n_inner")?.unwrap_or(4 * d_model),
+        d_ff: f.opt_usize("n_inner")?.unwrap_or(d_model.saturating_mul(4)),
         max_seq_len: f.usize("n_positions")?,
         bias: true,
         norm: NormKind::LayerNorm,
@@ -314,7 +322,20 @@ fn gpt2(f: &Fields) -> Result<ModelConfig> {
     })
 }
 
-/// The family that represents `m` exactly, or every reason none does.
+/// The family that represents `model` exactly, or every reason none does.
+pub fn family_of(model: &Model) -> Result<Family> {
+    let family = family_for(&model.config)?;
+    if model.moe_layers().any(|moe| moe.selection_bias.iter().any(|&b| b != 0.0)) {
+        return Err(InteropError::NoTarget(
+            "the MoE routers carry aux-free balancing biases (`moe.balancing: bias`), which Mixtral has no \
+             place for"
+                .into(),
+        ));
+    }
+    Ok(family)
+}
+
+/// The family whose architecture is `m`'s, or every reason none is.
 pub fn family_for(m: &ModelConfig) -> Result<Family> {
     let mut reasons = Vec::new();
     let mut need = |ok: bool, reason: &str| {
@@ -329,6 +350,8 @@ pub fn family_for(m: &ModelConfig) -> Result<Family> {
         need(m.ffn == FfnKind::Mlp, "GPT-2 (learned positions) needs ffn: mlp");
         need(m.bias, "GPT-2 (learned positions) needs bias: true");
         need(m.sliding_window.is_none(), "GPT-2 has no sliding window");
+        need(m.n_kv_heads == m.n_heads, "GPT-2 has no grouped-query attention (n_kv_heads = n_heads)");
+        need(!m.qkv_bias || m.bias, "GPT-2 has biases on every linear layer or none");
         Family::Gpt2
     } else {
         need(m.positional == Positional::Rope, "positional must be rope (Llama family) or learned (GPT-2)");
@@ -351,6 +374,8 @@ pub fn family_for(m: &ModelConfig) -> Result<Family> {
                 need(m.moe.expert == ExpertKind::Swiglu, "Mixtral experts are SwiGLU");
                 need(m.moe.top_k >= 2, "Mixtral renormalises its gates: top_k must be at least 2");
                 need(!m.bias && !m.qkv_bias, "Mixtral has no biases");
+                // Our capacity limit drops tokens at inference too; Mixtral runs every routed token.
+                need(m.moe.dropless, "Mixtral is dropless; this model drops tokens past moe.capacity_factor");
                 Family::Mixtral
             }
             other => {

@@ -35,12 +35,14 @@ pub struct HfModel {
     pub tokenizer: Option<Tokenizer>,
 }
 
-/// Whether `dir` looks like a Hugging Face model directory: a `config.json` that names an
-/// architecture or model type (ours has `model:`/`train:` sections instead).
+/// Whether `dir` should be read as a Hugging Face model directory: it has a `config.json` that is
+/// not ours (ours has a `model:` section). A damaged one counts, so that loading it reports what
+/// is wrong with it.
 pub fn is_model_dir(dir: &Path) -> bool {
-    let Ok(text) = fs::read_to_string(dir.join(CONFIG)) else { return false };
-    serde_json::from_str::<Value>(&text)
-        .is_ok_and(|json| json.get("architectures").is_some() || json.get("model_type").is_some())
+    match fs::read_to_string(dir.join(CONFIG)) {
+        Ok(text) => serde_json::from_str::<Value>(&text).map_or(true, |json| json.get("model").is_none()),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
 }
 
 /// Loads the model in `dir`: weights memory-mapped and converted to f32, every tensor checked
@@ -214,23 +216,52 @@ fn locate<'a>(files: &TensorFiles, name: &'a str) -> Option<&'a str> {
     files.contains(bare).then_some(bare)
 }
 
+/// Reads the weights of a `family` model with `config`. Every tensor's presence, shape and dtype
+/// is checked before the model is allocated, so a config that claims a model far larger than its
+/// files fails on a shape, not on an allocation.
 fn load_weights(family: Family, config: &ModelConfig, files: &TensorFiles) -> Result<Model> {
-    let mut model = Model::zeroed(config);
     let maps = tensor_map(family, config);
     let mut used = BTreeSet::new();
-    let mut scratch = Vec::new();
-    for spec in &model.specs {
-        let map = maps.iter().find(|m| m.ours == spec.name).unwrap_or_else(|| {
-            panic!("tensor_map covers every tensor of a {family:?} model; it lacks {}", spec.name)
-        });
-        let out = spec.handle.of_mut(&mut model.params);
-        let mut row = 0;
+    for map in &maps {
         for (name, shape) in &map.parts {
-            let name = locate(files, name).ok_or_else(|| InteropError::Tensor {
-                path: SINGLE.into(),
+            let found = locate(files, name).ok_or_else(|| InteropError::Tensor {
+                path: files.source().into(),
                 name: name.clone(),
                 problem: format!("missing, but a {family:?} model with this config.json has it"),
             })?;
+            files.check(found, shape)?;
+            used.insert(found);
+        }
+    }
+    let unused: Vec<&str> = files
+        .names()
+        .filter(|n| !used.contains(n) && !is_buffer(n))
+        // Some tied checkpoints store the head anyway, equal to the embeddings.
+        .filter(|n| !(config.tie_embeddings && *n == "lm_head.weight"))
+        .collect();
+    if !unused.is_empty() {
+        return Err(InteropError::Unsupported {
+            path: files.source().into(),
+            problem: format!(
+                "{} tensor(s) that a {family:?} model with this config.json does not have, e.g. {}",
+                unused.len(),
+                unused.iter().take(4).copied().collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+
+    let mut model = Model::zeroed(config);
+    let mut scratch = Vec::new();
+    for map in &maps {
+        let spec =
+            model.specs.iter().find(|s| s.name == map.ours).ok_or_else(|| InteropError::Unsupported {
+                path: files.source().into(),
+                problem: format!("our {family:?} model has no tensor `{}` (a bug in tensor_map)", map.ours),
+            })?;
+        let out = spec.handle.of_mut(&mut model.params);
+        let mut row = 0;
+        for (name, shape) in &map.parts {
+            let name = locate(files, name).expect("every part was located above");
             let len: usize = shape.iter().product();
             if map.transposed {
                 scratch.resize(len, 0.0);
@@ -240,23 +271,12 @@ fn load_weights(family: Family, config: &ModelConfig, files: &TensorFiles) -> Re
                 files.read_into(name, shape, &mut out[row..row + len])?;
             }
             row += len;
-            used.insert(name.to_string());
         }
     }
-    let unused: Vec<&str> = files
-        .names()
-        .filter(|n| !used.contains(*n) && !is_buffer(n))
-        // Some tied checkpoints store the head anyway, equal to the embeddings.
-        .filter(|n| !(config.tie_embeddings && *n == "lm_head.weight"))
-        .collect();
-    if !unused.is_empty() {
+    if maps.len() != model.specs.len() {
         return Err(InteropError::Unsupported {
-            path: SINGLE.into(),
-            problem: format!(
-                "{} tensor(s) that a {family:?} model with this config.json does not have, e.g. {}",
-                unused.len(),
-                unused.iter().take(4).copied().collect::<Vec<_>>().join(", ")
-            ),
+            path: files.source().into(),
+            problem: format!("tensor_map misses tensors of our {family:?} model (a bug)"),
         });
     }
     Ok(model)
@@ -324,13 +344,7 @@ pub fn export(model: &Model, tokenizer: Option<&Tokenizer>, out: &Path) -> Resul
         return Err(InteropError::Exists { path: out.into() });
     }
     let m = &model.config;
-    let family = config::family_for(m)?;
-    if model.moe_layers().any(|moe| moe.selection_bias.iter().any(|&b| b != 0.0)) {
-        return Err(InteropError::NoTarget(
-            "the MoE routers carry aux-free balancing biases (`moe.balancing: bias`), which Mixtral has no place for"
-                .into(),
-        ));
-    }
+    let family = config::family_of(model)?;
     let weights = export_weights(model, family)?;
     let eos = tokenizer.and_then(Tokenizer::eos_id);
     let config = config::export(family, m, eos);
@@ -348,7 +362,7 @@ pub fn export(model: &Model, tokenizer: Option<&Tokenizer>, out: &Path) -> Resul
         files
             .push((TOKENIZER_CONFIG, serde_json::to_vec_pretty(&tokenizer_config).expect("JSON serialises")));
     }
-    fsio::write_dir_atomic(out, &files)?;
+    fsio::write_dir_atomic(out, &files, fsio::Existing::Refuse)?;
     Ok(Exported { family, tensors: weights.count })
 }
 
@@ -361,11 +375,12 @@ fn export_weights(model: &Model, family: Family) -> Result<Weights> {
     let maps = tensor_map(family, &model.config);
     let mut tensors: Vec<(String, Cow<[f32]>, Vec<usize>)> = Vec::new();
     for map in &maps {
-        let spec = model
-            .specs
-            .iter()
-            .find(|s| s.name == map.ours)
-            .unwrap_or_else(|| panic!("tensor_map names only tensors the model has; not {}", map.ours));
+        let spec = model.specs.iter().find(|s| s.name == map.ours).ok_or_else(|| {
+            InteropError::NoTarget(format!(
+                "our {family:?} model has no tensor `{}` (a bug in tensor_map)",
+                map.ours
+            ))
+        })?;
         let ours = spec.handle.of(&model.params);
         let mut row = 0;
         for (name, shape) in &map.parts {
