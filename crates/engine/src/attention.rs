@@ -366,12 +366,22 @@ pub fn attention_backward(
     });
 }
 
-/// Keys and values of one layer for the first positions of one sequence, `(positions, KVH * HS)`
-/// each: what incremental decoding attends to.
+/// Keys and values of one layer for the positions of one sequence, in a paged pool: position `j`
+/// is row `blocks[j / block_size] * block_size + j % block_size` of `k` and `v`, each row
+/// `KVH * HS` wide. Sequences that share a prompt prefix share its blocks (vLLM's PagedAttention).
 #[derive(Debug, Clone, Copy)]
 pub struct KvView<'a> {
     pub k: &'a [f32],
     pub v: &'a [f32],
+    pub blocks: &'a [u32],
+    pub block_size: usize,
+}
+
+impl KvView<'_> {
+    #[inline(always)]
+    fn row(&self, position: usize) -> usize {
+        self.blocks[position / self.block_size] as usize * self.block_size + position % self.block_size
+    }
 }
 
 /// Attention of `n` new query rows against a key/value cache (incremental decoding). Row `r` is
@@ -395,7 +405,12 @@ pub fn attention_cached(
     let (len, horizon) = (start + n, s.horizon());
     s.check(&bias);
     let kv_width = kvh * hs;
-    assert!(kv.k.len() >= len * kv_width && kv.v.len() >= len * kv_width, "cache holds {len} positions");
+    assert!(kv.block_size > 0 && kv.blocks.len() * kv.block_size >= len, "the blocks hold {len} positions");
+    let rows = kv.k.len().min(kv.v.len()) / kv_width;
+    assert!(
+        kv.blocks.iter().all(|&b| (b as usize + 1) * kv.block_size <= rows),
+        "a block lies outside the pool"
+    );
     assert!(q.len() >= (n - 1) * q_stride + nh * hs && out.len() >= n * nh * hs && scores.len() >= nh * len);
     if let ScoreBias::Relative { bucket_of_distance, .. } = bias {
         assert!(bucket_of_distance.len() >= len, "relative buckets cover {len} distances");
@@ -410,7 +425,7 @@ pub fn attention_cached(
             let first = (i + 1).saturating_sub(horizon);
             let row = &mut scores[first..=i];
             for (score, j) in row.iter_mut().zip(first..) {
-                let key = &kv.k[j * kv_width + kh * hs..][..hs];
+                let key = &kv.k[kv.row(j) * kv_width + kh * hs..][..hs];
                 *score = dot(query, key) * scale + bias.at(h, nh, i - j);
             }
             let max = fastmath::max(row);
@@ -420,7 +435,7 @@ pub fn attention_cached(
             let o = unsafe { out_ptr.slice(r * nh * hs + h * hs, hs) };
             o.fill(0.0);
             for (&p, j) in row.iter().zip(first..) {
-                fastmath::axpy(o, p * inv, &kv.v[j * kv_width + kh * hs..][..hs]);
+                fastmath::axpy(o, p * inv, &kv.v[kv.row(j) * kv_width + kh * hs..][..hs]);
             }
         }
     };
@@ -599,8 +614,9 @@ mod tests {
         }
     }
 
-    /// Decoding from a cache gives the rows the full causal kernel gives: every bias, GQA, a
-    /// sliding window, a first chunk, later chunks and single tokens.
+    /// Decoding from a paged cache gives the rows the full causal kernel gives: every bias, GQA, a
+    /// sliding window, a first chunk, later chunks and single tokens; unused pool rows are NaN, so
+    /// reading a wrong row shows.
     #[test]
     fn cached_attention_matches_the_full_kernel() {
         let tables = BiasTables::new();
@@ -614,11 +630,18 @@ mod tests {
             let qkv: Vec<f32> = (0..s.t * width).map(|_| rng.normal()).collect();
             let (mut want, mut lse) = (vec![0.0; s.t * s.nh * s.hs], vec![0.0; s.nh * s.t]);
             attention_forward(&mut want, &mut lse, &qkv, s, *bias);
-            let kv_width = kvh * s.hs;
-            let (mut k, mut v) = (vec![0.0; s.t * kv_width], vec![0.0; s.t * kv_width]);
+            // Blocks of 16 positions, in the pool in reverse order after two spare blocks.
+            let (kv_width, block_size) = (kvh * s.hs, 16);
+            let n_blocks = s.t.div_ceil(block_size);
+            let blocks: Vec<u32> = (0..n_blocks as u32).rev().map(|b| b + 2).collect();
+            let pool_rows = (n_blocks + 2) * block_size;
+            let (mut k, mut v) = (vec![f32::NAN; pool_rows * kv_width], vec![f32::NAN; pool_rows * kv_width]);
             for i in 0..s.t {
-                k[i * kv_width..][..kv_width].copy_from_slice(&qkv[i * width + s.k_offset(0)..][..kv_width]);
-                v[i * kv_width..][..kv_width].copy_from_slice(&qkv[i * width + s.v_offset(0)..][..kv_width]);
+                let row = blocks[i / block_size] as usize * block_size + i % block_size;
+                k[row * kv_width..][..kv_width]
+                    .copy_from_slice(&qkv[i * width + s.k_offset(0)..][..kv_width]);
+                v[row * kv_width..][..kv_width]
+                    .copy_from_slice(&qkv[i * width + s.v_offset(0)..][..kv_width]);
             }
             let mut scores = vec![0.0; s.nh * s.t];
             let row = s.nh * s.hs;
@@ -629,7 +652,7 @@ mod tests {
                     &mut got,
                     q,
                     width,
-                    KvView { k: &k, v: &v },
+                    KvView { k: &k, v: &v, blocks: &blocks, block_size },
                     start,
                     n,
                     s,

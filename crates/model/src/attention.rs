@@ -8,6 +8,7 @@ use truthgpt_engine::attention::{self as kernel, AttentionShape, KvView, ScoreBi
 use truthgpt_engine::rope::{self, RopeTable};
 
 use crate::linear::Linear;
+use crate::paged::LayerKv;
 use crate::params::{Init, ParamBuilder, P};
 
 // Config validation promises the kernels every head size it accepts.
@@ -46,36 +47,23 @@ pub struct AttentionActs {
     pub lse: Vec<f32>,
 }
 
-/// One layer's keys and values for the positions of one sequence decoded so far, each
-/// `(positions, KVH * HS)`.
-#[derive(Debug, Clone)]
-pub struct LayerKv {
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
-    /// `KVH * HS`
-    width: usize,
+/// A decoding forward's rows are consecutive segments, each continuing one sequence: segment rows
+/// are positions `start..start + n` of a sequence whose keys and values live in `blocks` of the
+/// pool (earlier positions already written).
+#[derive(Debug, Clone, Copy)]
+pub struct Segment<'a> {
+    pub blocks: &'a [u32],
+    pub start: usize,
+    pub n: usize,
 }
 
-impl LayerKv {
-    /// Room for at least `positions` positions (at most `limit`), doubling as it grows, so a
-    /// sequence decoded token by token reallocates O(log T) times and holds memory for the
-    /// positions it uses, not for the model's whole context.
-    pub fn reserve(&mut self, positions: usize, limit: usize) {
-        let held = self.k.len() / self.width;
-        if positions > held {
-            let len = positions.max(2 * held).min(limit.max(positions)) * self.width;
-            self.k.resize(len, 0.0);
-            self.v.resize(len, 0.0);
-        }
-    }
-}
-
-/// Incremental decoding: the forward's `t` rows are positions `start..start + t` of one sequence
-/// whose earlier keys and values are in `kv`; `scores` is scratch of `NH * max_seq_len`.
+/// Incremental decoding: this layer's slice of the paged key/value pool, the segments the rows
+/// belong to, and scratch of `NH * longest sequence` scores.
 #[derive(Debug)]
 pub struct Cached<'a> {
     pub kv: &'a mut LayerKv,
-    pub start: usize,
+    pub block_size: usize,
+    pub segments: &'a [Segment<'a>],
     pub scores: &'a mut [f32],
 }
 
@@ -152,13 +140,9 @@ impl Attention {
         }
     }
 
-    /// An empty cache; [`LayerKv::reserve`] grows it as positions arrive.
-    pub fn layer_kv(&self) -> LayerKv {
-        LayerKv { k: Vec::new(), v: Vec::new(), width: self.kvh * self.hs }
-    }
-
-    /// `y (N, C) = proj(attention(qkv(x)))`; `x` is the normalised input. With `cached` (B = 1)
-    /// the rows continue a sequence: their keys and values are appended to its cache first.
+    /// `y (N, C) = proj(attention(qkv(x)))`; `x` is the normalised input. With `cached` the rows
+    /// are segments of sequences being decoded (B = 1): their keys and values are written to the
+    /// pool first, then each segment attends to its sequence so far.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -170,36 +154,63 @@ impl Attention {
         t: usize,
         cached: Option<Cached>,
     ) {
-        let (n, shape, width) = (b * t, self.shape(b, t), self.qkv.out);
-        let start = cached.as_ref().map_or(0, |c| c.start);
+        let (n, width) = (b * t, self.qkv.out);
         self.qkv.forward(params, &mut acts.qkv, x, n);
-        if let ScorePositions::Rope(rope) = &self.positions {
-            let table = rope.table(start, t);
-            table.apply(&mut acts.qkv[..n * width], width, 0, self.nh + self.kvh, t, start, false);
-        }
         let bias = self.bias(params);
         match cached {
-            // A fresh sequence is a whole causal forward: the tiled kernel is the fast path.
-            Some(Cached { kv, start, scores }) if start > 0 => {
-                self.append_kv(kv, &acts.qkv, start, t);
-                let kv = KvView { k: &kv.k, v: &kv.v };
-                kernel::attention_cached(&mut acts.out, &acts.qkv, width, kv, start, t, shape, bias, scores);
-            }
-            cached => {
-                if let Some(Cached { kv, .. }) = cached {
-                    self.append_kv(kv, &acts.qkv, 0, t);
+            None => {
+                if let ScorePositions::Rope(rope) = &self.positions {
+                    let table = rope.table(0, t);
+                    table.apply(&mut acts.qkv[..n * width], width, 0, self.nh + self.kvh, t, 0, false);
                 }
-                kernel::attention_forward(&mut acts.out, &mut acts.lse, &acts.qkv, shape, bias);
+                kernel::attention_forward(&mut acts.out, &mut acts.lse, &acts.qkv, self.shape(b, t), bias);
+            }
+            Some(Cached { kv, block_size, segments, scores }) => {
+                let (out_width, mut row) = (self.nh * self.hs, 0);
+                for segment in segments {
+                    let rows = &mut acts.qkv[row * width..(row + segment.n) * width];
+                    if let ScorePositions::Rope(rope) = &self.positions {
+                        let table = rope.table(segment.start, segment.n);
+                        table.apply(rows, width, 0, self.nh + self.kvh, segment.n, segment.start, false);
+                    }
+                    self.append_kv(kv, block_size, segment, rows);
+                    row += segment.n;
+                }
+                row = 0;
+                for segment in segments {
+                    let (qkv, out) = (&acts.qkv[row * width..], &mut acts.out[row * out_width..]);
+                    let shape = self.shape(1, segment.n);
+                    if segment.start == 0 && segment.n > 1 {
+                        // A fresh prompt is a whole causal forward: the tiled kernel is the fast path.
+                        kernel::attention_forward(out, &mut acts.lse, qkv, shape, bias);
+                    } else {
+                        let view = KvView { k: &kv.k, v: &kv.v, blocks: segment.blocks, block_size };
+                        kernel::attention_cached(
+                            out,
+                            qkv,
+                            width,
+                            view,
+                            segment.start,
+                            segment.n,
+                            shape,
+                            bias,
+                            scores,
+                        );
+                    }
+                    row += segment.n;
+                }
             }
         }
         self.proj.forward(params, y, &acts.out, n);
     }
 
-    /// Copies the key and value heads of `t` qkv rows into the cache at positions `start..`.
-    fn append_kv(&self, kv: &mut LayerKv, qkv: &[f32], start: usize, t: usize) {
+    /// Copies the key and value heads of a segment's qkv rows into its blocks of the pool.
+    fn append_kv(&self, kv: &mut LayerKv, block_size: usize, segment: &Segment, qkv: &[f32]) {
         let (kv_width, k_offset) = (self.kvh * self.hs, self.nh * self.hs);
-        for (r, row) in qkv.chunks_exact(self.qkv.out).take(t).enumerate() {
-            let at = (start + r) * kv_width;
+        for (r, row) in qkv.chunks_exact(self.qkv.out).enumerate() {
+            let position = segment.start + r;
+            let at = (segment.blocks[position / block_size] as usize * block_size + position % block_size)
+                * kv_width;
             kv.k[at..at + kv_width].copy_from_slice(&row[k_offset..k_offset + kv_width]);
             kv.v[at..at + kv_width].copy_from_slice(&row[k_offset + kv_width..k_offset + 2 * kv_width]);
         }

@@ -1,52 +1,61 @@
-//! Incremental decoding with a key/value cache: each new token attends to the cached keys and
-//! values of the tokens before it, so generating costs O(T) per token instead of re-running the
-//! whole O(T^2) sequence. The buffers of one sequence live in its [`KvCache`]; the model's own
-//! training buffers are untouched, so a model can decode between training steps.
+//! Incremental decoding: each new token attends to the cached keys and values of the tokens
+//! before it, so generating costs O(T) per token instead of re-running the whole O(T^2) sequence.
+//!
+//! [`Model::forward_paged`] runs one step of continuous batching: any number of sequences, each
+//! adding one token (decoding) or many (a prompt), in one forward whose matrix products see every
+//! row at once. Keys and values live in a [`KvPool`]. [`KvCache`] is the one-sequence case.
+//! The model's own training buffers are untouched, so a model can decode between training steps.
 
 use truthgpt_engine::embedding;
 
-use crate::attention::{Cached, LayerKv};
+use crate::attention::{Cached, Segment};
 use crate::block::BlockActs;
 use crate::error::{ModelError, Result};
 use crate::linear::NormSaved;
 use crate::model::Model;
+use crate::paged::{KvPool, SeqKv};
 
-/// Everything one sequence needs to be decoded: per-layer keys and values for up to
-/// `max_seq_len` positions (allocated as the sequence grows), and activation buffers for the
-/// chunk being run.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    layers: Vec<LayerKv>,
-    /// Positions filled so far.
-    len: usize,
-    capacity: usize,
-    /// (NH, positions) attention scores, grown with the keys.
-    scores: Vec<f32>,
-    chunk: Option<Chunk>,
-    /// (V) logits of the last position run.
-    logits: Vec<f32>,
-}
+/// Positions per block of the pool of a [`KvCache`].
+const BLOCK_SIZE: usize = 16;
 
-/// Buffers for a chunk of `n` new positions, kept while consecutive chunks have the same size
-/// (prefill once, then one token at a time).
-#[derive(Debug, Clone)]
-struct Chunk {
-    n: usize,
-    acts: BlockActs,
+/// Buffers of a decoding forward, kept while consecutive forwards have the same number of rows
+/// and sequences (one prompt, then one token per sequence per step).
+#[derive(Debug, Clone, Default)]
+pub struct DecodeWork {
+    rows: usize,
+    sequences: usize,
+    acts: Option<BlockActs>,
     x: Vec<f32>,
     y: Vec<f32>,
-    final_norm: NormSaved,
+    tokens: Vec<u32>,
+    /// (S, C): the last row of each sequence, normalised, and its saved statistics.
+    last: Vec<f32>,
     head_in: Vec<f32>,
+    final_norm: NormSaved,
+    /// (S, V) logits of the last position of each sequence.
+    logits: Vec<f32>,
+    /// (NH, longest sequence) attention scores.
+    scores: Vec<f32>,
+}
+
+/// Everything one sequence needs to be decoded: a pool of its own (allocated as it grows), the
+/// sequence's blocks, and the buffers of the chunk being run.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    pool: KvPool,
+    seq: SeqKv,
+    work: DecodeWork,
+    capacity: usize,
 }
 
 impl KvCache {
     /// Positions decoded so far.
     pub fn len(&self) -> usize {
-        self.len
+        self.seq.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.seq.is_empty()
     }
 
     /// The most positions this cache holds: the model's `max_seq_len`.
@@ -54,94 +63,156 @@ impl KvCache {
         self.capacity
     }
 
-    /// Forgets every position, keeping the buffers.
+    /// Forgets every position; the blocks stay allocated for the next sequence.
     pub fn clear(&mut self) {
-        self.len = 0;
+        self.pool.release(std::mem::take(&mut self.seq));
     }
 
     /// Bytes of the key/value buffers now allocated.
     pub fn kv_bytes(&self) -> usize {
-        self.layers.iter().map(|l| 4 * (l.k.len() + l.v.len())).sum()
+        self.pool.bytes()
     }
 }
 
 impl Model {
+    /// A pool of at most `max_blocks` blocks of `block_size` positions for this model.
+    pub fn new_pool(&self, block_size: usize, max_blocks: usize) -> KvPool {
+        let width = self.config.n_kv_heads * self.config.head_dim();
+        KvPool::new(self.config.n_layers, width, block_size, max_blocks)
+    }
+
     /// An empty cache for one sequence of up to `max_seq_len` positions.
     pub fn new_cache(&self) -> KvCache {
-        let layers = (0..self.config.n_layers).map(|l| self.block(l).attn.layer_kv()).collect();
+        let capacity = self.config.max_seq_len;
         KvCache {
-            layers,
-            len: 0,
-            capacity: self.config.max_seq_len,
-            scores: Vec::new(),
-            chunk: None,
-            logits: vec![0.0; self.config.vocab_size],
+            pool: self.new_pool(BLOCK_SIZE, capacity.div_ceil(BLOCK_SIZE)),
+            seq: SeqKv::default(),
+            work: DecodeWork::default(),
+            capacity,
         }
     }
 
     /// Appends `tokens` to the sequence in `cache` and returns the logits (V) that predict the
     /// token after the last of them. Dropout is off and MoE counters are not updated.
     pub fn forward_cached<'c>(&mut self, cache: &'c mut KvCache, tokens: &[u32]) -> Result<&'c [f32]> {
-        let (start, n) = (cache.len, tokens.len());
-        if n == 0 {
-            return Err(ModelError::EmptyBatch { b: 1, t: 0 });
-        }
-        if cache.capacity != self.config.max_seq_len || cache.layers.len() != self.config.n_layers {
+        if cache.capacity != self.config.max_seq_len {
             return Err(ModelError::CacheMismatch);
         }
-        if start + n > self.config.max_seq_len {
-            return Err(ModelError::SequenceTooLong { t: start + n, max: self.config.max_seq_len });
+        let KvCache { pool, seq, work, .. } = cache;
+        self.forward_paged(pool, work, &mut [(seq, tokens)])
+    }
+
+    /// One step of continuous batching: appends each `(sequence, tokens)` pair's tokens to its
+    /// sequence in `pool`, and returns the logits (S, V) that predict each sequence's next token.
+    /// Nothing is written unless every sequence fits (in `max_seq_len` and in the pool).
+    pub fn forward_paged<'w>(
+        &mut self,
+        pool: &mut KvPool,
+        work: &'w mut DecodeWork,
+        batch: &mut [(&mut SeqKv, &[u32])],
+    ) -> Result<&'w [f32]> {
+        let (vocab, max) = (self.config.vocab_size, self.config.max_seq_len);
+        let width = self.config.n_kv_heads * self.config.head_dim();
+        if pool.layers.len() != self.config.n_layers || pool.width() != width {
+            return Err(ModelError::CacheMismatch);
         }
-        let vocab = self.config.vocab_size;
-        if let Some(position) = tokens.iter().position(|&id| id as usize >= vocab) {
-            return Err(ModelError::TokenOutOfRange { id: tokens[position], position, vocab });
+        if batch.is_empty() {
+            return Err(ModelError::EmptyBatch { b: 0, t: 0 });
         }
-        let c = self.config.d_model;
-        if cache.chunk.as_ref().is_none_or(|chunk| chunk.n != n) {
-            cache.chunk = Some(Chunk {
-                n,
-                acts: self.block(0).acts(1, n),
-                x: vec![0.0; n * c],
-                y: vec![0.0; n * c],
-                final_norm: NormSaved::new(1),
-                head_in: vec![0.0; c],
+        for (seq, tokens) in batch.iter() {
+            if tokens.is_empty() {
+                return Err(ModelError::EmptyBatch { b: 1, t: 0 });
+            }
+            if seq.len() + tokens.len() > max {
+                return Err(ModelError::SequenceTooLong { t: seq.len() + tokens.len(), max });
+            }
+            if let Some(position) = tokens.iter().position(|&id| id as usize >= vocab) {
+                return Err(ModelError::TokenOutOfRange { id: tokens[position], position, vocab });
+            }
+        }
+        let needed: usize = batch.iter().map(|(seq, tokens)| pool.blocks_needed(seq, tokens.len())).sum();
+        if needed > pool.free_blocks() {
+            return Err(ModelError::KvPoolExhausted {
+                needed,
+                free: pool.free_blocks(),
+                capacity: pool.capacity(),
             });
         }
-        let KvCache { layers, scores, chunk, logits, capacity, .. } = cache;
-        for kv in layers.iter_mut() {
-            kv.reserve(start + n, *capacity);
+        for (seq, tokens) in batch.iter_mut() {
+            pool.reserve(seq, tokens.len())?;
         }
+
+        let (rows, sequences) = (batch.iter().map(|(_, t)| t.len()).sum::<usize>(), batch.len());
+        let c = self.config.d_model;
+        if work.acts.is_none() || work.rows != rows || work.sequences != sequences {
+            *work = DecodeWork {
+                rows,
+                sequences,
+                acts: Some(self.block(0).acts(1, rows)),
+                x: vec![0.0; rows * c],
+                y: vec![0.0; rows * c],
+                tokens: Vec::with_capacity(rows),
+                last: vec![0.0; sequences * c],
+                head_in: vec![0.0; sequences * c],
+                final_norm: NormSaved::new(sequences),
+                logits: vec![0.0; sequences * vocab],
+                scores: std::mem::take(&mut work.scores),
+            };
+        }
+        let longest = batch.iter().map(|(seq, tokens)| seq.len() + tokens.len()).max().unwrap_or(0);
         let heads = self.config.n_heads;
-        if scores.len() < heads * (start + n) {
-            scores.resize(heads * (start + n).max(2 * scores.len() / heads).min(*capacity), 0.0);
+        if work.scores.len() < heads * longest {
+            work.scores.resize(heads * longest.max(2 * work.scores.len() / heads).min(max), 0.0);
         }
-        let chunk = chunk.as_mut().expect("chunk was just ensured");
+        work.tokens.clear();
+        batch.iter().for_each(|(_, tokens)| work.tokens.extend_from_slice(tokens));
+        let segments: Vec<Segment> = batch
+            .iter()
+            .map(|(seq, tokens)| Segment { blocks: seq.blocks(), start: seq.len(), n: tokens.len() })
+            .collect();
+
         let Model { params, blocks, positions, wte, final_norm, head, .. } = self;
-        let table = positions.table(params).map(|table| &table[start * c..]);
-        embedding::forward(&mut chunk.x, tokens, wte.of(params), table, n, c);
+        let mut row = 0;
+        for segment in &segments {
+            let table = positions.table(params).map(|table| &table[segment.start * c..]);
+            let tokens = &work.tokens[row..row + segment.n];
+            embedding::forward(&mut work.x[row * c..], tokens, wte.of(params), table, segment.n, c);
+            row += segment.n;
+        }
+        let acts = work.acts.as_mut().expect("ensured above");
         let unique = blocks.len();
-        for (layer, kv) in layers.iter_mut().enumerate() {
-            let cached = Cached { kv, start, scores };
+        let block_size = pool.block_size();
+        for (layer, kv) in pool.layers.iter_mut().enumerate() {
+            let cached = Cached { kv, block_size, segments: &segments, scores: &mut work.scores };
             blocks[layer % unique].forward(
                 params,
-                &mut chunk.acts,
-                &mut chunk.y,
-                &chunk.x,
+                acts,
+                &mut work.y,
+                &work.x,
                 1,
-                n,
+                rows,
                 None,
                 false,
                 Some(cached),
             );
-            std::mem::swap(&mut chunk.x, &mut chunk.y);
+            std::mem::swap(&mut work.x, &mut work.y);
         }
-        let last = &chunk.x[(n - 1) * c..];
+        let mut end = 0;
+        for (s, segment) in segments.iter().enumerate() {
+            end += segment.n;
+            work.last[s * c..(s + 1) * c].copy_from_slice(&work.x[(end - 1) * c..end * c]);
+        }
         match final_norm {
-            Some(norm) => norm.forward(params, &mut chunk.head_in, &mut chunk.final_norm, last, 1),
-            None => chunk.head_in.copy_from_slice(last),
+            Some(norm) => {
+                norm.forward(params, &mut work.head_in, &mut work.final_norm, &work.last, sequences)
+            }
+            None => work.head_in.copy_from_slice(&work.last),
         }
-        head.forward(params, logits, &chunk.head_in, 1);
-        cache.len = start + n;
-        Ok(&cache.logits)
+        head.forward(params, &mut work.logits, &work.head_in, sequences);
+        drop(segments);
+        for (seq, tokens) in batch.iter_mut() {
+            pool.commit(seq, tokens);
+        }
+        Ok(&work.logits)
     }
 }

@@ -17,6 +17,8 @@ pub enum ModelError {
     Sampling(String),
     #[error("this key/value cache was made for a different model")]
     CacheMismatch,
+    #[error("the key/value pool is full: {needed} more blocks needed, {free} free of {capacity}")]
+    KvPoolExhausted { needed: usize, free: usize, capacity: usize },
     #[error("tensor `{name}`: {problem}")]
     Tensor { name: String, problem: String },
     #[error("safetensors: {0}")]

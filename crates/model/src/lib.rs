@@ -7,7 +7,8 @@
 //! - [`attention`]: causal attention with RoPE, ALiBi or T5 relative bias, GQA/MQA;
 //! - [`ffn`], [`moe`]: dense MLP/GEGLU/SwiGLU, and routed MoE/PiMoE;
 //! - [`block`], [`model`]: pre/post-norm blocks, embeddings and head, gradient checkpointing;
-//! - [`decode`]: incremental decoding with a key/value cache;
+//! - [`decode`], [`paged`]: incremental decoding, one sequence or a batch, over a paged
+//!   key/value pool whose prompt-prefix blocks are shared;
 //! - [`generate`]: sampling, and the token stream generation is built on;
 //! - [`train`]: the optimiser step.
 
@@ -21,11 +22,13 @@ pub mod io;
 pub mod linear;
 pub mod model;
 pub mod moe;
+pub mod paged;
 pub mod params;
 pub mod train;
 
-pub use decode::KvCache;
+pub use decode::{DecodeWork, KvCache};
 pub use error::{ModelError, Result};
 pub use generate::{FinishReason, Generator, Sampler, Sampling};
 pub use model::Model;
+pub use paged::{KvPool, SeqKv};
 pub use train::{Batch, StepStats, Trainer};
