@@ -308,6 +308,10 @@ pub struct BenchGenerateArgs {
     /// Tokens generated, each way.
     #[arg(long, default_value_t = 64)]
     pub tokens: usize,
+    /// Also decode this many sequences together (continuous batching over the paged KV pool) and
+    /// report their aggregate tokens/s against one sequence's.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Size of the rayon pool; default: one per logical CPU.
     #[arg(long)]
     pub threads: Option<usize>,

@@ -12,7 +12,7 @@ use truthgpt_model::ffn::Ffn;
 use truthgpt_model::generate::argmax;
 use truthgpt_model::moe::Moe;
 use truthgpt_model::params::ParamBuilder;
-use truthgpt_model::{Batch, Generator, Model, Sampling, Trainer};
+use truthgpt_model::{Batch, DecodeWork, Generator, Model, Sampling, SeqKv, Trainer};
 use truthgpt_train::checkpoint;
 
 use crate::args::{BenchGenerateArgs, BenchLoadArgs, BenchMoeArgs, BenchTrainArgs};
@@ -206,7 +206,8 @@ pub fn generate(args: &BenchGenerateArgs) -> anyhow::Result<()> {
     }
     let recompute_secs = start.elapsed().as_secs_f64();
     ensure!(cached == sequence[prompt.len()..], "cached and recomputed greedy tokens differ");
-    let line = json!({
+    let batched = (args.batch > 1).then(|| decode_batch(&mut model, args, &prompt, &cached)).transpose()?;
+    let mut line = json!({
         "cached_tokens_per_sec": args.tokens as f64 / cached_secs,
         "recompute_tokens_per_sec": args.tokens as f64 / recompute_secs,
         "ratio": recompute_secs / cached_secs,
@@ -217,8 +218,54 @@ pub fn generate(args: &BenchGenerateArgs) -> anyhow::Result<()> {
         "threads": threads,
         "preset_or_config": describe_source(preset, args.config.as_deref()),
     });
+    if let Some(secs) = batched {
+        let aggregate = (args.batch * args.tokens) as f64 / secs;
+        line["batch"] = args.batch.into();
+        line["batch_tokens_per_sec"] = aggregate.into();
+        line["batch_ratio"] = (aggregate * cached_secs / args.tokens as f64).into();
+    }
     println!("{line}");
     Ok(())
+}
+
+/// Greedy decoding of `--batch` sequences in lockstep through one paged pool: the first shares
+/// the single-sequence prompt (and must produce `want`), the others have their own prompts.
+/// Returns the seconds taken after a warm-up round.
+fn decode_batch(
+    model: &mut Model,
+    args: &BenchGenerateArgs,
+    prompt: &[u32],
+    want: &[u32],
+) -> anyhow::Result<f64> {
+    let vocab = model.config.vocab_size;
+    let mut rng = Rng::new(2);
+    let prompts: Vec<Vec<u32>> = std::iter::once(prompt.to_vec())
+        .chain((1..args.batch).map(|_| random_tokens(&mut rng, prompt.len(), vocab)))
+        .collect();
+    let blocks_per_sequence = (prompt.len() + args.tokens).div_ceil(16);
+    let mut pool = model.new_pool(16, args.batch * blocks_per_sequence);
+    let mut work = DecodeWork::default();
+    let mut run = |model: &mut Model| -> anyhow::Result<(Vec<u32>, f64)> {
+        let start = Instant::now();
+        let mut seqs: Vec<SeqKv> = vec![SeqKv::default(); args.batch];
+        let mut inputs = prompts.clone();
+        let mut first = Vec::with_capacity(args.tokens);
+        for _ in 0..args.tokens {
+            let mut batch: Vec<(&mut SeqKv, &[u32])> =
+                seqs.iter_mut().zip(&inputs).map(|(s, t)| (s, t.as_slice())).collect();
+            let logits = model.forward_paged(&mut pool, &mut work, &mut batch)?;
+            for (input, row) in inputs.iter_mut().zip(logits.chunks_exact(vocab)) {
+                *input = vec![argmax(row)];
+            }
+            first.push(inputs[0][0]);
+        }
+        seqs.into_iter().for_each(|seq| pool.release(seq));
+        Ok((first, start.elapsed().as_secs_f64()))
+    };
+    run(model)?; // warm-up: the pool's first allocation
+    let (first, secs) = run(model)?;
+    ensure!(first == want, "the batch decoded the shared prompt differently from one sequence alone");
+    Ok(secs)
 }
 
 /// Writes one model both ways, then times `--repeats` loads of each and reports the medians.
