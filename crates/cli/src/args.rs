@@ -275,7 +275,8 @@ pub enum BenchCommand {
     /// checksummed model directory of the same model (random weights).
     Load(BenchLoadArgs),
     /// Time greedy decoding with the key/value cache against recomputing the whole sequence per
-    /// token (random weights); checks both give the same tokens.
+    /// token (random weights), and with --batch N, N sequences batched against one; checks all
+    /// give the same tokens.
     Generate(BenchGenerateArgs),
 }
 
