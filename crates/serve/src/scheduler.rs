@@ -1,0 +1,279 @@
+//! Continuous batching: one thread owns the model and its paged key/value pool. Every step it
+//! admits queued requests while the batch and the pool have room, runs one forward over every
+//! active sequence (new prompts and single next tokens together), samples each sequence's next
+//! token, turns it into text (cut at stop strings), and sends it to the request's stream.
+//! Requests join and leave at token boundaries; a request whose client went away is dropped at
+//! the next step and its blocks freed.
+//!
+//! Each admitted request reserves the blocks its prompt plus `max_tokens` could need, so a step
+//! never runs out of pool; shared prompt prefixes only make the reservation generous.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use truthgpt_data::{StopText, TextDecoder, Tokenizer};
+use truthgpt_model::{DecodeWork, FinishReason, Model, Sampler, Sampling, SeqKv};
+
+/// One generation to run.
+#[derive(Debug)]
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    /// Generation ends before the first of these strings; it is not part of the text.
+    pub stop: Vec<String>,
+    /// Where the text goes; dropping the receiver cancels the job.
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+/// What a job's stream receives: text pieces, then one `Finished` (or `Failed`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Text(String),
+    Finished(Usage),
+    Failed(String),
+}
+
+/// Why and after how many tokens a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerConfig {
+    /// Most sequences in one forward.
+    pub max_batch: usize,
+    /// Most requests waiting for a place in the batch; beyond it, [`SubmitError::Busy`].
+    pub queue: usize,
+    /// Positions per key/value block.
+    pub block_size: usize,
+    /// Blocks in the key/value pool.
+    pub kv_blocks: usize,
+}
+
+/// Counters the server reports.
+#[derive(Debug, Default)]
+pub struct SchedulerStats {
+    pub active: AtomicUsize,
+    pub kv_blocks_used: AtomicUsize,
+    pub kv_blocks_total: AtomicUsize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the server is at capacity; retry shortly")]
+    Busy,
+    #[error("the scheduler has stopped")]
+    Stopped,
+}
+
+/// The handle requests are submitted through.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    queue: mpsc::Sender<Job>,
+    pub stats: Arc<SchedulerStats>,
+    pub max_seq_len: usize,
+}
+
+impl Scheduler {
+    /// Starts the scheduler thread; it ends when every handle is dropped and the batch is done.
+    pub fn start(
+        model: Model,
+        tokenizer: Arc<Tokenizer>,
+        config: SchedulerConfig,
+    ) -> (Self, std::thread::JoinHandle<()>) {
+        let (queue, incoming) = mpsc::channel(config.queue.max(1));
+        let stats = Arc::new(SchedulerStats::default());
+        stats.kv_blocks_total.store(config.kv_blocks, Ordering::Relaxed);
+        let max_seq_len = model.config.max_seq_len;
+        let thread_stats = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("truthgpt-scheduler".into())
+            .spawn(move || run(model, &tokenizer, incoming, config, &thread_stats))
+            .expect("spawning the scheduler thread");
+        (Scheduler { queue, stats, max_seq_len }, thread)
+    }
+
+    /// Queues `job`, or says why not at once: a full queue is [`SubmitError::Busy`].
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        self.queue.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
+        })
+    }
+
+    /// Requests waiting for a place in the batch.
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+}
+
+/// A request in the running batch.
+struct Active<'t> {
+    job: Job,
+    seq: SeqKv,
+    /// Tokens to run next: the uncached prompt, then each sampled token.
+    input: Vec<u32>,
+    /// Prompt and generated tokens, for the repetition penalty.
+    history: Vec<u32>,
+    sampler: Sampler,
+    decoder: TextDecoder<'t>,
+    stop: StopText,
+    generated: usize,
+    /// Blocks reserved for the whole generation.
+    reserved: usize,
+}
+
+impl Active<'_> {
+    fn send(&self, event: Event) {
+        // A closed stream means the client left; the job is dropped at the next step.
+        let _ = self.job.events.send(event);
+    }
+}
+
+fn run(
+    mut model: Model,
+    tokenizer: &Tokenizer,
+    mut incoming: mpsc::Receiver<Job>,
+    config: SchedulerConfig,
+    stats: &SchedulerStats,
+) {
+    let vocab = model.config.vocab_size;
+    let max_seq_len = model.config.max_seq_len;
+    let eos = tokenizer.eos_id();
+    let mut pool = model.new_pool(config.block_size, config.kv_blocks);
+    let mut work = DecodeWork::default();
+    let mut active: Vec<Active> = Vec::new();
+    let mut reserved = 0;
+    let mut waiting: Option<Job> = None;
+    loop {
+        while active.len() < config.max_batch {
+            let job = match waiting.take() {
+                Some(job) => job,
+                None if active.is_empty() => match incoming.blocking_recv() {
+                    Some(job) => job,
+                    None => return,
+                },
+                None => match incoming.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+            };
+            if job.events.is_closed() {
+                continue;
+            }
+            let need = (job.prompt.len() + job.max_tokens).min(max_seq_len).div_ceil(config.block_size);
+            if need > pool.capacity() {
+                let _ = job.events.send(Event::Failed(format!(
+                    "prompt and max_tokens need {need} key/value blocks; the pool has {}",
+                    pool.capacity()
+                )));
+                continue;
+            }
+            if reserved + need > pool.capacity() {
+                waiting = Some(job);
+                break;
+            }
+            let sampler = match Sampler::new(job.sampling.clone()) {
+                Ok(sampler) => sampler,
+                Err(e) => {
+                    let _ = job.events.send(Event::Failed(e.to_string()));
+                    continue;
+                }
+            };
+            reserved += need;
+            let (seq, cached) = pool.start(&job.prompt);
+            active.push(Active {
+                input: job.prompt[cached..].to_vec(),
+                history: job.prompt.clone(),
+                seq,
+                sampler,
+                decoder: tokenizer.text_decoder(),
+                stop: StopText::new(&job.stop),
+                generated: 0,
+                reserved: need,
+                job,
+            });
+        }
+        // Clients that left: their blocks go back before the step.
+        active.retain_mut(|a| {
+            let gone = a.job.events.is_closed();
+            if gone {
+                pool.release(std::mem::take(&mut a.seq));
+                reserved -= a.reserved;
+            }
+            !gone
+        });
+        stats.active.store(active.len(), Ordering::Relaxed);
+        if active.is_empty() {
+            continue;
+        }
+
+        let mut batch: Vec<(&mut SeqKv, &[u32])> =
+            active.iter_mut().map(|a| (&mut a.seq, &a.input[..])).collect();
+        let logits = match model.forward_paged(&mut pool, &mut work, &mut batch) {
+            Ok(logits) => logits,
+            Err(e) => {
+                for a in active.drain(..) {
+                    a.send(Event::Failed(e.to_string()));
+                    pool.release(a.seq);
+                }
+                reserved = 0;
+                continue;
+            }
+        };
+        let mut finished = Vec::new();
+        for (i, (a, row)) in active.iter_mut().zip(logits.chunks_exact(vocab)).enumerate() {
+            let token = a.sampler.sample(row, &a.history);
+            a.history.push(token);
+            a.input = vec![token];
+            a.generated += 1;
+            let mut reason = None;
+            if Some(token) == eos {
+                reason = Some(FinishReason::Stop);
+            } else {
+                match a.decoder.push(token) {
+                    Ok(Some(text)) => {
+                        if let Some(ready) = a.stop.push(&text) {
+                            a.send(Event::Text(ready));
+                        }
+                        if a.stop.stopped() {
+                            reason = Some(FinishReason::Stop);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        a.send(Event::Failed(e.to_string()));
+                        reason = Some(FinishReason::Stop);
+                    }
+                }
+            }
+            if reason.is_none() && (a.generated >= a.job.max_tokens || a.history.len() >= max_seq_len) {
+                reason = Some(FinishReason::Length);
+            }
+            if let Some(finish_reason) = reason {
+                if let Some(rest) = a.stop.finish() {
+                    a.send(Event::Text(rest));
+                }
+                let completion_tokens =
+                    a.generated - usize::from(finish_reason == FinishReason::Stop && Some(token) == eos);
+                a.send(Event::Finished(Usage {
+                    finish_reason,
+                    prompt_tokens: a.job.prompt.len(),
+                    completion_tokens,
+                }));
+                finished.push(i);
+            }
+        }
+        for i in finished.into_iter().rev() {
+            let a = active.swap_remove(i);
+            reserved -= a.reserved;
+            pool.release(a.seq);
+        }
+        stats.kv_blocks_used.store(pool.used_blocks(), Ordering::Relaxed);
+    }
+}
