@@ -49,6 +49,33 @@ pub enum Command {
     /// Print a model's logits for token ids as JSON, {"logits": [[...], ...]}: one row per
     /// position, the whole vocabulary, f32 precision. For parity checks against other tools.
     Logits(LogitsArgs),
+    /// Serve a model with an OpenAI-compatible API (completions, chat completions, models),
+    /// continuously batching requests; SIGTERM or Ctrl-C drains in-flight requests, then exits.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A model, run or Hugging Face directory; it needs a tokenizer.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Most sequences decoded together.
+    #[arg(long, default_value_t = 16)]
+    pub max_batch: usize,
+    /// Most requests waiting for the batch; beyond it requests get 503 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// Key/value pool size in blocks of 16 positions (default: enough for --max-batch sequences
+    /// of the model's whole context).
+    #[arg(long)]
+    pub kv_blocks: Option<usize>,
+    /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
+    #[arg(long, default_value_t = 30)]
+    pub drain_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,7 @@ mod interop_cmd;
 mod progress;
 mod quickstart;
 mod run_cmd;
+mod serve_cmd;
 
 use std::process::ExitCode;
 
@@ -52,5 +53,6 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
             interop_cmd::export_gguf(&model, &out, dtype)
         }
         Command::Logits(args) => interop_cmd::logits(&args),
+        Command::Serve(args) => serve_cmd::serve(&args),
     }
 }
