@@ -276,7 +276,7 @@ impl Reply {
             }
         });
         stream::iter(first)
-            .chain(body.flat_map(|events| stream::iter(events)))
+            .chain(body.flat_map(stream::iter))
             .map(|chunk| SseEvent::default().data(chunk.to_string()))
             .chain(stream::once(async { SseEvent::default().data("[DONE]") }))
             .map(Ok)
