@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 30)]
     pub drain_secs: u64,
+    /// A key clients must send (`Authorization: Bearer KEY`); repeatable. Without one the API
+    /// is open. Keys are held only as SHA-256 digests.
+    #[arg(long, value_name = "KEY", env = "TRUTHGPT_API_KEY")]
+    pub api_key: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

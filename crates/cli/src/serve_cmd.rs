@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Context};
-use truthgpt_serve::{router, AppState, Scheduler, SchedulerConfig};
+use truthgpt_serve::{router, ApiKeys, AppState, Scheduler, SchedulerConfig};
 use truthgpt_train::checkpoint;
 
 use crate::args::ServeArgs;
@@ -24,7 +24,11 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         args.model.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
     let (scheduler, _thread) = Scheduler::start(saved.model, tokenizer.clone(), config);
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let app = router(AppState { scheduler, tokenizer, model_id: model_id.clone(), created });
+    let keys = ApiKeys::new(&args.api_key);
+    if keys.is_open() {
+        eprintln!("warning: no --api-key given; the API is open to anyone who can reach it");
+    }
+    let app = router(AppState { scheduler, tokenizer, model_id: model_id.clone(), created }, keys);
 
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;

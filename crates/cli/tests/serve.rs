@@ -32,15 +32,21 @@ impl Drop for Server {
     }
 }
 
-/// Starts the server on a free port; returns it and its address (read from its first line).
+/// Starts the server on a free port; returns it and its address (read from its log).
 fn start(model: &Path) -> (Server, String) {
     let mut child =
         truthgpt(&["serve", "--model", model.to_str().unwrap(), "--port", "0", "--drain-secs", "20"])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
-    BufReader::new(child.stderr.as_mut().unwrap()).read_line(&mut line).unwrap();
+    while !line.contains("http://") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the server exited before listening");
+    }
+    // Keep draining its log, so a full pipe can never block it.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     let address =
         line.split("http://").nth(1).and_then(|s| s.split_whitespace().next()).expect(&line).to_string();
     (Server(child), address)

@@ -2,24 +2,47 @@
 //!
 //! - [`scheduler`]: continuous batching over the model's paged key/value pool, on its own thread;
 //! - [`openai`]: the `/v1` handlers, streaming server-sent events or answering whole;
+//! - [`auth`]: API keys, as a layer over the `/v1` routes;
 //! - [`error`]: errors in OpenAI's shape.
+//!
+//! `/health` (the process is up) and `/ready` (the scheduler is running) stay open.
 
+pub mod auth;
 pub mod error;
 pub mod openai;
 pub mod scheduler;
 
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 
+pub use auth::ApiKeys;
 pub use openai::AppState;
 pub use scheduler::{Scheduler, SchedulerConfig};
 
-/// Every route of the server.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// Every route of the server; the `/v1` ones need one of `keys` (unless it is empty).
+pub fn router(state: AppState, keys: ApiKeys) -> Router {
+    let api = Router::new()
         .route("/v1/models", get(openai::models))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route_layer(middleware::from_fn_with_state(Arc::new(keys), auth::require_key));
+    Router::new()
         .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(ready))
+        .merge(api)
         .with_state(state)
+}
+
+/// Ready while the scheduler thread takes requests.
+async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.scheduler.is_running() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "the scheduler has stopped")
+    }
 }

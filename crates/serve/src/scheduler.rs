@@ -106,6 +106,11 @@ impl Scheduler {
         })
     }
 
+    /// Whether the scheduler thread still takes requests.
+    pub fn is_running(&self) -> bool {
+        !self.queue.is_closed()
+    }
+
     /// Requests waiting for a place in the batch.
     pub fn queued(&self) -> usize {
         self.queue.max_capacity() - self.queue.capacity()

@@ -10,7 +10,7 @@ use tower::ServiceExt;
 use truthgpt_config::{ModelConfig, Positional};
 use truthgpt_data::Tokenizer;
 use truthgpt_model::{Model, Sampling};
-use truthgpt_serve::{router, AppState, Scheduler, SchedulerConfig};
+use truthgpt_serve::{router, ApiKeys, AppState, Scheduler, SchedulerConfig};
 use truthgpt_train::{Request as TextRequest, TextStream};
 
 const TEXT: &str = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer \
@@ -34,11 +34,15 @@ fn model_and_tokenizer() -> (Model, Tokenizer) {
 }
 
 fn app(max_batch: usize) -> axum::Router {
+    app_with_keys(max_batch, ApiKeys::default())
+}
+
+fn app_with_keys(max_batch: usize, keys: ApiKeys) -> axum::Router {
     let (model, tokenizer) = model_and_tokenizer();
     let tokenizer = Arc::new(tokenizer);
     let config = SchedulerConfig { max_batch, queue: 64, block_size: 8, kv_blocks: 256 };
     let (scheduler, _thread) = Scheduler::start(model, tokenizer.clone(), config);
-    router(AppState { scheduler, tokenizer, model_id: "tiny".into(), created: 0 })
+    router(AppState { scheduler, tokenizer, model_id: "tiny".into(), created: 0 }, keys)
 }
 
 /// What greedy generation gives for `prompt` without the server.
@@ -194,4 +198,39 @@ async fn bad_requests_get_openai_errors() {
     let (status, body) = post(&app, "/v1/completions", json!({"prompt": long})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("context"), "{body}");
+}
+
+/// With keys configured, every `/v1` route refuses requests without one (or with a wrong one);
+/// `/health` and `/ready` stay open.
+#[tokio::test]
+async fn api_routes_need_a_key_and_health_does_not() {
+    let app = app_with_keys(2, ApiKeys::new(&["secret-key"]));
+    let body = json!({"prompt": "To be", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+        .to_string();
+    for (method, path) in
+        [("GET", "/v1/models"), ("POST", "/v1/completions"), ("POST", "/v1/chat/completions")]
+    {
+        for auth in [None, Some("Bearer wrong"), Some("Bearer secret-key")] {
+            let mut request =
+                Request::builder().method(method).uri(path).header("content-type", "application/json");
+            if let Some(auth) = auth {
+                request = request.header("authorization", auth);
+            }
+            let response =
+                app.clone().oneshot(request.body(Body::from(body.clone())).unwrap()).await.unwrap();
+            let want =
+                if auth == Some("Bearer secret-key") { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+            assert_eq!(response.status(), want, "{method} {path} with {auth:?}");
+            if want == StatusCode::UNAUTHORIZED {
+                let json: Value =
+                    serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
+                        .unwrap();
+                assert_eq!(json["error"]["code"], "invalid_api_key");
+            }
+        }
+    }
+    for path in ["/health", "/ready"] {
+        let response = app.clone().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
 }
