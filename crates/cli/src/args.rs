@@ -80,6 +80,9 @@ pub struct ServeArgs {
     /// is open. Keys are held only as SHA-256 digests.
     #[arg(long, value_name = "KEY", env = "TRUTHGPT_API_KEY")]
     pub api_key: Vec<String>,
+    /// Requests per minute each key may make (a token bucket); 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = 600)]
+    pub requests_per_minute: u32,
 }
 
 #[derive(Debug, Subcommand)]

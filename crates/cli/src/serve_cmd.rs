@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Context};
-use truthgpt_serve::{router, ApiKeys, AppState, Scheduler, SchedulerConfig};
+use truthgpt_serve::{router, ApiKeys, AppState, RateLimits, Scheduler, SchedulerConfig};
 use truthgpt_train::checkpoint;
 
 use crate::args::ServeArgs;
@@ -28,7 +28,8 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     if keys.is_open() {
         eprintln!("warning: no --api-key given; the API is open to anyone who can reach it");
     }
-    let app = router(AppState { scheduler, tokenizer, model_id: model_id.clone(), created }, keys);
+    let limits = std::num::NonZeroU32::new(args.requests_per_minute).map(RateLimits::per_minute);
+    let app = router(AppState { scheduler, tokenizer, model_id: model_id.clone(), created }, keys, limits);
 
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;

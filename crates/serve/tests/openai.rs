@@ -10,7 +10,7 @@ use tower::ServiceExt;
 use truthgpt_config::{ModelConfig, Positional};
 use truthgpt_data::Tokenizer;
 use truthgpt_model::{Model, Sampling};
-use truthgpt_serve::{router, ApiKeys, AppState, Scheduler, SchedulerConfig};
+use truthgpt_serve::{router, ApiKeys, AppState, RateLimits, Scheduler, SchedulerConfig};
 use truthgpt_train::{Request as TextRequest, TextStream};
 
 const TEXT: &str = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer \
@@ -34,15 +34,15 @@ fn model_and_tokenizer() -> (Model, Tokenizer) {
 }
 
 fn app(max_batch: usize) -> axum::Router {
-    app_with_keys(max_batch, ApiKeys::default())
+    app_with(max_batch, ApiKeys::default(), None)
 }
 
-fn app_with_keys(max_batch: usize, keys: ApiKeys) -> axum::Router {
+fn app_with(max_batch: usize, keys: ApiKeys, limits: Option<RateLimits>) -> axum::Router {
     let (model, tokenizer) = model_and_tokenizer();
     let tokenizer = Arc::new(tokenizer);
     let config = SchedulerConfig { max_batch, queue: 64, block_size: 8, kv_blocks: 256 };
     let (scheduler, _thread) = Scheduler::start(model, tokenizer.clone(), config);
-    router(AppState { scheduler, tokenizer, model_id: "tiny".into(), created: 0 }, keys)
+    router(AppState { scheduler, tokenizer, model_id: "tiny".into(), created: 0 }, keys, limits)
 }
 
 /// What greedy generation gives for `prompt` without the server.
@@ -204,7 +204,7 @@ async fn bad_requests_get_openai_errors() {
 /// `/health` and `/ready` stay open.
 #[tokio::test]
 async fn api_routes_need_a_key_and_health_does_not() {
-    let app = app_with_keys(2, ApiKeys::new(&["secret-key"]));
+    let app = app_with(2, ApiKeys::new(&["secret-key"]), None);
     let body = json!({"prompt": "To be", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
         .to_string();
     for (method, path) in
@@ -233,4 +233,33 @@ async fn api_routes_need_a_key_and_health_does_not() {
         let response = app.clone().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
+}
+
+/// Two requests a minute per key: the third gets 429 with Retry-After; another key has its own
+/// bucket; answers carry the RateLimit headers.
+#[tokio::test]
+async fn rate_limits_are_per_key() {
+    let limits = RateLimits::per_minute(std::num::NonZeroU32::new(2).unwrap());
+    let app = app_with(2, ApiKeys::new(&["a", "b"]), Some(limits));
+    let get = |key: &'static str| {
+        let app = app.clone();
+        async move {
+            let request = Request::get("/v1/models").header("authorization", format!("Bearer {key}"));
+            app.oneshot(request.body(Body::empty()).unwrap()).await.unwrap()
+        }
+    };
+    for remaining in [1, 0] {
+        let response = get("a").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["ratelimit"], format!("\"requests\";r={remaining};t=60").as_str());
+        assert_eq!(response.headers()["ratelimit-policy"], "\"requests\";q=2;w=60");
+    }
+    let response = get("a").await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=31).contains(&wait), "retry after {wait}s");
+    let json: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(json["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(get("b").await.status(), StatusCode::OK, "key b has its own bucket");
 }
