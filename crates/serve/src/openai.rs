@@ -160,7 +160,7 @@ async fn respond(state: AppState, kind: Kind, prompt: &str, params: Params) -> R
         Some(Stop::Many(v)) => v,
     };
     let (events, receiver) = mpsc::unbounded_channel();
-    let job = Job { prompt: ids, max_tokens, sampling, stop, events };
+    let job = Job { prompt: ids, max_tokens, sampling, stop, events, received: std::time::Instant::now() };
     state.scheduler.submit(job).map_err(|e| match e {
         SubmitError::Busy => ApiError::busy(),
         SubmitError::Stopped => ApiError::internal(e.to_string()),

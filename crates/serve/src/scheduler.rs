@@ -25,6 +25,8 @@ pub struct Job {
     pub stop: Vec<String>,
     /// Where the text goes; dropping the receiver cancels the job.
     pub events: mpsc::UnboundedSender<Event>,
+    /// When the request arrived, for time to first token.
+    pub received: std::time::Instant,
 }
 
 /// What a job's stream receives: text pieces, then one `Finished` (or `Failed`).
@@ -131,6 +133,8 @@ struct Active<'t> {
     generated: usize,
     /// Blocks reserved for the whole generation.
     reserved: usize,
+    /// Whether text has been sent yet (time to first token is recorded once).
+    started: bool,
 }
 
 impl Active<'_> {
@@ -201,6 +205,7 @@ fn run(
                 stop: StopText::new(&job.stop),
                 generated: 0,
                 reserved: need,
+                started: false,
                 job,
             });
         }
@@ -231,6 +236,7 @@ fn run(
                 continue;
             }
         };
+        metrics::counter!("generated_tokens_total").increment(active.len() as u64);
         let mut finished = Vec::new();
         for (i, (a, row)) in active.iter_mut().zip(logits.chunks_exact(vocab)).enumerate() {
             let token = a.sampler.sample(row, &a.history);
@@ -244,6 +250,11 @@ fn run(
                 match a.decoder.push(token) {
                     Ok(Some(text)) => {
                         if let Some(ready) = a.stop.push(&text) {
+                            if !a.started {
+                                a.started = true;
+                                let waited = a.job.received.elapsed().as_secs_f64();
+                                metrics::histogram!("time_to_first_token_seconds").record(waited);
+                            }
                             a.send(Event::Text(ready));
                         }
                         if a.stop.stopped() {
@@ -280,5 +291,7 @@ fn run(
             pool.release(a.seq);
         }
         stats.kv_blocks_used.store(pool.used_blocks(), Ordering::Relaxed);
+        metrics::gauge!("kv_blocks_used").set(pool.used_blocks() as f64);
+        metrics::gauge!("kv_blocks_total").set(pool.capacity() as f64);
     }
 }

@@ -263,3 +263,21 @@ async fn rate_limits_are_per_key() {
     assert_eq!(json["error"]["code"], "rate_limit_exceeded");
     assert_eq!(get("b").await.status(), StatusCode::OK, "key b has its own bucket");
 }
+
+#[tokio::test]
+async fn metrics_count_requests_and_tokens() {
+    let app = app(2);
+    post(&app, "/v1/completions", json!({"prompt": "To be", "max_tokens": 3, "temperature": 0})).await;
+    let response = app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    for name in [
+        "http_requests_total{route=\"/v1/completions\",method=\"POST\",status=\"200\"}",
+        "http_request_duration_seconds_bucket",
+        "time_to_first_token_seconds_bucket",
+        "generated_tokens_total",
+        "kv_blocks_total",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+}
