@@ -255,7 +255,8 @@ fn decode_batch(
                 seqs.iter_mut().zip(&inputs).map(|(s, t)| (s, t.as_slice())).collect();
             let logits = model.forward_paged(&mut pool, &mut work, &mut batch)?;
             for (input, row) in inputs.iter_mut().zip(logits.chunks_exact(vocab)) {
-                *input = vec![argmax(row)];
+                input.clear();
+                input.push(argmax(row));
             }
             first.push(inputs[0][0]);
         }

@@ -8,7 +8,6 @@
 //! Each admitted request reserves the blocks its prompt plus `max_tokens` could need, so a step
 //! never runs out of pool; shared prompt prefixes only make the reservation generous.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -57,14 +56,6 @@ pub struct SchedulerConfig {
     pub kv_blocks: usize,
 }
 
-/// Counters the server reports.
-#[derive(Debug, Default)]
-pub struct SchedulerStats {
-    pub active: AtomicUsize,
-    pub kv_blocks_used: AtomicUsize,
-    pub kv_blocks_total: AtomicUsize,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
     #[error("the server is at capacity; retry shortly")]
@@ -77,7 +68,6 @@ pub enum SubmitError {
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     queue: mpsc::Sender<Job>,
-    pub stats: Arc<SchedulerStats>,
     pub max_seq_len: usize,
 }
 
@@ -89,15 +79,12 @@ impl Scheduler {
         config: SchedulerConfig,
     ) -> (Self, std::thread::JoinHandle<()>) {
         let (queue, incoming) = mpsc::channel(config.queue.max(1));
-        let stats = Arc::new(SchedulerStats::default());
-        stats.kv_blocks_total.store(config.kv_blocks, Ordering::Relaxed);
         let max_seq_len = model.config.max_seq_len;
-        let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("truthgpt-scheduler".into())
-            .spawn(move || run(model, &tokenizer, incoming, config, &thread_stats))
+            .spawn(move || run(model, &tokenizer, incoming, config))
             .expect("spawning the scheduler thread");
-        (Scheduler { queue, stats, max_seq_len }, thread)
+        (Scheduler { queue, max_seq_len }, thread)
     }
 
     /// Queues `job`, or says why not at once: a full queue is [`SubmitError::Busy`].
@@ -111,11 +98,6 @@ impl Scheduler {
     /// Whether the scheduler thread still takes requests.
     pub fn is_running(&self) -> bool {
         !self.queue.is_closed()
-    }
-
-    /// Requests waiting for a place in the batch.
-    pub fn queued(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
     }
 }
 
@@ -144,13 +126,7 @@ impl Active<'_> {
     }
 }
 
-fn run(
-    mut model: Model,
-    tokenizer: &Tokenizer,
-    mut incoming: mpsc::Receiver<Job>,
-    config: SchedulerConfig,
-    stats: &SchedulerStats,
-) {
+fn run(mut model: Model, tokenizer: &Tokenizer, mut incoming: mpsc::Receiver<Job>, config: SchedulerConfig) {
     let vocab = model.config.vocab_size;
     let max_seq_len = model.config.max_seq_len;
     let eos = tokenizer.eos_id();
@@ -218,7 +194,6 @@ fn run(
             }
             !gone
         });
-        stats.active.store(active.len(), Ordering::Relaxed);
         if active.is_empty() {
             continue;
         }
@@ -241,7 +216,8 @@ fn run(
         for (i, (a, row)) in active.iter_mut().zip(logits.chunks_exact(vocab)).enumerate() {
             let token = a.sampler.sample(row, &a.history);
             a.history.push(token);
-            a.input = vec![token];
+            a.input.clear();
+            a.input.push(token);
             a.generated += 1;
             let mut reason = None;
             if Some(token) == eos {
@@ -290,7 +266,6 @@ fn run(
             reserved -= a.reserved;
             pool.release(a.seq);
         }
-        stats.kv_blocks_used.store(pool.used_blocks(), Ordering::Relaxed);
         metrics::gauge!("kv_blocks_used").set(pool.used_blocks() as f64);
         metrics::gauge!("kv_blocks_total").set(pool.capacity() as f64);
     }
