@@ -56,33 +56,47 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// A model, run or Hugging Face directory; it needs a tokenizer.
+    /// A model, run or Hugging Face directory; it needs a tokenizer. Required here or in --config.
     #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    #[arg(long, default_value_t = 8000)]
-    pub port: u16,
-    /// Most sequences decoded together.
-    #[arg(long, default_value_t = 16)]
-    pub max_batch: usize,
-    /// Most requests waiting for the batch; beyond it requests get 503 with Retry-After.
-    #[arg(long, default_value_t = 64)]
-    pub queue: usize,
-    /// Key/value pool size in blocks of 16 positions (default: enough for --max-batch sequences
-    /// of the model's whole context).
+    pub model: Option<PathBuf>,
+    /// A YAML file of settings (keys with roles and tenants, JWT, limits, cache, sessions, Redis);
+    /// flags given here override it. See docs/serving.md.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// [default: 127.0.0.1]
+    #[arg(long)]
+    pub host: Option<String>,
+    /// [default: 8000]
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Most sequences decoded together [default: 16].
+    #[arg(long)]
+    pub max_batch: Option<usize>,
+    /// Most requests waiting for the batch; beyond it requests get 503 with Retry-After
+    /// [default: 64].
+    #[arg(long)]
+    pub queue: Option<usize>,
+    /// Key/value pool size in blocks of 16 positions [default: enough for --max-batch sequences
+    /// of the model's whole context].
     #[arg(long)]
     pub kv_blocks: Option<usize>,
-    /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
-    #[arg(long, default_value_t = 30)]
-    pub drain_secs: u64,
-    /// A key clients must send (`Authorization: Bearer KEY`); repeatable. Without one the API
-    /// is open. Keys are held only as SHA-256 digests.
+    /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C [default: 30].
+    #[arg(long)]
+    pub drain_secs: Option<u64>,
+    /// A key clients must send (`Authorization: Bearer KEY`), with role `user`; repeatable.
+    /// Without keys or JWT settings the API is open. Keys are held only as SHA-256 digests.
     #[arg(long, value_name = "KEY", env = "TRUTHGPT_API_KEY")]
     pub api_key: Vec<String>,
-    /// Requests per minute each key may make (a token bucket); 0 for no limit.
-    #[arg(long, value_name = "N", default_value_t = 600)]
-    pub requests_per_minute: u32,
+    /// Requests per minute each caller may make (a token bucket); 0 for no limit [default: 600].
+    #[arg(long, value_name = "N")]
+    pub requests_per_minute: Option<u32>,
+    /// Prompt plus max_tokens per minute each caller may use; 0 for no limit [default: 200000].
+    #[arg(long, value_name = "N")]
+    pub tokens_per_minute: Option<u32>,
+    /// Keep rate limits, cached answers and sessions in this Redis (redis://host:port/db), shared
+    /// by every replica pointing at it.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

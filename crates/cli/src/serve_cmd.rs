@@ -1,51 +1,121 @@
-//! `serve`: load a model, start the scheduler, and answer HTTP until SIGTERM or Ctrl-C.
+//! `serve`: settle the settings, load the model, start the scheduler, and answer HTTP until
+//! SIGTERM or Ctrl-C.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use truthgpt_serve::{router, ApiKeys, AppState, RateLimits, Scheduler, SchedulerConfig};
-use truthgpt_train::checkpoint;
+use figment::providers::{Format, Serialized, Yaml};
+use figment::Figment;
+use serde_json::json;
+use truthgpt_serve::config::KeyConfig;
+use truthgpt_serve::{router, AppState, Authenticator, Options, RateLimits, Role, SchedulerConfig, ServeConfig, Served, Store};
 
 use crate::args::ServeArgs;
 
 const BLOCK_SIZE: usize = 16;
 
-pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    ensure!(args.max_batch > 0 && args.queue > 0, "--max-batch and --queue must be at least 1");
-    let saved = checkpoint::load_model(&args.model)?;
-    let tokenizer = Arc::new(saved.tokenizer()?.clone());
-    let max_seq_len = saved.model.config.max_seq_len;
-    let kv_blocks = args.kv_blocks.unwrap_or(args.max_batch * max_seq_len.div_ceil(BLOCK_SIZE));
-    ensure!(kv_blocks > 0, "--kv-blocks must be at least 1");
-    let config =
-        SchedulerConfig { max_batch: args.max_batch, queue: args.queue, block_size: BLOCK_SIZE, kv_blocks };
-    let model_id =
-        args.model.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
-    let (scheduler, _thread) = Scheduler::start(saved.model, tokenizer.clone(), config);
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let keys = ApiKeys::new(&args.api_key);
-    if keys.is_open() {
-        eprintln!("warning: no --api-key given; the API is open to anyone who can reach it");
+/// Defaults, then the YAML file, then the flags that were given.
+fn settings(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
+    let mut figment = Figment::from(Serialized::defaults(ServeConfig::default()));
+    if let Some(path) = &args.config {
+        ensure!(path.is_file(), "--config {}: no such file", path.display());
+        figment = figment.merge(Yaml::file(path));
     }
-    let limits = std::num::NonZeroU32::new(args.requests_per_minute).map(RateLimits::per_minute);
-    let app = router(AppState { scheduler, tokenizer, model_id: model_id.clone(), created }, keys, limits);
+    let mut flags = json!({});
+    let mut set = |key: &str, value: serde_json::Value| {
+        if !value.is_null() {
+            flags[key] = value;
+        }
+    };
+    set("model", json!(args.model));
+    set("host", json!(args.host));
+    set("port", json!(args.port));
+    set("max_batch", json!(args.max_batch));
+    set("queue", json!(args.queue));
+    set("kv_blocks", json!(args.kv_blocks));
+    set("drain_secs", json!(args.drain_secs));
+    set("redis", json!(args.redis));
+    let mut config: ServeConfig = figment.merge(Serialized::defaults(flags)).extract().context("reading the settings")?;
+    if let Some(n) = args.requests_per_minute {
+        config.limits.requests_per_minute = n;
+    }
+    if let Some(n) = args.tokens_per_minute {
+        config.limits.tokens_per_minute = n;
+    }
+    for (i, key) in args.api_key.iter().enumerate() {
+        let name = format!("cli{i}");
+        config.keys.push(KeyConfig { name: name.clone(), key: Some(key.clone()), sha256: None, tenant: name, role: Role::User });
+    }
+    ensure!(!config.model.as_os_str().is_empty(), "no model: give --model DIR or `model:` in --config");
+    ensure!(config.max_batch > 0 && config.queue > 0, "max_batch and queue must be at least 1");
+    ensure!(config.kv_blocks != Some(0), "kv_blocks must be at least 1");
+    Ok(config)
+}
 
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = settings(args)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // A second subscriber (tests run several servers in one process) is not an error.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    let auth = Authenticator::new(&config.keys, config.jwt.as_ref()).context("reading the keys and JWT settings")?;
+    if auth.is_open() {
+        eprintln!("warning: no keys or JWT settings; the API is open to anyone who can reach it");
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
-        let address = format!("{}:{}", args.host, args.port);
-        let listener = tokio::net::TcpListener::bind(&address)
-            .await
-            .with_context(|| format!("listening on {address}"))?;
+        let redis = match &config.redis {
+            Some(url) => {
+                let client = redis::Client::open(url.as_str()).with_context(|| format!("--redis {url}"))?;
+                Some(client.get_connection_manager().await.with_context(|| format!("connecting to Redis at {url}"))?)
+            }
+            None => None,
+        };
+        let store = |prefix: &'static str, capacity: u64, ttl: u64| match &redis {
+            Some(connection) => Store::redis(connection.clone(), prefix, Duration::from_secs(ttl)),
+            None => Store::memory(capacity, Duration::from_secs(ttl)),
+        };
+        let options = Options {
+            auth,
+            limits: RateLimits::new(config.limits.requests_per_minute, config.limits.tokens_per_minute)
+                .map(|limits| match &redis {
+                    Some(connection) => limits.shared(connection.clone()),
+                    None => limits,
+                }),
+            cache: (config.cache.capacity > 0)
+                .then(|| store("truthgpt:cache:", config.cache.capacity, config.cache.ttl_secs)),
+            sessions: store("truthgpt:session:", config.sessions.capacity, config.sessions.ttl_secs),
+            max_body_bytes: config.max_body_bytes,
+        };
+
+        let model_dir = config.model.clone();
+        let scheduler = SchedulerConfig {
+            max_batch: config.max_batch,
+            queue: config.queue,
+            block_size: BLOCK_SIZE,
+            kv_blocks: config.kv_blocks,
+        };
+        let served = tokio::task::spawn_blocking(move || Served::load(&model_dir, scheduler))
+            .await?
+            .map_err(anyhow::Error::msg)?;
+        let (model_id, kv_blocks) = (served.model_id.clone(), served.scheduler.kv_blocks);
+        let app = router(AppState::new(served, scheduler, options));
+
+        let address = format!("{}:{}", config.host, config.port);
+        let listener =
+            tokio::net::TcpListener::bind(&address).await.with_context(|| format!("listening on {address}"))?;
         eprintln!(
             "serving {model_id} on http://{} (batch {}, queue {}, {kv_blocks} KV blocks of {BLOCK_SIZE})",
             listener.local_addr()?,
-            args.max_batch,
-            args.queue
+            config.max_batch,
+            config.queue
         );
         let (stopping, stopped) = tokio::sync::watch::channel(false);
-        let drain_secs = args.drain_secs;
+        let drain_secs = config.drain_secs;
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             shutdown_signal().await;
             eprintln!("shutting down: no new connections; in-flight requests get {drain_secs}s");
@@ -65,7 +135,6 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         }
     })
 }
-
 /// SIGTERM (how orchestrators stop a process) or Ctrl-C.
 async fn shutdown_signal() {
     let ctrl_c = async {

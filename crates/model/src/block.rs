@@ -59,6 +59,16 @@ pub struct BlockActs {
     pub branch: Vec<f32>,
 }
 
+impl BlockActs {
+    /// Rows each expert processed in this block's last forward; `None` for a dense block.
+    pub fn expert_rows(&self) -> Option<&[usize]> {
+        match &self.ffn {
+            FfnActs::Moe(moe) => Some(moe.rows_per_expert()),
+            FfnActs::Dense { .. } => None,
+        }
+    }
+}
+
 /// Backward scratch shared by all blocks.
 #[derive(Debug, Clone)]
 pub struct BlockScratch {

@@ -36,6 +36,16 @@ pub struct DecodeWork {
     logits: Vec<f32>,
     /// (NH, longest sequence) attention scores.
     scores: Vec<f32>,
+    /// (layers, experts): rows each expert processed in the last forward (MoE models).
+    expert_load: Vec<usize>,
+}
+
+impl DecodeWork {
+    /// Rows each expert of each layer processed in the last forward, layer-major; empty for
+    /// dense models. Servers export it as expert load.
+    pub fn expert_load(&self) -> &[usize] {
+        &self.expert_load
+    }
 }
 
 /// Everything one sequence needs to be decoded: a pool of its own (allocated as it grows), the
@@ -157,6 +167,7 @@ impl Model {
                 final_norm: NormSaved::new(sequences),
                 logits: vec![0.0; sequences * vocab],
                 scores: std::mem::take(&mut work.scores),
+                expert_load: std::mem::take(&mut work.expert_load),
             };
         }
         let longest = batch.iter().map(|(seq, tokens)| seq.len() + tokens.len()).max().unwrap_or(0);
@@ -182,6 +193,7 @@ impl Model {
         let acts = work.acts.as_mut().expect("ensured above");
         let unique = blocks.len();
         let block_size = pool.block_size();
+        let layers = pool.layers.len();
         for (layer, kv) in pool.layers.iter_mut().enumerate() {
             let cached = Cached { kv, block_size, segments: &segments, scores: &mut work.scores };
             blocks[layer % unique].forward(
@@ -196,6 +208,11 @@ impl Model {
                 Some(cached),
             );
             std::mem::swap(&mut work.x, &mut work.y);
+            if let Some(expert_rows) = acts.expert_rows() {
+                let e = expert_rows.len();
+                work.expert_load.resize(layers * e, 0);
+                work.expert_load[layer * e..(layer + 1) * e].copy_from_slice(expert_rows);
+            }
         }
         let mut end = 0;
         for (s, segment) in segments.iter().enumerate() {

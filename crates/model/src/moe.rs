@@ -117,6 +117,11 @@ impl MoeActs {
     pub fn choices(&self) -> &[u32] {
         &self.choice
     }
+
+    /// Rows each expert processed in the last forward (E).
+    pub fn rows_per_expert(&self) -> &[usize] {
+        &self.rows
+    }
 }
 
 /// Backward scratch shared by all layers.

@@ -1,37 +1,232 @@
-//! API keys, as a tower layer over the `/v1` routes: `Authorization: Bearer KEY` (or `x-api-key`).
-//! Keys are kept only as SHA-256 digests and compared in constant time, so neither memory dumps
-//! nor response timing give them away; they never reach a log.
+//! Who is calling, as two tower layers: [`authenticate`] turns `Authorization: Bearer ...` (or
+//! `x-api-key`) into a [`Principal`], and [`require_role`] guards each group of routes.
+//!
+//! - API keys are kept only as SHA-256 digests and compared in constant time, so neither memory
+//!   dumps nor response timing give them away. Neither keys nor tokens are ever logged.
+//! - JWTs are HS256 or RS256, with `exp` and `aud` required and `nbf` checked.
+//! - Roles are ordered: `readonly` reads (`/v1/models`, `/v1/usage`, `/metrics`), `user` also
+//!   generates, `admin` also reaches `/admin/*`.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
 
+use crate::config::{JwtConfig, KeyConfig};
 use crate::error::ApiError;
 
-/// The digests of the keys that may call the API; empty means the API is open.
-#[derive(Debug, Clone, Default)]
-pub struct ApiKeys {
-    digests: Vec<[u8; 32]>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Readonly,
+    User,
+    Admin,
 }
 
-impl ApiKeys {
-    pub fn new<S: AsRef<str>>(keys: &[S]) -> Self {
-        ApiKeys { digests: keys.iter().map(|k| digest(k.as_ref())).collect() }
+/// The caller of one request, put in its extensions by [`authenticate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The rate-limit bucket: `key:NAME` or `jwt:SUB`.
+    pub id: Arc<str>,
+    /// Usage and sessions are kept per tenant.
+    pub tenant: Arc<str>,
+    pub role: Role,
+}
+
+/// One configured key: its digest and whose it is.
+#[derive(Debug, Clone)]
+struct Key {
+    digest: [u8; 32],
+    principal: Principal,
+}
+
+/// What `/admin/keys` shows of a key: never the key, only an 8-hex-digit digest prefix.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KeyInfo {
+    pub name: String,
+    pub tenant: String,
+    pub role: Role,
+    pub sha256_prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("key `{0}` needs exactly one of `key` and `sha256`")]
+    KeySource(String),
+    #[error("key `{0}`: `sha256` must be 64 hex digits")]
+    Digest(String),
+    #[error("two keys are named `{0}`")]
+    DuplicateName(String),
+    #[error("jwt: give `hs256_secret`, `rs256_public_key` or both")]
+    NoJwtKey,
+    #[error("jwt: `hs256_secret` must be at least 32 bytes")]
+    ShortSecret,
+    #[error("jwt: reading the RS256 public key {path}: {message}")]
+    PublicKey { path: String, message: String },
+}
+
+struct Jwt {
+    hs256: Option<DecodingKey>,
+    rs256: Option<DecodingKey>,
+    audience: String,
+    issuer: Option<String>,
+    leeway: u64,
+}
+
+/// The claims we read; `exp` and `aud` are checked by the validation itself.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    tenant: Option<String>,
+    role: Role,
+}
+
+/// Every credential the server accepts. With none configured the API is open, and callers are
+/// `user`s of tenant `anonymous` (never `admin`).
+pub struct Authenticator {
+    keys: Vec<Key>,
+    jwt: Option<Jwt>,
+}
+
+impl Authenticator {
+    pub fn new(keys: &[KeyConfig], jwt: Option<&JwtConfig>) -> Result<Self, AuthConfigError> {
+        let mut parsed: Vec<Key> = Vec::with_capacity(keys.len());
+        for k in keys {
+            let digest = match (&k.key, &k.sha256) {
+                (Some(key), None) => digest(key),
+                (None, Some(hex)) => parse_hex(hex).ok_or_else(|| AuthConfigError::Digest(k.name.clone()))?,
+                _ => return Err(AuthConfigError::KeySource(k.name.clone())),
+            };
+            if parsed.iter().any(|p| *p.principal.id == *format!("key:{}", k.name)) {
+                return Err(AuthConfigError::DuplicateName(k.name.clone()));
+            }
+            let principal =
+                Principal { id: format!("key:{}", k.name).into(), tenant: k.tenant.as_str().into(), role: k.role };
+            parsed.push(Key { digest, principal });
+        }
+        let jwt = jwt.map(Jwt::new).transpose()?;
+        Ok(Authenticator { keys: parsed, jwt })
+    }
+
+    /// Plain keys, as `--api-key` gives them: role `user`, each its own tenant.
+    pub fn from_keys<S: AsRef<str>>(keys: &[S]) -> Self {
+        let configs: Vec<KeyConfig> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| KeyConfig {
+                name: format!("key{i}"),
+                key: Some(key.as_ref().to_string()),
+                sha256: None,
+                tenant: format!("key{i}"),
+                role: Role::User,
+            })
+            .collect();
+        Authenticator::new(&configs, None).expect("generated names are unique")
     }
 
     pub fn is_open(&self) -> bool {
-        self.digests.is_empty()
+        self.keys.is_empty() && self.jwt.is_none()
     }
 
-    /// Whether `key` is one of the keys; every digest is compared, in constant time each.
-    pub fn accepts(&self, key: &str) -> bool {
-        let candidate = digest(key);
-        self.digests.iter().fold(false, |found, d| found | bool::from(d.ct_eq(&candidate)))
+    pub fn keys(&self) -> Vec<KeyInfo> {
+        self.keys
+            .iter()
+            .map(|k| KeyInfo {
+                name: k.principal.id.trim_start_matches("key:").to_string(),
+                tenant: k.principal.tenant.to_string(),
+                role: k.principal.role,
+                sha256_prefix: k.digest[..4].iter().map(|b| format!("{b:02x}")).collect(),
+            })
+            .collect()
+    }
+
+    /// Who `credential` is, or why it is refused. Every key digest is compared, each in constant
+    /// time; a credential shaped like a JWT is then checked as one.
+    pub fn identify(&self, credential: &str) -> Result<Principal, &'static str> {
+        let candidate = digest(credential);
+        let matched = self.keys.iter().fold(None, |found, k| {
+            if bool::from(k.digest.ct_eq(&candidate)) {
+                Some(&k.principal)
+            } else {
+                found
+            }
+        });
+        if let Some(principal) = matched {
+            return Ok(principal.clone());
+        }
+        match &self.jwt {
+            Some(jwt) if credential.split('.').count() == 3 => jwt.verify(credential),
+            _ => Err("the API key is not valid"),
+        }
+    }
+}
+
+impl Jwt {
+    fn new(config: &JwtConfig) -> Result<Self, AuthConfigError> {
+        let hs256 = match &config.hs256_secret {
+            Some(secret) if secret.len() < 32 => return Err(AuthConfigError::ShortSecret),
+            Some(secret) => Some(DecodingKey::from_secret(secret.as_bytes())),
+            None => None,
+        };
+        let rs256 = match &config.rs256_public_key {
+            Some(path) => {
+                let failed = |message: String| AuthConfigError::PublicKey { path: path.display().to_string(), message };
+                let pem = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
+                Some(DecodingKey::from_rsa_pem(&pem).map_err(|e| failed(e.to_string()))?)
+            }
+            None => None,
+        };
+        if hs256.is_none() && rs256.is_none() {
+            return Err(AuthConfigError::NoJwtKey);
+        }
+        Ok(Jwt {
+            hs256,
+            rs256,
+            audience: config.audience.clone(),
+            issuer: config.issuer.clone(),
+            leeway: config.leeway_secs,
+        })
+    }
+
+    fn verify(&self, token: &str) -> Result<Principal, &'static str> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| "the token is not a valid JWT")?;
+        // The key is chosen by the algorithm we configured for it, never by the token alone.
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs256.as_ref(),
+            Algorithm::RS256 => self.rs256.as_ref(),
+            _ => None,
+        }
+        .ok_or("the token's algorithm is not accepted")?;
+        let mut validation = Validation::new(header.alg);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = self.leeway;
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => "the token has expired",
+                ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
+                ErrorKind::InvalidAudience => "the token is for another audience",
+                ErrorKind::InvalidIssuer => "the token is from another issuer",
+                ErrorKind::InvalidSignature => "the token's signature is not valid",
+                _ => "the token is not valid",
+            }
+        })?;
+        let Claims { sub, tenant, role } = data.claims;
+        let tenant = tenant.unwrap_or_else(|| sub.clone());
+        Ok(Principal { id: format!("jwt:{sub}").into(), tenant: tenant.into(), role })
     }
 }
 
@@ -39,33 +234,64 @@ fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// The middleware: passes requests with an accepted key, answers 401 otherwise.
-pub async fn require_key(State(keys): State<Arc<ApiKeys>>, request: Request, next: Next) -> Response {
-    if keys.is_open() {
-        return next.run(request).await;
+fn parse_hex(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
     }
+    let mut out = [0; 32];
+    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *o = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The credential a request presents, if any.
+fn presented(request: &Request) -> Option<&str> {
     let headers = request.headers();
-    let presented = headers
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
-    match presented {
-        Some(key) if keys.accepts(key.trim()) => next.run(request).await,
-        Some(_) => unauthorized("the API key is not valid"),
-        None => unauthorized("no API key: send `Authorization: Bearer KEY`"),
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+}
+
+/// The first layer: identifies the caller or answers 401.
+pub async fn authenticate(State(auth): State<Arc<Authenticator>>, mut request: Request, next: Next) -> Response {
+    let principal = if auth.is_open() {
+        Principal { id: "anonymous".into(), tenant: "anonymous".into(), role: Role::User }
+    } else {
+        match presented(&request).map(|c| auth.identify(c)) {
+            Some(Ok(principal)) => principal,
+            Some(Err(reason)) => return unauthorized(reason),
+            None => return unauthorized("no credentials: send `Authorization: Bearer KEY`"),
+        }
+    };
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+/// A route group's guard: 403 unless the caller's role is at least `min`.
+pub async fn require_role(State(min): State<Role>, request: Request, next: Next) -> Response {
+    match request.extensions().get::<Principal>() {
+        Some(p) if p.role >= min => next.run(request).await,
+        Some(p) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            Some("insufficient_role"),
+            format!("this route needs the `{min:?}` role; the caller is `{:?}`", p.role).to_lowercase(),
+        )
+        .into_response(),
+        None => unauthorized("no credentials"),
     }
 }
 
 fn unauthorized(message: &str) -> Response {
-    let mut response = ApiError {
-        status: StatusCode::UNAUTHORIZED,
-        message: message.into(),
-        kind: "invalid_request_error",
-        code: Some("invalid_api_key"),
-    }
-    .into_response();
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", Some("invalid_api_key"), message)
+            .into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
 
@@ -73,11 +299,42 @@ fn unauthorized(message: &str) -> Response {
 mod tests {
     use super::*;
 
+    fn key(name: &str, key: &str, role: Role) -> KeyConfig {
+        KeyConfig { name: name.into(), key: Some(key.into()), sha256: None, tenant: name.into(), role }
+    }
+
     #[test]
     fn only_configured_keys_are_accepted() {
-        let keys = ApiKeys::new(&["alpha", "beta"]);
-        assert!(keys.accepts("alpha") && keys.accepts("beta"));
-        assert!(!keys.accepts("alph") && !keys.accepts("") && !keys.accepts("alphaa"));
-        assert!(ApiKeys::new::<&str>(&[]).is_open());
+        let auth = Authenticator::from_keys(&["alpha", "beta"]);
+        assert_eq!(auth.identify("alpha").unwrap().tenant.as_ref(), "key0");
+        assert_eq!(auth.identify("beta").unwrap().role, Role::User);
+        for wrong in ["alph", "", "alphaa", "a.b.c"] {
+            assert!(auth.identify(wrong).is_err(), "{wrong}");
+        }
+        assert!(Authenticator::from_keys::<&str>(&[]).is_open());
+    }
+
+    #[test]
+    fn digests_stand_in_for_keys_and_bad_configs_are_refused() {
+        let hex: String = digest("secret").iter().map(|b| format!("{b:02x}")).collect();
+        let by_digest = KeyConfig { sha256: Some(hex), key: None, ..key("ops", "", Role::Admin) };
+        let auth = Authenticator::new(&[by_digest.clone()], None).unwrap();
+        assert_eq!(auth.identify("secret").unwrap().role, Role::Admin);
+        assert_eq!(auth.keys()[0].sha256_prefix.len(), 8);
+
+        let both = KeyConfig { key: Some("x".into()), ..by_digest.clone() };
+        assert!(matches!(Authenticator::new(&[both], None), Err(AuthConfigError::KeySource(_))));
+        let short = KeyConfig { sha256: Some("abc".into()), ..by_digest };
+        assert!(matches!(Authenticator::new(&[short], None), Err(AuthConfigError::Digest(_))));
+        let twins = [key("a", "1", Role::User), key("a", "2", Role::User)];
+        assert!(matches!(Authenticator::new(&twins, None), Err(AuthConfigError::DuplicateName(_))));
+        let jwt = JwtConfig {
+            audience: "x".into(),
+            issuer: None,
+            hs256_secret: Some("short".into()),
+            rs256_public_key: None,
+            leeway_secs: 0,
+        };
+        assert!(matches!(Authenticator::new(&[], Some(&jwt)), Err(AuthConfigError::ShortSecret)));
     }
 }

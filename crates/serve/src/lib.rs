@@ -1,61 +1,139 @@
 //! The OpenAI-compatible server.
 //!
 //! - [`scheduler`]: continuous batching over the model's paged key/value pool, on its own thread;
-//! - [`openai`]: the `/v1` handlers, streaming server-sent events or answering whole;
-//! - [`auth`]: API keys, as a layer over the `/v1` routes;
-//! - [`limits`]: per-key requests-per-minute limits, the layer after it;
-//! - [`telemetry`]: Prometheus metrics, a layer around every route, and `/metrics`;
-//! - [`error`]: errors in OpenAI's shape.
+//! - [`openai`]: the `/v1` handlers, streaming server-sent events or answering whole, with the
+//!   response cache and conversation sessions; [`ws`]: the same over a WebSocket;
+//! - [`admin`]: `/admin/*` (reload, keys, usage);
+//! - [`auth`]: API keys and JWTs, then role checks per route group, as layers;
+//! - [`limits`]: requests and tokens per minute per caller, in process or in Redis;
+//! - [`telemetry`]: Prometheus metrics as a layer, and `/metrics`;
+//! - [`template`]: chat templates; [`store`]: memory or Redis key-value store; [`state`]: what
+//!   the handlers share; [`config`]: the server's settings; [`error`]: OpenAI-shaped errors.
 //!
-//! `/health` (the process is up) and `/ready` (the scheduler is running) stay open; `/metrics`
-//! needs a key like `/v1`.
+//! Open routes: `/health`, `/ready` and `/openapi.json`. Everything else needs credentials, and
+//! each route group a role: `readonly` reads, `user` generates, `admin` administers.
 
+pub mod admin;
 pub mod auth;
+pub mod config;
 pub mod error;
 pub mod limits;
 pub mod openai;
 pub mod scheduler;
+pub mod state;
+pub mod store;
 pub mod telemetry;
+pub mod template;
+pub mod ws;
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::middleware;
-use axum::routing::{get, post};
-use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{Request, StatusCode};
+use axum::{middleware, Extension, Json, Router};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub use auth::ApiKeys;
+pub use auth::{Authenticator, Role};
+pub use config::ServeConfig;
 pub use limits::RateLimits;
-pub use openai::AppState;
 pub use scheduler::{Scheduler, SchedulerConfig};
+pub use state::{AppState, Options, Served};
+pub use store::Store;
 
-/// Every route of the server; the `/v1` ones need one of `keys` (unless it is empty) and draw on
-/// the key's rate limit.
-pub fn router(state: AppState, keys: ApiKeys, limits: Option<RateLimits>) -> Router {
-    // Metrics recorded before the recorder exists are lost: install it first.
-    telemetry::handle();
-    // Layers run outermost first: the key is checked before any limit is spent.
-    let api = Router::new()
-        .route("/v1/models", get(openai::models))
-        .route("/v1/completions", post(openai::completions))
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/metrics", get(telemetry::metrics))
-        .route_layer(middleware::from_fn_with_state(limits.map(Arc::new), limits::limit))
-        .route_layer(middleware::from_fn_with_state(Arc::new(keys), auth::require_key));
-    Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route("/ready", get(ready))
-        .merge(api)
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "TruthGPT serve", description = "An OpenAI-compatible server with continuous batching."),
+    modifiers(&BearerAuth),
+    tags((name = "openai", description = "OpenAI-compatible generation"), (name = "admin", description = "Admin role only"),
+        (name = "ops", description = "Health and monitoring")),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("An API key or a JWT")).build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// Every route of the server, with its OpenAPI document at `/openapi.json`. The document is
+/// built from the same routes, so it cannot miss one.
+pub fn router(state: AppState) -> Router {
+    let (router, doc) = routes(&state).split_for_parts();
+    router
+        .layer(Extension(Arc::new(doc)))
+        // Layers run outermost last-added: the request id exists before the trace span opens.
         .route_layer(middleware::from_fn(telemetry::record))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            // Only the path: credentials travel in headers, which are never logged.
+            let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", id, method = %request.method(), path = %request.uri().path())
+        }).on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
 
-/// Ready while the scheduler thread takes requests.
+/// The routes and their document, before layers that apply to all of them.
+pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
+    // Metrics recorded before the recorder exists are lost: install it first.
+    telemetry::handle();
+    let role = |min: Role| middleware::from_fn_with_state(min, auth::require_role);
+    let readonly = OpenApiRouter::new()
+        .routes(routes!(openai::models))
+        .routes(routes!(openai::usage))
+        .routes(routes!(telemetry::metrics))
+        .route_layer(role(Role::Readonly));
+    let user = OpenApiRouter::new()
+        .routes(routes!(openai::completions))
+        .routes(routes!(openai::chat_completions))
+        .routes(routes!(ws::stream))
+        .route_layer(role(Role::User));
+    let admin = OpenApiRouter::new()
+        .routes(routes!(admin::reload))
+        .routes(routes!(admin::keys))
+        .routes(routes!(admin::usage))
+        .route_layer(role(Role::Admin));
+    // The caller is identified before any limit is spent.
+    let protected = readonly
+        .merge(user)
+        .merge(admin)
+        .route_layer(middleware::from_fn_with_state(state.limits.clone(), limits::limit))
+        .route_layer(middleware::from_fn_with_state(state.auth.clone(), auth::authenticate));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(openapi))
+        .merge(protected)
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/health", tag = "ops", responses((status = 200, body = String)))]
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// Ready while the scheduler takes requests.
+#[utoipa::path(get, path = "/ready", tag = "ops", responses((status = 200, body = String), (status = 503, body = String)))]
 async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if state.scheduler.is_running() {
+    if state.served().scheduler.is_running() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "the scheduler has stopped")
     }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "OpenAPI 3.1")))]
+async fn openapi(Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>) -> Json<utoipa::openapi::OpenApi> {
+    Json(doc.as_ref().clone())
 }

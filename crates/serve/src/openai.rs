@@ -1,5 +1,9 @@
-//! The OpenAI API: `/v1/completions`, `/v1/chat/completions` and `/v1/models`, streamed as
-//! server-sent events (`data: {chunk}` ... `data: [DONE]`) or answered whole.
+//! The OpenAI API: `/v1/completions`, `/v1/chat/completions`, `/v1/models` and `/v1/usage`,
+//! streamed as server-sent events (`data: {chunk}` ... `data: [DONE]`) or answered whole.
+//!
+//! A request becomes a [`Generation`]: its reply envelope, its events (from the scheduler, or
+//! from the response cache), and what to record when it finishes (usage, the cache entry, the
+//! conversation). The SSE, whole-JSON and WebSocket answers all read the same chunks.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -7,172 +11,492 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use futures_util::stream::{self, Stream, StreamExt};
+use axum::{Extension, Json};
+use futures_util::stream::{self, BoxStream, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use truthgpt_data::Tokenizer;
 use truthgpt_model::{FinishReason, Sampling};
+use utoipa::ToSchema;
 
-use crate::error::ApiError;
-use crate::scheduler::{Event, Job, Scheduler, SubmitError, Usage};
-
-/// What the handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    pub scheduler: Scheduler,
-    pub tokenizer: Arc<Tokenizer>,
-    /// The id `/v1/models` lists and responses carry.
-    pub model_id: String,
-    pub created: u64,
-}
+use crate::auth::Principal;
+use crate::error::{ApiError, ErrorBody};
+use crate::limits::TokenBudget;
+use crate::scheduler::{Event, Job, SubmitError, Usage};
+use crate::state::{AppState, Served, TenantUsage};
 
 /// `stop`: one string or several.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
 }
 
 /// The sampling fields both endpoints share.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct Params {
+    /// Ignored: the server serves one model.
     #[serde(default)]
     pub model: Option<String>,
+    /// Tokens to generate at most (default 16), cut to what the context leaves.
+    #[schema(minimum = 1)]
     pub max_tokens: Option<usize>,
+    /// 0 is greedy (and cacheable); default 1.
+    #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f32>,
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub top_p: Option<f32>,
+    /// Makes sampling reproducible (and cacheable).
     pub seed: Option<u64>,
     pub stop: Option<Stop>,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
+    /// Only 1.
+    #[schema(minimum = 1, maximum = 1)]
     pub n: Option<usize>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct CompletionRequest {
     pub prompt: String,
     #[serde(flatten)]
     pub params: Params,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Message {
     pub role: String,
     pub content: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ChatRequest {
     pub messages: Vec<Message>,
+    /// Keeps the conversation server-side: earlier turns are prepended, and the reply is kept.
+    /// 1 to 128 characters of `A-Z a-z 0-9 . _ : -`.
+    pub conversation_id: Option<String>,
     #[serde(flatten)]
     pub params: Params,
 }
 
-/// The default chat format, for tokenizers without a template: each message as
-/// `<|role|>\ncontent\n`, then `<|assistant|>\n` for the reply.
-pub fn chat_prompt(messages: &[Message]) -> String {
-    let mut prompt = String::new();
-    for m in messages {
-        prompt.push_str(&format!("<|{}|>\n{}\n", m.role, m.content));
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UsageBody {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+impl From<&Usage> for UsageBody {
+    fn from(u: &Usage) -> Self {
+        UsageBody {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens + u.completion_tokens,
+        }
     }
-    prompt.push_str("<|assistant|>\n");
-    prompt
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CompletionChoice {
+    pub index: u32,
+    pub text: String,
+    pub finish_reason: String,
+    pub logprobs: Option<Value>,
+}
+
+/// A whole `/v1/completions` answer. Streamed, each event is a `text_completion` chunk of the
+/// same shape with part of the text.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CompletionResponse {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    pub usage: UsageBody,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: Message,
+    pub finish_reason: String,
+}
+
+/// A whole `/v1/chat/completions` answer. Streamed, each event is a `chat.completion.chunk`
+/// with a `delta` instead of the `message`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatResponse {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: UsageBody,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelCard>,
 }
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-pub async fn models(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{"id": state.model_id, "object": "model", "created": state.created, "owned_by": "truthgpt"}],
-    }))
+/// The model served.
+#[utoipa::path(get, path = "/v1/models", tag = "openai", security(("bearer" = [])),
+    responses((status = 200, body = ModelList), (status = 401, body = ErrorBody)))]
+pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
+    let served = state.served();
+    Json(ModelList {
+        object: "list".into(),
+        data: vec![ModelCard {
+            id: served.model_id.clone(),
+            object: "model".into(),
+            created: served.created,
+            owned_by: "truthgpt".into(),
+        }],
+    })
 }
 
+/// The caller's tenant's requests and tokens since the server started.
+#[utoipa::path(get, path = "/v1/usage", tag = "openai", security(("bearer" = [])),
+    responses((status = 200, body = TenantUsage), (status = 401, body = ErrorBody)))]
+pub async fn usage(State(state): State<AppState>, Extension(caller): Extension<Principal>) -> Json<TenantUsage> {
+    Json(state.usage.of(&caller.tenant))
+}
+
+/// Text completion; `stream: true` answers with server-sent events.
+#[utoipa::path(post, path = "/v1/completions", tag = "openai", security(("bearer" = [])),
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "JSON, or `text/event-stream` of chunks ending `data: [DONE]`", body = CompletionResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn completions(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    budget: Option<Extension<TokenBudget>>,
     request: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = request?;
-    respond(state, Kind::Completion, &request.prompt, request.params).await
+    let Json(request) = request.map_err(rejected)?;
+    let stream = request.params.stream;
+    let include_usage = include_usage(&request.params);
+    let generation = Generation::start(&state, &caller, budget, Input::Completion(request.prompt), request.params).await?;
+    Ok(generation.respond(stream, include_usage).await)
 }
 
+/// Chat completion; `stream: true` answers with server-sent events.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", security(("bearer" = [])),
+    request_body = ChatRequest,
+    responses(
+        (status = 200, description = "JSON, or `text/event-stream` of chunks ending `data: [DONE]`", body = ChatResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn chat_completions(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    budget: Option<Extension<TokenBudget>>,
     request: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = request?;
-    if request.messages.is_empty() {
-        return Err(ApiError::invalid("`messages` is empty"));
-    }
-    respond(state, Kind::Chat, &chat_prompt(&request.messages), request.params).await
+    let Json(request) = request.map_err(rejected)?;
+    let stream = request.params.stream;
+    let include_usage = include_usage(&request.params);
+    let input = Input::Chat { messages: request.messages, conversation: request.conversation_id };
+    let generation = Generation::start(&state, &caller, budget, input, request.params).await?;
+    Ok(generation.respond(stream, include_usage).await)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Completion,
-    Chat,
+fn include_usage(params: &Params) -> bool {
+    params.stream_options.as_ref().is_some_and(|o| o.include_usage)
 }
 
-/// Checks the request, queues it, and answers with a stream or the whole text.
-async fn respond(state: AppState, kind: Kind, prompt: &str, params: Params) -> Result<Response, ApiError> {
-    if params.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::invalid("only `n` = 1 is supported"));
-    }
-    let ids = state.tokenizer.encode(prompt).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let max_seq_len = state.scheduler.max_seq_len;
-    if ids.is_empty() {
-        return Err(ApiError::invalid("the prompt is empty"));
-    }
-    if ids.len() >= max_seq_len {
-        return Err(ApiError::invalid(format!(
-            "the prompt has {} tokens; this model's context is {max_seq_len}",
-            ids.len()
-        )));
-    }
-    let max_tokens = params.max_tokens.unwrap_or(16).min(max_seq_len - ids.len());
-    if max_tokens == 0 {
-        return Err(ApiError::invalid("`max_tokens` must be at least 1"));
-    }
-    let sampling = Sampling {
-        temperature: params.temperature.unwrap_or(1.0),
-        top_p: params.top_p.unwrap_or(1.0),
-        seed: params.seed.unwrap_or_else(rand_seed),
-        ..Sampling::default()
+/// Bodies that are not the request's JSON: 400 (OpenAI's status for them), except a body over
+/// the size limit (413) and a missing JSON content type (415).
+pub(crate) fn rejected(rejection: JsonRejection) -> ApiError {
+    let status = match rejection.status() {
+        s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
+        _ => StatusCode::BAD_REQUEST,
     };
-    sampling.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
-    let stop = match params.stop {
-        None => vec![],
-        Some(Stop::One(s)) => vec![s],
-        Some(Stop::Many(v)) => v,
-    };
-    let (events, receiver) = mpsc::unbounded_channel();
-    let job = Job { prompt: ids, max_tokens, sampling, stop, events, received: std::time::Instant::now() };
-    state.scheduler.submit(job).map_err(|e| match e {
-        SubmitError::Busy => ApiError::busy(),
-        SubmitError::Stopped => ApiError::internal(e.to_string()),
-    })?;
-    let id = format!("{}-{:x}", if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }, rand_seed());
-    let reply = Reply { kind, id, model: state.model_id.clone(), created: now() };
-    if params.stream {
-        let include_usage = params.stream_options.is_some_and(|o| o.include_usage);
-        Ok(Sse::new(reply.stream(receiver, include_usage)).into_response())
-    } else {
-        reply.whole(receiver).await
+    ApiError { status, ..ApiError::invalid(rejection.body_text()) }
+}
+
+/// What is to be generated from.
+pub(crate) enum Input {
+    Completion(String),
+    Chat { messages: Vec<Message>, conversation: Option<String> },
+}
+
+/// A deterministic request's answer, as the cache keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CachedAnswer {
+    text: String,
+    /// Ended by EOS or a stop string (else by length).
+    stopped: bool,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+}
+
+/// What to record when a generation ends.
+struct Finish {
+    state: AppState,
+    tenant: Arc<str>,
+    cache_key: Option<String>,
+    /// The conversation's key and its messages so far (the reply is appended).
+    conversation: Option<(String, Vec<Message>)>,
+    cached: bool,
+}
+
+impl Finish {
+    async fn done(self, text: &str, usage: &Usage) {
+        self.state.usage.add(&self.tenant, usage.prompt_tokens, usage.completion_tokens, self.cached);
+        if let (Some(key), Some(cache), false) = (self.cache_key, &self.state.cache, self.cached) {
+            let answer = CachedAnswer {
+                text: text.to_string(),
+                stopped: usage.finish_reason == FinishReason::Stop,
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+            };
+            cache.set(key, serde_json::to_string(&answer).expect("serialisable").into()).await;
+        }
+        if let Some((key, mut messages)) = self.conversation {
+            messages.push(Message { role: "assistant".into(), content: text.to_string() });
+            self.state.sessions.set(key, serde_json::to_string(&messages).expect("serialisable").into()).await;
+        }
     }
+}
+
+/// One request on its way: the reply's envelope, its events, and what to record at the end.
+pub(crate) struct Generation {
+    reply: Reply,
+    events: BoxStream<'static, Event>,
+    finish: Finish,
+}
+
+fn valid_conversation_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
+}
+
+impl Generation {
+    /// Checks the request, charges its tokens, and queues it (or finds it in the cache).
+    pub(crate) async fn start(
+        state: &AppState,
+        caller: &Principal,
+        budget: Option<Extension<TokenBudget>>,
+        input: Input,
+        params: Params,
+    ) -> Result<Self, ApiError> {
+        if params.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid("only `n` = 1 is supported"));
+        }
+        let served = state.served();
+        let (kind, prompt, conversation) = match input {
+            Input::Completion(prompt) => (Kind::Completion, prompt, None),
+            Input::Chat { messages, conversation } => {
+                if messages.is_empty() {
+                    return Err(ApiError::invalid("`messages` is empty"));
+                }
+                let (history, key) = match conversation {
+                    Some(id) if !valid_conversation_id(&id) => {
+                        return Err(ApiError::invalid(
+                            "`conversation_id` must be 1 to 128 characters of A-Z a-z 0-9 . _ : -",
+                        ))
+                    }
+                    Some(id) => {
+                        // Tenants never see each other's conversations: the tenant is in the key.
+                        let key = format!("{}:{id}", caller.tenant);
+                        let earlier: Vec<Message> = match state.sessions.get(&key).await {
+                            Some(json) => serde_json::from_str(&json).unwrap_or_default(),
+                            None => vec![],
+                        };
+                        (earlier.into_iter().chain(messages).collect(), Some((key, id)))
+                    }
+                    None => (messages, None),
+                };
+                let prompt = served.chat.render(&history).map_err(ApiError::invalid)?;
+                (Kind::Chat { conversation: key.as_ref().map(|(_, id)| id.clone()) }, prompt, key.map(|(k, _)| (k, history)))
+            }
+        };
+        let ids = served.tokenizer.encode(&prompt).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let max_seq_len = served.scheduler.max_seq_len;
+        if ids.is_empty() {
+            return Err(ApiError::invalid("the prompt is empty"));
+        }
+        if ids.len() >= max_seq_len {
+            return Err(ApiError::invalid(format!(
+                "the prompt has {} tokens; this model's context is {max_seq_len}",
+                ids.len()
+            )));
+        }
+        let max_tokens = params.max_tokens.unwrap_or(16).min(max_seq_len - ids.len());
+        if max_tokens == 0 {
+            return Err(ApiError::invalid("`max_tokens` must be at least 1"));
+        }
+        let temperature = params.temperature.unwrap_or(1.0);
+        let sampling = Sampling {
+            temperature,
+            top_p: params.top_p.unwrap_or(1.0),
+            seed: params.seed.unwrap_or_else(rand_seed),
+            ..Sampling::default()
+        };
+        sampling.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
+        let stop = match params.stop {
+            None => vec![],
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        };
+        if let Some(Extension(budget)) = budget {
+            budget.spend(ids.len() + max_tokens).await?;
+        }
+
+        let deterministic = temperature == 0.0 || params.seed.is_some();
+        let cache_key = match &state.cache {
+            Some(_) if deterministic => {
+                Some(cache_key(&served, &caller.tenant, &ids, max_tokens, &sampling, params.seed, &stop))
+            }
+            _ => None,
+        };
+        let hit = match (&cache_key, &state.cache) {
+            (Some(key), Some(cache)) => cache.get(key).await.and_then(|json| serde_json::from_str::<CachedAnswer>(&json).ok()),
+            _ => None,
+        };
+        if cache_key.is_some() {
+            let result = if hit.is_some() { "hit" } else { "miss" };
+            metrics::counter!("cache_requests_total", "result" => result).increment(1);
+        }
+        let cached = hit.is_some();
+        let events = match hit {
+            Some(answer) => {
+                let usage = Usage {
+                    finish_reason: if answer.stopped { FinishReason::Stop } else { FinishReason::Length },
+                    prompt_tokens: answer.prompt_tokens,
+                    completion_tokens: answer.completion_tokens,
+                };
+                stream::iter([Event::Text(answer.text), Event::Finished(usage)]).boxed()
+            }
+            None => {
+                let (events, receiver) = mpsc::unbounded_channel();
+                let job = Job { prompt: ids, max_tokens, sampling, stop, events, received: std::time::Instant::now() };
+                served.scheduler.submit(job).map_err(|e| match e {
+                    SubmitError::Busy => ApiError::busy(),
+                    SubmitError::Stopped => ApiError::internal(e.to_string()),
+                })?;
+                // Dropping this stream (the client left) drops the receiver, which cancels the job.
+                stream::unfold(receiver, |mut r| async move { r.recv().await.map(|e| (e, r)) }).boxed()
+            }
+        };
+        let id = format!("{}-{:x}", if matches!(kind, Kind::Chat { .. }) { "chatcmpl" } else { "cmpl" }, rand_seed());
+        let reply = Reply { kind, id, model: served.model_id.clone(), created: now() };
+        let finish = Finish { state: state.clone(), tenant: caller.tenant.clone(), cache_key, conversation, cached };
+        Ok(Generation { reply, events, finish })
+    }
+
+    async fn respond(self, stream: bool, include_usage: bool) -> Response {
+        if stream {
+            let events = self.chunks(include_usage).map(|chunk| SseEvent::default().data(chunk.to_string()));
+            let done = stream::once(async { SseEvent::default().data("[DONE]") });
+            Sse::new(events.chain(done).map(Ok::<_, Infallible>)).into_response()
+        } else {
+            self.whole().await.into_response()
+        }
+    }
+
+    /// The chunks of a streamed answer: a role chunk (chat), text chunks, a chunk with the
+    /// finish reason, then the usage chunk if asked for. A failure ends it with an error object.
+    pub(crate) fn chunks(self, include_usage: bool) -> impl Stream<Item = Value> + Send {
+        let Generation { reply, events, finish } = self;
+        let reply = Arc::new(reply);
+        let first = matches!(reply.kind, Kind::Chat { .. }).then(|| {
+            reply.chunk(Some(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})), None)
+        });
+        let body = stream::unfold(Some((events, finish, String::new())), move |state| {
+            let reply = reply.clone();
+            async move {
+                let (mut events, finish, mut text) = state?;
+                match events.next().await {
+                    Some(Event::Text(piece)) => {
+                        text.push_str(&piece);
+                        let chunk = reply.chunk(Some(reply.delta(Some(&piece), None)), None);
+                        Some((vec![chunk], Some((events, finish, text))))
+                    }
+                    Some(Event::Finished(usage)) => {
+                        finish.done(&text, &usage).await;
+                        let reason = finish_reason(usage.finish_reason);
+                        let mut chunks = vec![reply.chunk(Some(reply.delta(None, Some(reason))), None)];
+                        if include_usage {
+                            chunks.push(reply.chunk(None, Some(&usage)));
+                        }
+                        Some((chunks, None))
+                    }
+                    Some(Event::Failed(message)) => Some((vec![ApiError::internal(message).body()], None)),
+                    None => Some((vec![ApiError::internal("the scheduler stopped").body()], None)),
+                }
+            }
+        });
+        stream::iter(first).chain(body.flat_map(stream::iter))
+    }
+
+    /// The whole answer once generation ends.
+    async fn whole(mut self) -> Result<Response, ApiError> {
+        let mut text = String::new();
+        loop {
+            match self.events.next().await {
+                Some(Event::Text(piece)) => text.push_str(&piece),
+                Some(Event::Finished(usage)) => {
+                    self.finish.done(&text, &usage).await;
+                    return Ok(self.reply.whole(text, &usage));
+                }
+                Some(Event::Failed(message)) => return Err(ApiError::invalid(message)),
+                None => return Err(ApiError::internal("the scheduler stopped")),
+            }
+        }
+    }
+}
+
+/// The cache key: the model's fingerprint, the tenant, and everything that decides the text.
+/// The seed is the request's: greedy requests without one draw a random seed they never use.
+fn cache_key(
+    served: &Served,
+    tenant: &str,
+    ids: &[u32],
+    max_tokens: usize,
+    sampling: &Sampling,
+    seed: Option<u64>,
+    stop: &[String],
+) -> String {
+    let request = json!({
+        "tenant": tenant, "ids": ids, "max_tokens": max_tokens, "temperature": sampling.temperature,
+        "top_p": sampling.top_p, "seed": seed, "stop": stop,
+    });
+    let digest = Sha256::digest(request.to_string().as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}:{hex}", served.fingerprint)
 }
 
 /// A seed for requests that bring none.
@@ -190,12 +514,10 @@ fn finish_reason(reason: FinishReason) -> &'static str {
     }
 }
 
-fn usage(u: &Usage) -> Value {
-    json!({
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
-    })
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    Completion,
+    Chat { conversation: Option<String> },
 }
 
 /// The envelope of one response's chunks.
@@ -207,21 +529,24 @@ struct Reply {
 }
 
 impl Reply {
-    fn chunk(&self, choice: Option<Value>, usage: Option<Value>) -> Value {
-        let object = if self.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" };
+    fn chunk(&self, choice: Option<Value>, usage: Option<&Usage>) -> Value {
+        let object = if matches!(self.kind, Kind::Chat { .. }) { "chat.completion.chunk" } else { "text_completion" };
         let mut chunk = json!({
             "id": self.id, "object": object, "created": self.created, "model": self.model,
             "choices": choice.into_iter().collect::<Vec<_>>(),
         });
         if let Some(usage) = usage {
-            chunk["usage"] = usage;
+            chunk["usage"] = json!(UsageBody::from(usage));
+        }
+        if let Kind::Chat { conversation: Some(id) } = &self.kind {
+            chunk["conversation_id"] = json!(id);
         }
         chunk
     }
 
     fn delta(&self, text: Option<&str>, reason: Option<&str>) -> Value {
         match self.kind {
-            Kind::Chat => {
+            Kind::Chat { .. } => {
                 let delta = text.map_or(json!({}), |t| json!({"content": t}));
                 json!({"index": 0, "delta": delta, "finish_reason": reason})
             }
@@ -231,84 +556,32 @@ impl Reply {
         }
     }
 
-    /// SSE: a role chunk (chat), text chunks, a chunk with the finish reason, the usage chunk if
-    /// asked for, then `[DONE]`. Dropping the stream (the client left) drops the receiver, which
-    /// cancels the generation.
-    fn stream(
-        self,
-        receiver: mpsc::UnboundedReceiver<Event>,
-        include_usage: bool,
-    ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-        let first = (self.kind == Kind::Chat).then(|| {
-            self.chunk(
-                Some(
-                    json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}),
-                ),
-                None,
-            )
-        });
-        let reply = Arc::new(self);
-        let body = stream::unfold(Some(receiver), move |receiver| {
-            let reply = reply.clone();
-            async move {
-                let mut receiver = receiver?;
-                let events = match receiver.recv().await? {
-                    Event::Text(text) => vec![reply.chunk(Some(reply.delta(Some(&text), None)), None)],
-                    Event::Finished(u) => {
-                        let mut events =
-                            vec![reply
-                                .chunk(Some(reply.delta(None, Some(finish_reason(u.finish_reason)))), None)];
-                        if include_usage {
-                            events.push(reply.chunk(None, Some(usage(&u))));
-                        }
-                        return Some((events, None));
-                    }
-                    Event::Failed(message) => {
-                        return Some((
-                            vec![
-                                json!({"error": {"message": message, "type": "server_error", "code": null}}),
-                            ],
-                            None,
-                        ))
-                    }
-                };
-                Some((events, Some(receiver)))
-            }
-        });
-        stream::iter(first)
-            .chain(body.flat_map(stream::iter))
-            .map(|chunk| SseEvent::default().data(chunk.to_string()))
-            .chain(stream::once(async { SseEvent::default().data("[DONE]") }))
-            .map(Ok)
-    }
-
-    /// The whole text once generation ends.
-    async fn whole(self, mut receiver: mpsc::UnboundedReceiver<Event>) -> Result<Response, ApiError> {
-        let mut text = String::new();
-        loop {
-            match receiver.recv().await {
-                Some(Event::Text(piece)) => text.push_str(&piece),
-                Some(Event::Finished(u)) => {
-                    let reason = finish_reason(u.finish_reason);
-                    let (object, choice) = match self.kind {
-                        Kind::Chat => (
-                            "chat.completion",
-                            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}),
-                        ),
-                        Kind::Completion => (
-                            "text_completion",
-                            json!({"index": 0, "text": text, "finish_reason": reason, "logprobs": null}),
-                        ),
-                    };
-                    return Ok(Json(json!({
-                        "id": self.id, "object": object, "created": self.created, "model": self.model,
-                        "choices": [choice], "usage": usage(&u),
-                    }))
-                    .into_response());
-                }
-                Some(Event::Failed(message)) => return Err(ApiError::invalid(message)),
-                None => return Err(ApiError::internal("the scheduler stopped")),
-            }
+    fn whole(self, text: String, usage: &Usage) -> Response {
+        let finish_reason = finish_reason(usage.finish_reason).to_string();
+        match self.kind {
+            Kind::Chat { conversation } => Json(ChatResponse {
+                id: self.id,
+                object: "chat.completion".into(),
+                created: self.created,
+                model: self.model,
+                choices: vec![ChatChoice {
+                    index: 0,
+                    message: Message { role: "assistant".into(), content: text },
+                    finish_reason,
+                }],
+                usage: usage.into(),
+                conversation_id: conversation,
+            })
+            .into_response(),
+            Kind::Completion => Json(CompletionResponse {
+                id: self.id,
+                object: "text_completion".into(),
+                created: self.created,
+                model: self.model,
+                choices: vec![CompletionChoice { index: 0, text, finish_reason, logprobs: None }],
+                usage: usage.into(),
+            })
+            .into_response(),
         }
     }
 }

@@ -52,8 +52,8 @@ pub struct SchedulerConfig {
     pub queue: usize,
     /// Positions per key/value block.
     pub block_size: usize,
-    /// Blocks in the key/value pool.
-    pub kv_blocks: usize,
+    /// Blocks in the key/value pool (default: `max_batch` whole contexts).
+    pub kv_blocks: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -69,6 +69,8 @@ pub enum SubmitError {
 pub struct Scheduler {
     queue: mpsc::Sender<Job>,
     pub max_seq_len: usize,
+    /// Blocks in the key/value pool.
+    pub kv_blocks: usize,
 }
 
 impl Scheduler {
@@ -80,11 +82,13 @@ impl Scheduler {
     ) -> (Self, std::thread::JoinHandle<()>) {
         let (queue, incoming) = mpsc::channel(config.queue.max(1));
         let max_seq_len = model.config.max_seq_len;
+        let kv_blocks =
+            config.kv_blocks.unwrap_or(config.max_batch * max_seq_len.div_ceil(config.block_size)).max(1);
         let thread = std::thread::Builder::new()
             .name("truthgpt-scheduler".into())
-            .spawn(move || run(model, &tokenizer, incoming, config))
+            .spawn(move || run(model, &tokenizer, incoming, config, kv_blocks))
             .expect("spawning the scheduler thread");
-        (Scheduler { queue, max_seq_len }, thread)
+        (Scheduler { queue, max_seq_len, kv_blocks }, thread)
     }
 
     /// Queues `job`, or says why not at once: a full queue is [`SubmitError::Busy`].
@@ -126,23 +130,42 @@ impl Active<'_> {
     }
 }
 
-fn run(mut model: Model, tokenizer: &Tokenizer, mut incoming: mpsc::Receiver<Job>, config: SchedulerConfig) {
+fn run(
+    mut model: Model,
+    tokenizer: &Tokenizer,
+    mut incoming: mpsc::Receiver<Job>,
+    config: SchedulerConfig,
+    kv_blocks: usize,
+) {
     let vocab = model.config.vocab_size;
     let max_seq_len = model.config.max_seq_len;
     let eos = tokenizer.eos_id();
-    let mut pool = model.new_pool(config.block_size, config.kv_blocks);
+    let mut pool = model.new_pool(config.block_size, kv_blocks);
     let mut work = DecodeWork::default();
     let mut active: Vec<Active> = Vec::new();
     let mut reserved = 0;
     let mut waiting: Option<Job> = None;
+    // Counters made once (for MoE models): a labelled lookup per step would cost more than
+    // the increments.
+    let experts = model.config.moe.n_experts.max(1);
+    let mut expert_tokens: Vec<metrics::Counter> = Vec::new();
+    let tokens_total = metrics::counter!("generated_tokens_total");
+    let (batch_size, queue_depth) = (metrics::gauge!("batch_size"), metrics::gauge!("queue_depth"));
+    let tokens_per_second = metrics::gauge!("generated_tokens_per_second");
+    let mut window = (std::time::Instant::now(), 0u64);
     loop {
         while active.len() < config.max_batch {
             let job = match waiting.take() {
                 Some(job) => job,
-                None if active.is_empty() => match incoming.blocking_recv() {
-                    Some(job) => job,
-                    None => return,
-                },
+                None if active.is_empty() => {
+                    // Idle until a request comes: nothing is being generated meanwhile.
+                    tokens_per_second.set(0.0);
+                    window = (std::time::Instant::now(), 0);
+                    match incoming.blocking_recv() {
+                        Some(job) => job,
+                        None => return,
+                    }
+                }
                 None => match incoming.try_recv() {
                     Ok(job) => job,
                     Err(_) => break,
@@ -194,6 +217,8 @@ fn run(mut model: Model, tokenizer: &Tokenizer, mut incoming: mpsc::Receiver<Job
             }
             !gone
         });
+        batch_size.set(active.len() as f64);
+        queue_depth.set((incoming.len() + usize::from(waiting.is_some())) as f64);
         if active.is_empty() {
             continue;
         }
@@ -211,7 +236,6 @@ fn run(mut model: Model, tokenizer: &Tokenizer, mut incoming: mpsc::Receiver<Job
                 continue;
             }
         };
-        metrics::counter!("generated_tokens_total").increment(active.len() as u64);
         let mut finished = Vec::new();
         for (i, (a, row)) in active.iter_mut().zip(logits.chunks_exact(vocab)).enumerate() {
             let token = a.sampler.sample(row, &a.history);
@@ -260,6 +284,25 @@ fn run(mut model: Model, tokenizer: &Tokenizer, mut incoming: mpsc::Receiver<Job
                 }));
                 finished.push(i);
             }
+        }
+        tokens_total.increment(active.len() as u64);
+        if expert_tokens.len() != work.expert_load().len() {
+            expert_tokens = (0..work.expert_load().len())
+                .map(|i| {
+                    let (layer, expert) = ((i / experts).to_string(), (i % experts).to_string());
+                    metrics::counter!("moe_expert_tokens_total", "layer" => layer, "expert" => expert)
+                })
+                .collect();
+        }
+        for (counter, &rows) in expert_tokens.iter().zip(work.expert_load()) {
+            counter.increment(rows as u64);
+        }
+        // Tokens per second over windows of at least a second of steps.
+        window.1 += active.len() as u64;
+        let elapsed = window.0.elapsed().as_secs_f64();
+        if elapsed >= 1.0 {
+            tokens_per_second.set(window.1 as f64 / elapsed);
+            window = (std::time::Instant::now(), 0);
         }
         for i in finished.into_iter().rev() {
             let a = active.swap_remove(i);

@@ -25,7 +25,10 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// `GET /metrics`: the Prometheus text format.
+/// Prometheus text format: requests by route and status, latency, time to first token, tokens,
+/// batch size, queue depth, KV-pool use, cache hit rate and MoE expert load.
+#[utoipa::path(get, path = "/metrics", tag = "ops", security(("bearer" = [])),
+    responses((status = 200, body = String), (status = 401, body = crate::error::ErrorBody)))]
 pub async fn metrics() -> String {
     handle().render()
 }

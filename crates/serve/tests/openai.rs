@@ -1,21 +1,21 @@
 //! The OpenAI endpoints on a small random model, through the router as a client would call it.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
-use truthgpt_config::{ModelConfig, Positional};
+use truthgpt_config::{FfnKind, ModelConfig, MoeConfig, Positional};
 use truthgpt_data::Tokenizer;
 use truthgpt_model::{Model, Sampling};
-use truthgpt_serve::{router, ApiKeys, AppState, RateLimits, Scheduler, SchedulerConfig};
+use truthgpt_serve::template::ChatFormat;
+use truthgpt_serve::{router, AppState, Authenticator, Options, RateLimits, SchedulerConfig, Served};
 use truthgpt_train::{Request as TextRequest, TextStream};
 
 const TEXT: &str = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer \
                     the slings and arrows of outrageous fortune, or to take arms against a sea of troubles.";
 
+/// A small random MoE model (so expert load is exported) and its tokenizer.
 fn model_and_tokenizer() -> (Model, Tokenizer) {
     let tokenizer = Tokenizer::train_bpe_from_texts(&[TEXT; 4], 300).unwrap();
     let config = ModelConfig {
@@ -27,22 +27,29 @@ fn model_and_tokenizer() -> (Model, Tokenizer) {
         d_ff: 64,
         max_seq_len: 128,
         positional: Positional::Rope,
+        ffn: FfnKind::Moe,
+        moe: MoeConfig { n_experts: 4, top_k: 2, ..MoeConfig::default() },
         init_std: 0.3,
         ..ModelConfig::default()
     };
     (Model::new(&config, 7), tokenizer)
 }
 
-fn app(max_batch: usize) -> axum::Router {
-    app_with(max_batch, ApiKeys::default(), None)
+fn scheduler_config(max_batch: usize) -> SchedulerConfig {
+    SchedulerConfig { max_batch, queue: 64, block_size: 8, kv_blocks: Some(256) }
 }
 
-fn app_with(max_batch: usize, keys: ApiKeys, limits: Option<RateLimits>) -> axum::Router {
+fn served(max_batch: usize) -> Served {
     let (model, tokenizer) = model_and_tokenizer();
-    let tokenizer = Arc::new(tokenizer);
-    let config = SchedulerConfig { max_batch, queue: 64, block_size: 8, kv_blocks: 256 };
-    let (scheduler, _thread) = Scheduler::start(model, tokenizer.clone(), config);
-    router(AppState { scheduler, tokenizer, model_id: "tiny".into(), created: 0 }, keys, limits)
+    Served::start(model, tokenizer, ChatFormat::Default, "tiny".into(), "fp".into(), scheduler_config(max_batch))
+}
+
+fn app(max_batch: usize) -> axum::Router {
+    app_with(max_batch, Options::default())
+}
+
+fn app_with(max_batch: usize, options: Options) -> axum::Router {
+    router(AppState::new(served(max_batch), scheduler_config(max_batch), options))
 }
 
 /// What greedy generation gives for `prompt` without the server.
@@ -115,10 +122,9 @@ async fn completions_whole_and_streamed_give_the_text_of_generation() {
 async fn chat_completions_whole_and_streamed() {
     let app = app(4);
     let messages = json!([{"role": "user", "content": "whether 'tis nobler"}]);
-    let prompt = truthgpt_serve::openai::chat_prompt(&[truthgpt_serve::openai::Message {
-        role: "user".into(),
-        content: "whether 'tis nobler".into(),
-    }]);
+    let prompt = ChatFormat::Default
+        .render(&[truthgpt_serve::openai::Message { role: "user".into(), content: "whether 'tis nobler".into() }])
+        .unwrap();
     let want = expected(&prompt, 12);
     let request = json!({"messages": messages, "max_tokens": 12, "temperature": 0});
     let (status, body) = post(&app, "/v1/chat/completions", request.clone()).await;
@@ -178,7 +184,10 @@ async fn bad_requests_get_openai_errors() {
     let app = app(4);
     for (body, status, needle) in [
         ("{not json", StatusCode::BAD_REQUEST, ""),
-        (r#"{"prompt": 5}"#, StatusCode::UNPROCESSABLE_ENTITY, "prompt"),
+        (r#"{"prompt": 5}"#, StatusCode::BAD_REQUEST, "prompt"),
+        (r#"{"messages": []}"#, StatusCode::BAD_REQUEST, "prompt"),
+        (r#"{"prompt": "hi", "temperature": -1}"#, StatusCode::BAD_REQUEST, "temperature"),
+        (r#"{"prompt": "hi", "max_tokens": -3}"#, StatusCode::BAD_REQUEST, "-3"),
         (r#"{"prompt": "hi", "n": 2}"#, StatusCode::BAD_REQUEST, "n"),
         (r#"{"prompt": "hi", "top_p": 0}"#, StatusCode::BAD_REQUEST, "top_p"),
         (r#"{"prompt": ""}"#, StatusCode::BAD_REQUEST, "empty"),
@@ -200,47 +209,16 @@ async fn bad_requests_get_openai_errors() {
     assert!(body.contains("context"), "{body}");
 }
 
-/// With keys configured, every `/v1` route refuses requests without one (or with a wrong one);
-/// `/health` and `/ready` stay open.
-#[tokio::test]
-async fn api_routes_need_a_key_and_health_does_not() {
-    let app = app_with(2, ApiKeys::new(&["secret-key"]), None);
-    let body = json!({"prompt": "To be", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
-        .to_string();
-    for (method, path) in
-        [("GET", "/v1/models"), ("POST", "/v1/completions"), ("POST", "/v1/chat/completions")]
-    {
-        for auth in [None, Some("Bearer wrong"), Some("Bearer secret-key")] {
-            let mut request =
-                Request::builder().method(method).uri(path).header("content-type", "application/json");
-            if let Some(auth) = auth {
-                request = request.header("authorization", auth);
-            }
-            let response =
-                app.clone().oneshot(request.body(Body::from(body.clone())).unwrap()).await.unwrap();
-            let want =
-                if auth == Some("Bearer secret-key") { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
-            assert_eq!(response.status(), want, "{method} {path} with {auth:?}");
-            if want == StatusCode::UNAUTHORIZED {
-                let json: Value =
-                    serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
-                        .unwrap();
-                assert_eq!(json["error"]["code"], "invalid_api_key");
-            }
-        }
-    }
-    for path in ["/health", "/ready"] {
-        let response = app.clone().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK, "{path}");
-    }
-}
-
 /// Two requests a minute per key: the third gets 429 with Retry-After; another key has its own
 /// bucket; answers carry the RateLimit headers.
 #[tokio::test]
 async fn rate_limits_are_per_key() {
-    let limits = RateLimits::per_minute(std::num::NonZeroU32::new(2).unwrap());
-    let app = app_with(2, ApiKeys::new(&["a", "b"]), Some(limits));
+    let options = Options {
+        auth: Authenticator::from_keys(&["a", "b"]),
+        limits: RateLimits::new(2, 0),
+        ..Options::default()
+    };
+    let app = app_with(2, options);
     let get = |key: &'static str| {
         let app = app.clone();
         async move {
@@ -264,6 +242,34 @@ async fn rate_limits_are_per_key() {
     assert_eq!(get("b").await.status(), StatusCode::OK, "key b has its own bucket");
 }
 
+/// Tokens per minute: prompt plus max_tokens is charged on admission; the request that would
+/// overdraw gets 429, one larger than the whole budget gets 400.
+#[tokio::test]
+async fn token_limits_charge_prompt_and_max_tokens() {
+    let options =
+        Options { auth: Authenticator::from_keys(&["k"]), limits: RateLimits::new(0, 40), ..Options::default() };
+    let app = app_with(2, options);
+    let call = |max_tokens: usize| {
+        let app = app.clone();
+        async move {
+            let request = Request::post("/v1/completions")
+                .header("authorization", "Bearer k")
+                .header("content-type", "application/json")
+                .body(Body::from(json!({"prompt": "To be", "max_tokens": max_tokens}).to_string()))
+                .unwrap();
+            app.oneshot(request).await.unwrap()
+        }
+    };
+    let first = call(20).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["ratelimit-policy"], "\"tokens\";q=40;w=60");
+    let second = call(20).await;
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS, "20 + prompt tokens twice exceed 40");
+    assert!(second.headers().contains_key("retry-after"));
+    let huge = call(100).await;
+    assert_eq!(huge.status(), StatusCode::BAD_REQUEST);
+}
+
 #[tokio::test]
 async fn metrics_count_requests_and_tokens() {
     let app = app(2);
@@ -277,6 +283,11 @@ async fn metrics_count_requests_and_tokens() {
         "time_to_first_token_seconds_bucket",
         "generated_tokens_total",
         "kv_blocks_total",
+        "generated_tokens_per_second",
+        "moe_expert_tokens_total{layer=\"1\",expert=\"3\"}",
+        "cache_requests_total{result=\"miss\"}",
+        "queue_depth",
+        "batch_size",
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }

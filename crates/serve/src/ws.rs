@@ -1,0 +1,82 @@
+//! `/v1/stream`: the same generations over a WebSocket. Each text message the client sends is
+//! one request, a chat request if it has `messages` and a completion request otherwise; the
+//! server answers with the chunks SSE would carry, one message each, then `[DONE]`. Errors come
+//! as an `{"error": ...}` message, and the socket stays open for the next request.
+
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use axum::Extension;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::auth::Principal;
+use crate::error::{ApiError, ErrorBody};
+use crate::limits::TokenBudget;
+use crate::openai::{ChatRequest, CompletionRequest, Generation, Input};
+use crate::state::AppState;
+
+/// Upgrades to a WebSocket; each message is a completion or chat request, answered with chunks.
+#[utoipa::path(get, path = "/v1/stream", tag = "openai", security(("bearer" = [])),
+    responses(
+        (status = 101, description = "Switching to a WebSocket"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
+pub async fn stream(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    budget: Option<Extension<TokenBudget>>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let max = state.max_body_bytes;
+    Ok(upgrade.max_message_size(max).on_upgrade(move |socket| serve(socket, state, caller, budget)))
+}
+
+async fn serve(mut socket: WebSocket, state: AppState, caller: Principal, budget: Option<Extension<TokenBudget>>) {
+    while let Some(Ok(message)) = socket.recv().await {
+        let text = match message {
+            WsMessage::Text(text) => text,
+            WsMessage::Close(_) => return,
+            _ => continue,
+        };
+        match request(&state, &caller, budget.clone(), text.as_str()).await {
+            Ok((generation, include_usage)) => {
+                // Chunks go out as they come; a failed send means the client left, and dropping
+                // the generation cancels it.
+                let mut chunks = Box::pin(generation.chunks(include_usage));
+                while let Some(chunk) = chunks.next().await {
+                    if socket.send(WsMessage::text(chunk.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                if socket.send(WsMessage::text(e.body().to_string())).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if socket.send(WsMessage::text("[DONE]")).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn request(
+    state: &AppState,
+    caller: &Principal,
+    budget: Option<Extension<TokenBudget>>,
+    text: &str,
+) -> Result<(Generation, bool), ApiError> {
+    let body: Value = serde_json::from_str(text).map_err(|e| ApiError::invalid(format!("not JSON: {e}")))?;
+    let (input, params) = if body.get("messages").is_some() {
+        let r: ChatRequest = serde_json::from_value(body).map_err(|e| ApiError::invalid(e.to_string()))?;
+        (Input::Chat { messages: r.messages, conversation: r.conversation_id }, r.params)
+    } else {
+        let r: CompletionRequest = serde_json::from_value(body).map_err(|e| ApiError::invalid(e.to_string()))?;
+        (Input::Completion(r.prompt), r.params)
+    };
+    let include_usage = params.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    Ok((Generation::start(state, caller, budget, input, params).await?, include_usage))
+}
