@@ -108,8 +108,11 @@ impl Authenticator {
             if parsed.iter().any(|p| *p.principal.id == *format!("key:{}", k.name)) {
                 return Err(AuthConfigError::DuplicateName(k.name.clone()));
             }
-            let principal =
-                Principal { id: format!("key:{}", k.name).into(), tenant: k.tenant.as_str().into(), role: k.role };
+            let principal = Principal {
+                id: format!("key:{}", k.name).into(),
+                tenant: k.tenant.as_str().into(),
+                role: k.role,
+            };
             parsed.push(Key { digest, principal });
         }
         let jwt = jwt.map(Jwt::new).transpose()?;
@@ -178,7 +181,10 @@ impl Jwt {
         };
         let rs256 = match &config.rs256_public_key {
             Some(path) => {
-                let failed = |message: String| AuthConfigError::PublicKey { path: path.display().to_string(), message };
+                let failed = |message: String| AuthConfigError::PublicKey {
+                    path: path.display().to_string(),
+                    message,
+                };
                 let pem = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
                 Some(DecodingKey::from_rsa_pem(&pem).map_err(|e| failed(e.to_string()))?)
             }
@@ -258,7 +264,11 @@ fn presented(request: &Request) -> Option<&str> {
 }
 
 /// The first layer: identifies the caller or answers 401.
-pub async fn authenticate(State(auth): State<Arc<Authenticator>>, mut request: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(auth): State<Arc<Authenticator>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let principal = if auth.is_open() {
         Principal { id: "anonymous".into(), tenant: "anonymous".into(), role: Role::User }
     } else {

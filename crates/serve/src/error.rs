@@ -32,7 +32,12 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, code: Option<&'static str>, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
         ApiError { status, message: message.into(), kind, code, retry_after: None }
     }
 
@@ -59,7 +64,12 @@ impl ApiError {
     pub fn rate_limited(message: String, retry_after_secs: u64) -> Self {
         ApiError {
             retry_after: Some(retry_after_secs),
-            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Some("rate_limit_exceeded"), message)
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                Some("rate_limit_exceeded"),
+                message,
+            )
         }
     }
 

@@ -56,7 +56,8 @@ struct Bucket {
 
 impl Bucket {
     fn new(name: &'static str, per_minute: NonZeroU32) -> Self {
-        let local = RateLimiter::keyed(Quota::per_minute(per_minute)).with_middleware::<StateInformationMiddleware>();
+        let local =
+            RateLimiter::keyed(Quota::per_minute(per_minute)).with_middleware::<StateInformationMiddleware>();
         Bucket { name, per_minute, local }
     }
 
@@ -177,7 +178,8 @@ impl TokenBudget {
 }
 
 fn set_headers(headers: &mut HeaderMap, limits: &RateLimits, remaining: u64, reset: u64) {
-    let policies: Vec<String> = [&limits.requests, &limits.tokens].into_iter().flatten().map(Bucket::policy).collect();
+    let policies: Vec<String> =
+        [&limits.requests, &limits.tokens].into_iter().flatten().map(Bucket::policy).collect();
     if let Ok(policy) = HeaderValue::from_str(&policies.join(", ")) {
         headers.insert("ratelimit-policy", policy);
     }
@@ -188,7 +190,11 @@ fn set_headers(headers: &mut HeaderMap, limits: &RateLimits, remaining: u64, res
 }
 
 /// The layer after authentication: one request from the caller's bucket, or 429.
-pub async fn limit(State(limits): State<Option<Arc<RateLimits>>>, mut request: Request, next: Next) -> Response {
+pub async fn limit(
+    State(limits): State<Option<Arc<RateLimits>>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let Some(limits) = limits else { return next.run(request).await };
     let Some(caller) = request.extensions().get::<Principal>().map(|p| p.id.clone()) else {
         return ApiError::internal("rate limits run after authentication").into_response();

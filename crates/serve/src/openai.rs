@@ -186,7 +186,10 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
 /// The caller's tenant's requests and tokens since the server started.
 #[utoipa::path(get, path = "/v1/usage", tag = "openai", security(("bearer" = [])),
     responses((status = 200, body = TenantUsage), (status = 401, body = ErrorBody)))]
-pub async fn usage(State(state): State<AppState>, Extension(caller): Extension<Principal>) -> Json<TenantUsage> {
+pub async fn usage(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+) -> Json<TenantUsage> {
     Json(state.usage.of(&caller.tenant))
 }
 
@@ -207,7 +210,8 @@ pub async fn completions(
     let Json(request) = request.map_err(rejected)?;
     let stream = request.params.stream;
     let include_usage = include_usage(&request.params);
-    let generation = Generation::start(&state, &caller, budget, Input::Completion(request.prompt), request.params).await?;
+    let generation =
+        Generation::start(&state, &caller, budget, Input::Completion(request.prompt), request.params).await?;
     Ok(generation.respond(stream, include_usage).await)
 }
 
@@ -287,7 +291,10 @@ impl Finish {
         }
         if let Some((key, mut messages)) = self.conversation {
             messages.push(Message { role: "assistant".into(), content: text.to_string() });
-            self.state.sessions.set(key, serde_json::to_string(&messages).expect("serialisable").into()).await;
+            self.state
+                .sessions
+                .set(key, serde_json::to_string(&messages).expect("serialisable").into())
+                .await;
         }
     }
 }
@@ -340,7 +347,11 @@ impl Generation {
                     None => (messages, None),
                 };
                 let prompt = served.chat.render(&history).map_err(ApiError::invalid)?;
-                (Kind::Chat { conversation: key.as_ref().map(|(_, id)| id.clone()) }, prompt, key.map(|(k, _)| (k, history)))
+                (
+                    Kind::Chat { conversation: key.as_ref().map(|(_, id)| id.clone()) },
+                    prompt,
+                    key.map(|(k, _)| (k, history)),
+                )
             }
         };
         let ids = served.tokenizer.encode(&prompt).map_err(|e| ApiError::invalid(e.to_string()))?;
@@ -383,7 +394,9 @@ impl Generation {
             _ => None,
         };
         let hit = match (&cache_key, &state.cache) {
-            (Some(key), Some(cache)) => cache.get(key).await.and_then(|json| serde_json::from_str::<CachedAnswer>(&json).ok()),
+            (Some(key), Some(cache)) => {
+                cache.get(key).await.and_then(|json| serde_json::from_str::<CachedAnswer>(&json).ok())
+            }
             _ => None,
         };
         if cache_key.is_some() {
@@ -402,7 +415,14 @@ impl Generation {
             }
             None => {
                 let (events, receiver) = mpsc::unbounded_channel();
-                let job = Job { prompt: ids, max_tokens, sampling, stop, events, received: std::time::Instant::now() };
+                let job = Job {
+                    prompt: ids,
+                    max_tokens,
+                    sampling,
+                    stop,
+                    events,
+                    received: std::time::Instant::now(),
+                };
                 served.scheduler.submit(job).map_err(|e| match e {
                     SubmitError::Busy => ApiError::busy(),
                     SubmitError::Stopped => ApiError::internal(e.to_string()),
@@ -411,9 +431,14 @@ impl Generation {
                 stream::unfold(receiver, |mut r| async move { r.recv().await.map(|e| (e, r)) }).boxed()
             }
         };
-        let id = format!("{}-{:x}", if matches!(kind, Kind::Chat { .. }) { "chatcmpl" } else { "cmpl" }, rand_seed());
+        let id = format!(
+            "{}-{:x}",
+            if matches!(kind, Kind::Chat { .. }) { "chatcmpl" } else { "cmpl" },
+            rand_seed()
+        );
         let reply = Reply { kind, id, model: served.model_id.clone(), created: now() };
-        let finish = Finish { state: state.clone(), tenant: caller.tenant.clone(), cache_key, conversation, cached };
+        let finish =
+            Finish { state: state.clone(), tenant: caller.tenant.clone(), cache_key, conversation, cached };
         Ok(Generation { reply, events, finish })
     }
 
@@ -433,7 +458,12 @@ impl Generation {
         let Generation { reply, events, finish } = self;
         let reply = Arc::new(reply);
         let first = matches!(reply.kind, Kind::Chat { .. }).then(|| {
-            reply.chunk(Some(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null})), None)
+            reply.chunk(
+                Some(
+                    json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}),
+                ),
+                None,
+            )
         });
         let body = stream::unfold(Some((events, finish, String::new())), move |state| {
             let reply = reply.clone();
@@ -530,7 +560,8 @@ struct Reply {
 
 impl Reply {
     fn chunk(&self, choice: Option<Value>, usage: Option<&Usage>) -> Value {
-        let object = if matches!(self.kind, Kind::Chat { .. }) { "chat.completion.chunk" } else { "text_completion" };
+        let object =
+            if matches!(self.kind, Kind::Chat { .. }) { "chat.completion.chunk" } else { "text_completion" };
         let mut chunk = json!({
             "id": self.id, "object": object, "created": self.created, "model": self.model,
             "choices": choice.into_iter().collect::<Vec<_>>(),

@@ -45,7 +45,8 @@ impl Served {
     ) -> Self {
         let tokenizer = Arc::new(tokenizer);
         let (scheduler, _thread) = Scheduler::start(model, tokenizer.clone(), config);
-        let model_id = dir.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
+        let model_id =
+            dir.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Served { scheduler, tokenizer, chat, model_id, created, fingerprint, dir }
     }
@@ -71,7 +72,9 @@ fn fingerprint(dir: &Path) -> String {
                 .into_iter()
                 .flatten()
                 .flatten()
-                .filter_map(|e| Some((e.file_name().to_string_lossy().into_owned(), e.metadata().ok()?.len())))
+                .filter_map(|e| {
+                    Some((e.file_name().to_string_lossy().into_owned(), e.metadata().ok()?.len()))
+                })
                 .collect();
             files.sort();
             for (name, len) in files {

@@ -41,8 +41,10 @@ impl Store {
         match self {
             Store::Memory(cache) => cache.insert(key, value).await,
             Store::Redis { connection, prefix, ttl } => {
-                let result: redis::RedisResult<()> =
-                    connection.clone().set_ex(format!("{prefix}{key}"), value.as_ref(), ttl.as_secs().max(1)).await;
+                let result: redis::RedisResult<()> = connection
+                    .clone()
+                    .set_ex(format!("{prefix}{key}"), value.as_ref(), ttl.as_secs().max(1))
+                    .await;
                 if let Err(e) = result {
                     redis_failed("set", &e);
                 }

@@ -52,12 +52,8 @@ impl ChatFormat {
                 .ok_or_else(|| format!("{}: no template named `default`", path.display()))?,
             _ => return Ok(ChatFormat::Default),
         };
-        ChatFormat::jinja(
-            template,
-            token_text(config.get("bos_token")),
-            token_text(config.get("eos_token")),
-        )
-        .map_err(|e| format!("{}: the chat template does not compile: {e}", path.display()))
+        ChatFormat::jinja(template, token_text(config.get("bos_token")), token_text(config.get("eos_token")))
+            .map_err(|e| format!("{}: the chat template does not compile: {e}", path.display()))
     }
 
     pub fn jinja(template: String, bos_token: String, eos_token: String) -> Result<Self, Error> {
@@ -92,7 +88,9 @@ impl ChatFormat {
                         eos_token => eos_token,
                     })
                     .map_err(|e| match e.kind() {
-                        ErrorKind::InvalidOperation => e.detail().unwrap_or("the template refused").to_string(),
+                        ErrorKind::InvalidOperation => {
+                            e.detail().unwrap_or("the template refused").to_string()
+                        }
                         _ => format!("the chat template failed: {e}"),
                     })
             }

@@ -33,7 +33,12 @@ pub async fn stream(
     Ok(upgrade.max_message_size(max).on_upgrade(move |socket| serve(socket, state, caller, budget)))
 }
 
-async fn serve(mut socket: WebSocket, state: AppState, caller: Principal, budget: Option<Extension<TokenBudget>>) {
+async fn serve(
+    mut socket: WebSocket,
+    state: AppState,
+    caller: Principal,
+    budget: Option<Extension<TokenBudget>>,
+) {
     while let Some(Ok(message)) = socket.recv().await {
         let text = match message {
             WsMessage::Text(text) => text,
@@ -74,7 +79,8 @@ async fn request(
         let r: ChatRequest = serde_json::from_value(body).map_err(|e| ApiError::invalid(e.to_string()))?;
         (Input::Chat { messages: r.messages, conversation: r.conversation_id }, r.params)
     } else {
-        let r: CompletionRequest = serde_json::from_value(body).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let r: CompletionRequest =
+            serde_json::from_value(body).map_err(|e| ApiError::invalid(e.to_string()))?;
         (Input::Completion(r.prompt), r.params)
     };
     let include_usage = params.stream_options.as_ref().is_some_and(|o| o.include_usage);

@@ -41,7 +41,14 @@ fn scheduler_config(max_batch: usize) -> SchedulerConfig {
 
 fn served(max_batch: usize) -> Served {
     let (model, tokenizer) = model_and_tokenizer();
-    Served::start(model, tokenizer, ChatFormat::Default, "tiny".into(), "fp".into(), scheduler_config(max_batch))
+    Served::start(
+        model,
+        tokenizer,
+        ChatFormat::Default,
+        "tiny".into(),
+        "fp".into(),
+        scheduler_config(max_batch),
+    )
 }
 
 fn app(max_batch: usize) -> axum::Router {
@@ -123,7 +130,10 @@ async fn chat_completions_whole_and_streamed() {
     let app = app(4);
     let messages = json!([{"role": "user", "content": "whether 'tis nobler"}]);
     let prompt = ChatFormat::Default
-        .render(&[truthgpt_serve::openai::Message { role: "user".into(), content: "whether 'tis nobler".into() }])
+        .render(&[truthgpt_serve::openai::Message {
+            role: "user".into(),
+            content: "whether 'tis nobler".into(),
+        }])
         .unwrap();
     let want = expected(&prompt, 12);
     let request = json!({"messages": messages, "max_tokens": 12, "temperature": 0});
@@ -246,8 +256,11 @@ async fn rate_limits_are_per_key() {
 /// overdraw gets 429, one larger than the whole budget gets 400.
 #[tokio::test]
 async fn token_limits_charge_prompt_and_max_tokens() {
-    let options =
-        Options { auth: Authenticator::from_keys(&["k"]), limits: RateLimits::new(0, 40), ..Options::default() };
+    let options = Options {
+        auth: Authenticator::from_keys(&["k"]),
+        limits: RateLimits::new(0, 40),
+        ..Options::default()
+    };
     let app = app_with(2, options);
     let call = |max_tokens: usize| {
         let app = app.clone();

@@ -1,0 +1,328 @@
+//! Who may call what: every route in the OpenAPI document refuses anonymous callers except the
+//! open three; roles guard their groups; JWTs are checked for signature, exp, nbf and aud; usage,
+//! sessions and cached answers stay within their tenant; reloads empty the cache.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+use truthgpt_config::{Config, ModelConfig, Positional};
+use truthgpt_data::Tokenizer;
+use truthgpt_model::Model;
+use truthgpt_serve::config::{JwtConfig, KeyConfig};
+use truthgpt_serve::template::ChatFormat;
+use truthgpt_serve::{router, AppState, Authenticator, Options, Role, SchedulerConfig, Served};
+
+const TEXT: &str = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.";
+const SECRET: &str = "an HS256 secret of at least 32 bytes";
+const AUDIENCE: &str = "truthgpt";
+const OPEN: [&str; 3] = ["/health", "/ready", "/openapi.json"];
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn model_and_tokenizer(seed: u64) -> (Config, Model, Tokenizer) {
+    let tokenizer = Tokenizer::train_bpe_from_texts(&[TEXT; 4], 280).unwrap();
+    let model = ModelConfig {
+        vocab_size: 280,
+        d_model: 32,
+        n_layers: 1,
+        n_heads: 2,
+        n_kv_heads: 2,
+        d_ff: 64,
+        max_seq_len: 96,
+        positional: Positional::Rope,
+        init_std: 0.3,
+        ..ModelConfig::default()
+    };
+    let config = Config { model: model.clone(), ..Config::default() };
+    (config, Model::new(&model, seed), tokenizer)
+}
+
+const SCHEDULER: SchedulerConfig =
+    SchedulerConfig { max_batch: 4, queue: 16, block_size: 8, kv_blocks: Some(64) };
+
+fn key(name: &str, tenant: &str, role: Role) -> KeyConfig {
+    KeyConfig {
+        name: name.into(),
+        key: Some(format!("{name}-key")),
+        sha256: None,
+        tenant: tenant.into(),
+        role,
+    }
+}
+
+fn options() -> Options {
+    let keys = [
+        key("admin", "ops", Role::Admin),
+        key("alice", "acme", Role::User),
+        key("bob", "globex", Role::User),
+        key("viewer", "acme", Role::Readonly),
+    ];
+    let jwt = JwtConfig {
+        audience: AUDIENCE.into(),
+        issuer: None,
+        hs256_secret: Some(SECRET.into()),
+        rs256_public_key: Some(fixture("jwt_rs256_public.pem")),
+        leeway_secs: 0,
+    };
+    Options { auth: Authenticator::new(&keys, Some(&jwt)).unwrap(), ..Options::default() }
+}
+
+fn app() -> axum::Router {
+    let (_, model, tokenizer) = model_and_tokenizer(3);
+    let served = Served::start(model, tokenizer, ChatFormat::Default, "tiny".into(), "fp".into(), SCHEDULER);
+    router(AppState::new(served, SCHEDULER, options()))
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn hs256(claims: Value, secret: &str) -> String {
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+}
+
+fn rs256(claims: Value) -> String {
+    let pem = std::fs::read(fixture("jwt_rs256_private.pem")).unwrap();
+    encode(&Header::new(Algorithm::RS256), &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+}
+
+/// (status, JSON body or Null) of one request.
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let body = match body {
+        Some(body) => {
+            request = request.header("content-type", "application/json");
+            Body::from(body.to_string())
+        }
+        None => Body::empty(),
+    };
+    let response = app.clone().oneshot(request.body(body).unwrap()).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// Every (method, path) the OpenAPI document lists.
+async fn documented_routes(app: &axum::Router) -> Vec<(String, String)> {
+    let (status, doc) = call(app, "GET", "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut routes = vec![];
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            routes.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    routes
+}
+
+#[tokio::test]
+async fn every_route_but_the_open_three_refuses_anonymous_callers() {
+    let app = app();
+    let routes = documented_routes(&app).await;
+    assert!(routes.len() >= 12, "the document lists every route: {routes:?}");
+    for (method, path) in &routes {
+        let (status, _) = call(&app, method, path, None, Some(json!({}))).await;
+        if OPEN.contains(&path.as_str()) {
+            assert_eq!(status, StatusCode::OK, "{method} {path} is open");
+        } else {
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} without credentials");
+            let (status, _) = call(&app, method, path, Some("wrong-key"), Some(json!({}))).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} with a wrong key");
+        }
+    }
+}
+
+#[tokio::test]
+async fn roles_guard_their_route_groups() {
+    let app = app();
+    let generate = json!({"prompt": "To be", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    for (method, path) in documented_routes(&app).await {
+        if OPEN.contains(&path.as_str()) || path == "/v1/stream" {
+            continue;
+        }
+        let body = (method == "POST").then(|| generate.clone());
+        let admin_only = path.starts_with("/admin/");
+        let generation = method == "POST" && !admin_only;
+        for (token, role) in
+            [("viewer-key", Role::Readonly), ("alice-key", Role::User), ("admin-key", Role::Admin)]
+        {
+            let (status, body) = call(&app, &method, &path, Some(token), body.clone()).await;
+            let allowed = match role {
+                Role::Readonly => !admin_only && !generation,
+                Role::User => !admin_only,
+                Role::Admin => true,
+            };
+            if allowed {
+                // A reload of this in-memory model has no directory to read: 400, not 403.
+                let ok =
+                    status.is_success() || (path == "/admin/reload" && status == StatusCode::BAD_REQUEST);
+                assert!(ok, "{role:?} may {method} {path}: {status} {body}");
+            } else {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{role:?} may not {method} {path}");
+                assert_eq!(body["error"]["code"], "insufficient_role");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn jwts_are_checked_for_signature_expiry_not_before_and_audience() {
+    let app = app();
+    let claims = |extra: Value| {
+        let mut claims =
+            json!({"sub": "carol", "aud": AUDIENCE, "exp": now() + 600, "role": "user", "tenant": "acme"});
+        claims.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        claims
+    };
+    let valid = [hs256(claims(json!({})), SECRET), rs256(claims(json!({})))];
+    for token in &valid {
+        let (status, body) = call(&app, "GET", "/v1/models", Some(token), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let forged_payload = {
+        // A valid token whose payload was swapped for an admin one: the signature no longer fits.
+        let parts: Vec<&str> = valid[0].split('.').collect();
+        let admin = hs256(claims(json!({"role": "admin"})), SECRET);
+        format!("{}.{}.{}", parts[0], admin.split('.').nth(1).unwrap(), parts[2])
+    };
+    let unsigned = {
+        let header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0"; // {"alg":"none","typ":"JWT"}
+        let payload = valid[0].split('.').nth(1).unwrap();
+        format!("{header}.{payload}.")
+    };
+    for (token, why) in [
+        (hs256(claims(json!({"exp": now() - 3600})), SECRET), "expired"),
+        (hs256(claims(json!({"nbf": now() + 3600})), SECRET), "not valid yet"),
+        (hs256(claims(json!({"aud": "someone-else"})), SECRET), "another audience"),
+        (hs256(claims(json!({})), "a different secret that is 32+ bytes"), "signature"),
+        (forged_payload, "signature"),
+        (unsigned, "not a valid JWT"),
+        (hs256(json!({"sub": "carol", "aud": AUDIENCE, "role": "user"}), SECRET), "not valid"),
+    ] {
+        let (status, body) = call(&app, "GET", "/v1/models", Some(&token), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(why), "{why}: {body}");
+    }
+    // The role claim is honoured: a user token cannot reach /admin, an admin token can.
+    let user = hs256(claims(json!({})), SECRET);
+    assert_eq!(call(&app, "GET", "/admin/keys", Some(&user), None).await.0, StatusCode::FORBIDDEN);
+    let admin = rs256(claims(json!({"role": "admin"})));
+    let (status, keys) = call(&app, "GET", "/admin/keys", Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(keys.as_array().unwrap().len(), 4);
+    assert!(!keys.to_string().contains("-key"), "keys are never shown: {keys}");
+}
+
+#[tokio::test]
+async fn usage_sessions_and_cache_stay_within_their_tenant() {
+    let app = app();
+    let greedy = json!({"prompt": "whether 'tis", "max_tokens": 6, "temperature": 0});
+    let (status, first) =
+        call(&app, "POST", "/v1/completions", Some("alice-key"), Some(greedy.clone())).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, again) = call(&app, "POST", "/v1/completions", Some("alice-key"), Some(greedy.clone())).await;
+    assert_eq!(again["choices"], first["choices"], "a cached answer is the same answer");
+    let (_, other) = call(&app, "POST", "/v1/completions", Some("bob-key"), Some(greedy)).await;
+    assert_eq!(other["choices"], first["choices"]);
+
+    let (_, acme) = call(&app, "GET", "/v1/usage", Some("viewer-key"), None).await;
+    assert_eq!(acme["requests"], 2, "alice's two requests, seen by acme's viewer: {acme}");
+    assert_eq!(acme["cached_requests"], 1, "the second came from the cache");
+    let (_, globex) = call(&app, "GET", "/v1/usage", Some("bob-key"), None).await;
+    assert_eq!(
+        (globex["requests"].as_u64(), globex["cached_requests"].as_u64()),
+        (Some(1), Some(0)),
+        "tenants never share cache entries"
+    );
+    let (_, all) = call(&app, "GET", "/admin/usage", Some("admin-key"), None).await;
+    assert_eq!(all["acme"]["completion_tokens"], 12);
+    assert_eq!(all["globex"]["requests"], 1);
+
+    // A conversation: the second turn sees the first (its prompt holds the first reply), and
+    // the same id under another tenant is a different, empty conversation.
+    let turn = |content: &str| json!({"messages": [{"role": "user", "content": content}], "conversation_id": "chat-1", "max_tokens": 4, "temperature": 0});
+    let (_, one) = call(&app, "POST", "/v1/chat/completions", Some("alice-key"), Some(turn("To be"))).await;
+    let (_, two) = call(&app, "POST", "/v1/chat/completions", Some("alice-key"), Some(turn("or not"))).await;
+    let (_, bobs) = call(&app, "POST", "/v1/chat/completions", Some("bob-key"), Some(turn("or not"))).await;
+    let prompt_tokens = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
+    let completion_tokens = one["usage"]["completion_tokens"].as_u64().unwrap();
+    assert_eq!(one["conversation_id"], "chat-1");
+    assert!(prompt_tokens(&two) >= prompt_tokens(&one) + completion_tokens, "{one} then {two}");
+    assert!(prompt_tokens(&bobs) < prompt_tokens(&two), "bob does not see alice's conversation");
+    let (status, _) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some("alice-key"),
+        Some(json!({"messages": [{"role": "user", "content": "x"}], "conversation_id": "../etc"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn reload_swaps_the_model_and_empties_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    let (config, model, tokenizer) = model_and_tokenizer(3);
+    truthgpt_train::checkpoint::save_model(&dir, &config, &model, Some(&tokenizer)).unwrap();
+    let other = tmp.path().join("other");
+    let (_, model2, _) = model_and_tokenizer(11);
+    truthgpt_train::checkpoint::save_model(&other, &config, &model2, Some(&tokenizer)).unwrap();
+
+    let served = Served::load(&dir, SCHEDULER).unwrap();
+    let app = router(AppState::new(served, SCHEDULER, options()));
+    let greedy = json!({"prompt": "whether 'tis", "max_tokens": 8, "temperature": 0});
+    let (_, before) = call(&app, "POST", "/v1/completions", Some("alice-key"), Some(greedy.clone())).await;
+    let (status, reloaded) = call(
+        &app,
+        "POST",
+        "/admin/reload",
+        Some("admin-key"),
+        Some(json!({"model": other.to_str().unwrap()})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{reloaded}");
+    assert_eq!(reloaded["model"], "other");
+    let (_, after) = call(&app, "POST", "/v1/completions", Some("alice-key"), Some(greedy)).await;
+    assert_ne!(
+        after["choices"][0]["text"], before["choices"][0]["text"],
+        "the new weights answer, not the cache"
+    );
+    let (_, usage) = call(&app, "GET", "/v1/usage", Some("alice-key"), None).await;
+    assert_eq!(usage["cached_requests"], 0);
+    let (status, body) =
+        call(&app, "POST", "/admin/reload", Some("admin-key"), Some(json!({"model": "/no/such/dir"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (_, models) = call(&app, "GET", "/v1/models", Some("alice-key"), None).await;
+    assert_eq!(models["data"][0]["id"], "other", "a failed reload keeps the model");
+}
+
+#[tokio::test]
+async fn oversize_bodies_get_413() {
+    let (_, model, tokenizer) = model_and_tokenizer(3);
+    let served = Served::start(model, tokenizer, ChatFormat::Default, "tiny".into(), "fp".into(), SCHEDULER);
+    let app =
+        router(AppState::new(served, SCHEDULER, Options { max_body_bytes: 1024, ..Options::default() }));
+    let (status, body) =
+        call(&app, "POST", "/v1/completions", None, Some(json!({"prompt": "x".repeat(2000)}))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("limit"), "{body}");
+}
