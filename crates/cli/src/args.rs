@@ -315,6 +315,11 @@ pub struct Layers {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Start `truthgpt serve` on a model and measure it over loopback: one streaming client
+    /// against --clients at once (aggregate tokens/s, every text checked against the single
+    /// client's), a --load-secs load test (statuses, server RSS), and a burst over capacity
+    /// against a rate-limited server (429/503, never another 5xx).
+    Serve(BenchServeArgs),
     /// Time full training steps (forward, backward, AdamW) on random tokens; prints one JSON line.
     Train(BenchTrainArgs),
     /// Time forward+backward of one MoE layer against a dense FFN of the same active width.
@@ -326,6 +331,25 @@ pub enum BenchCommand {
     /// token (random weights), and with --batch N, N sequences batched against one; checks all
     /// give the same tokens.
     Generate(BenchGenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchServeArgs {
+    /// A model, run or Hugging Face directory with a tokenizer (e.g. the quickstart's run).
+    #[arg(long, value_name = "DIR", default_value = "runs/quickstart")]
+    pub model: PathBuf,
+    /// Concurrent streaming clients (and the server's --max-batch).
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Tokens per request.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Requests each client makes in the concurrency phase.
+    #[arg(long, default_value_t = 4)]
+    pub rounds: usize,
+    /// Seconds of the load test (2x --clients clients, at the server's capacity); 0 skips it.
+    #[arg(long, default_value_t = 60)]
+    pub load_secs: u64,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,9 @@ use figment::providers::{Format, Serialized, Yaml};
 use figment::Figment;
 use serde_json::json;
 use truthgpt_serve::config::KeyConfig;
-use truthgpt_serve::{router, AppState, Authenticator, Options, RateLimits, Role, SchedulerConfig, ServeConfig, Served, Store};
+use truthgpt_serve::{
+    router, AppState, Authenticator, Options, RateLimits, Role, SchedulerConfig, ServeConfig, Served, Store,
+};
 
 use crate::args::ServeArgs;
 
@@ -35,7 +37,8 @@ fn settings(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
     set("kv_blocks", json!(args.kv_blocks));
     set("drain_secs", json!(args.drain_secs));
     set("redis", json!(args.redis));
-    let mut config: ServeConfig = figment.merge(Serialized::defaults(flags)).extract().context("reading the settings")?;
+    let mut config: ServeConfig =
+        figment.merge(Serialized::defaults(flags)).extract().context("reading the settings")?;
     if let Some(n) = args.requests_per_minute {
         config.limits.requests_per_minute = n;
     }
@@ -44,7 +47,13 @@ fn settings(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
     }
     for (i, key) in args.api_key.iter().enumerate() {
         let name = format!("cli{i}");
-        config.keys.push(KeyConfig { name: name.clone(), key: Some(key.clone()), sha256: None, tenant: name, role: Role::User });
+        config.keys.push(KeyConfig {
+            name: name.clone(),
+            key: Some(key.clone()),
+            sha256: None,
+            tenant: name,
+            role: Role::User,
+        });
     }
     ensure!(!config.model.as_os_str().is_empty(), "no model: give --model DIR or `model:` in --config");
     ensure!(config.max_batch > 0 && config.queue > 0, "max_batch and queue must be at least 1");
@@ -61,17 +70,24 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
-    let auth = Authenticator::new(&config.keys, config.jwt.as_ref()).context("reading the keys and JWT settings")?;
+    let auth =
+        Authenticator::new(&config.keys, config.jwt.as_ref()).context("reading the keys and JWT settings")?;
     if auth.is_open() {
         eprintln!("warning: no keys or JWT settings; the API is open to anyone who can reach it");
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         let redis = match &config.redis {
             Some(url) => {
                 let client = redis::Client::open(url.as_str()).with_context(|| format!("--redis {url}"))?;
-                Some(client.get_connection_manager().await.with_context(|| format!("connecting to Redis at {url}"))?)
+                Some(
+                    client
+                        .get_connection_manager()
+                        .await
+                        .with_context(|| format!("connecting to Redis at {url}"))?,
+                )
             }
             None => None,
         };
@@ -81,11 +97,12 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         };
         let options = Options {
             auth,
-            limits: RateLimits::new(config.limits.requests_per_minute, config.limits.tokens_per_minute)
-                .map(|limits| match &redis {
+            limits: RateLimits::new(config.limits.requests_per_minute, config.limits.tokens_per_minute).map(
+                |limits| match &redis {
                     Some(connection) => limits.shared(connection.clone()),
                     None => limits,
-                }),
+                },
+            ),
             cache: (config.cache.capacity > 0)
                 .then(|| store("truthgpt:cache:", config.cache.capacity, config.cache.ttl_secs)),
             sessions: store("truthgpt:session:", config.sessions.capacity, config.sessions.ttl_secs),
@@ -106,8 +123,9 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         let app = router(AppState::new(served, scheduler, options));
 
         let address = format!("{}:{}", config.host, config.port);
-        let listener =
-            tokio::net::TcpListener::bind(&address).await.with_context(|| format!("listening on {address}"))?;
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("listening on {address}"))?;
         eprintln!(
             "serving {model_id} on http://{} (batch {}, queue {}, {kv_blocks} KV blocks of {BLOCK_SIZE})",
             listener.local_addr()?,
