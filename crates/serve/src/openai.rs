@@ -55,8 +55,9 @@ pub struct Params {
     /// 0 is greedy (and cacheable); default 1.
     #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f32>,
+    /// Read as f64: a tiny positive value must not round to 0, which is out of range.
     #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
-    pub top_p: Option<f32>,
+    pub top_p: Option<f64>,
     /// Makes sampling reproducible (and cacheable).
     pub seed: Option<u64>,
     pub stop: Option<Stop>,
@@ -70,6 +71,7 @@ pub struct Params {
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct CompletionRequest {
+    #[schema(min_length = 1)]
     pub prompt: String,
     #[serde(flatten)]
     pub params: Params,
@@ -83,9 +85,10 @@ pub struct Message {
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ChatRequest {
+    #[schema(min_items = 1)]
     pub messages: Vec<Message>,
     /// Keeps the conversation server-side: earlier turns are prepended, and the reply is kept.
-    /// 1 to 128 characters of `A-Z a-z 0-9 . _ : -`.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     pub conversation_id: Option<String>,
     #[serde(flatten)]
     pub params: Params,
@@ -197,7 +200,8 @@ pub async fn usage(
 #[utoipa::path(post, path = "/v1/completions", tag = "openai", security(("bearer" = [])),
     request_body = CompletionRequest,
     responses(
-        (status = 200, description = "JSON, or `text/event-stream` of chunks ending `data: [DONE]`", body = CompletionResponse),
+        (status = 200, description = "JSON, or with `stream` server-sent chunks ending `data: [DONE]`",
+            content((CompletionResponse = "application/json"), (Object = "text/event-stream"))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
@@ -219,7 +223,8 @@ pub async fn completions(
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", security(("bearer" = [])),
     request_body = ChatRequest,
     responses(
-        (status = 200, description = "JSON, or `text/event-stream` of chunks ending `data: [DONE]`", body = ChatResponse),
+        (status = 200, description = "JSON, or with `stream` server-sent chunks ending `data: [DONE]`",
+            content((ChatResponse = "application/json"), (Object = "text/event-stream"))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
@@ -372,7 +377,13 @@ impl Generation {
         let temperature = params.temperature.unwrap_or(1.0);
         let sampling = Sampling {
             temperature,
-            top_p: params.top_p.unwrap_or(1.0),
+            top_p: params.top_p.map_or(1.0, |p| {
+                if p > 0.0 {
+                    (p as f32).max(f32::MIN_POSITIVE)
+                } else {
+                    p as f32
+                }
+            }),
             seed: params.seed.unwrap_or_else(rand_seed),
             ..Sampling::default()
         };

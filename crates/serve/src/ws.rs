@@ -20,15 +20,18 @@ use crate::state::AppState;
 #[utoipa::path(get, path = "/v1/stream", tag = "openai", security(("bearer" = [])),
     responses(
         (status = 101, description = "Switching to a WebSocket"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 429, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 426, description = "Not a WebSocket upgrade", body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn stream(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
     budget: Option<Extension<TokenBudget>>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let upgrade = upgrade.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let upgrade = upgrade.map_err(|e| ApiError {
+        status: axum::http::StatusCode::UPGRADE_REQUIRED,
+        ..ApiError::invalid(format!("{}: connect with a WebSocket client", e.body_text()))
+    })?;
     let max = state.max_body_bytes;
     Ok(upgrade.max_message_size(max).on_upgrade(move |socket| serve(socket, state, caller, budget)))
 }

@@ -152,7 +152,8 @@ async fn every_route_but_the_open_three_refuses_anonymous_callers() {
 #[tokio::test]
 async fn roles_guard_their_route_groups() {
     let app = app();
-    let generate = json!({"prompt": "To be", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    let generate =
+        json!({"prompt": "To be", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
     for (method, path) in documented_routes(&app).await {
         if OPEN.contains(&path.as_str()) || path == "/v1/stream" {
             continue;
