@@ -119,20 +119,9 @@ impl Authenticator {
         Ok(Authenticator { keys: parsed, jwt })
     }
 
-    /// Plain keys, as `--api-key` gives them: role `user`, each its own tenant.
+    /// Plain keys, as `--api-key` gives them: see [`KeyConfig::plain`].
     pub fn from_keys<S: AsRef<str>>(keys: &[S]) -> Self {
-        let configs: Vec<KeyConfig> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, key)| KeyConfig {
-                name: format!("key{i}"),
-                key: Some(key.as_ref().to_string()),
-                sha256: None,
-                tenant: format!("key{i}"),
-                role: Role::User,
-            })
-            .collect();
-        Authenticator::new(&configs, None).expect("generated names are unique")
+        Authenticator::new(&KeyConfig::plain(keys), None).expect("generated names are unique")
     }
 
     pub fn is_open(&self) -> bool {
@@ -316,7 +305,7 @@ mod tests {
     #[test]
     fn only_configured_keys_are_accepted() {
         let auth = Authenticator::from_keys(&["alpha", "beta"]);
-        assert_eq!(auth.identify("alpha").unwrap().tenant.as_ref(), "key0");
+        assert_eq!(auth.identify("alpha").unwrap().tenant.as_ref(), "cli0");
         assert_eq!(auth.identify("beta").unwrap().role, Role::User);
         for wrong in ["alph", "", "alphaa", "a.b.c"] {
             assert!(auth.identify(wrong).is_err(), "{wrong}");
@@ -328,7 +317,7 @@ mod tests {
     fn digests_stand_in_for_keys_and_bad_configs_are_refused() {
         let hex: String = digest("secret").iter().map(|b| format!("{b:02x}")).collect();
         let by_digest = KeyConfig { sha256: Some(hex), key: None, ..key("ops", "", Role::Admin) };
-        let auth = Authenticator::new(&[by_digest.clone()], None).unwrap();
+        let auth = Authenticator::new(std::slice::from_ref(&by_digest), None).unwrap();
         assert_eq!(auth.identify("secret").unwrap().role, Role::Admin);
         assert_eq!(auth.keys()[0].sha256_prefix.len(), 8);
 

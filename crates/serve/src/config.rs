@@ -71,6 +71,22 @@ pub struct KeyConfig {
     pub role: Role,
 }
 
+impl KeyConfig {
+    /// Keys as `--api-key` gives them: role `user`, each its own tenant, named `cli0`, `cli1`...
+    pub fn plain<S: AsRef<str>>(keys: &[S]) -> Vec<KeyConfig> {
+        keys.iter()
+            .enumerate()
+            .map(|(i, key)| KeyConfig {
+                name: format!("cli{i}"),
+                key: Some(key.as_ref().to_string()),
+                sha256: None,
+                tenant: format!("cli{i}"),
+                role: Role::User,
+            })
+            .collect()
+    }
+}
+
 /// Bearer JWTs: HS256 with a shared secret and/or RS256 with a public key. `exp` and `aud` are
 /// required, `nbf` is checked when present; the tenant is the `tenant` claim or else `sub`, and
 /// the role is the `role` claim.
