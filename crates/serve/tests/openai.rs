@@ -305,3 +305,36 @@ async fn metrics_count_requests_and_tokens() {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }
 }
+
+/// A Hugging Face directory with a chat template in `tokenizer_config.json`: chat requests are
+/// rendered with it, not with the default format.
+#[tokio::test]
+async fn chat_uses_the_models_own_template() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../interop/tests/fixtures/hf/gpt2");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("gpt2-chat");
+    std::fs::create_dir(&dir).unwrap();
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let template = "{% for m in messages %}### {{ m['role'] | upper }}: {{ m['content'].strip() }}\n{% endfor %}{% if add_generation_prompt %}### ASSISTANT, ANSWERING:{% endif %}";
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap()).unwrap();
+    config["chat_template"] = json!(template);
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+
+    let served = Served::load(&dir, scheduler_config(2)).unwrap();
+    let tokenizer = served.tokenizer.clone();
+    let app = router(AppState::new(served, scheduler_config(2), Options::default()));
+    let messages = [truthgpt_serve::openai::Message { role: "user".into(), content: "  To be  ".into() }];
+    let rendered = "### USER: To be\n### ASSISTANT, ANSWERING:";
+    let default = ChatFormat::Default.render(&messages).unwrap();
+    let want = tokenizer.encode(rendered).unwrap().len();
+    assert_ne!(want, tokenizer.encode(&default).unwrap().len(), "the two formats must be told apart");
+    let request = json!({"messages": messages, "max_tokens": 2, "temperature": 0});
+    let (status, body) = post(&app, "/v1/chat/completions", request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["usage"]["prompt_tokens"], want, "{body}");
+}
