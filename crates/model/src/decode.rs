@@ -109,6 +109,18 @@ impl Model {
         work: &'w mut DecodeWork,
         batch: &mut [(&mut SeqKv, &[u32])],
     ) -> Result<&'w [f32]> {
+        // A step is a few dozen kernels of tens of microseconds each. Run from outside the rayon
+        // pool, every parallel one would hand its work to the pool and sleep until woken; run on
+        // a worker, the whole step makes that round trip once and the kernels fork-join inside.
+        rayon::scope(|_| self.step_paged(pool, work, batch))
+    }
+
+    fn step_paged<'w>(
+        &mut self,
+        pool: &mut KvPool,
+        work: &'w mut DecodeWork,
+        batch: &mut [(&mut SeqKv, &[u32])],
+    ) -> Result<&'w [f32]> {
         let (vocab, max) = (self.config.vocab_size, self.config.max_seq_len);
         let width = self.config.n_kv_heads * self.config.head_dim();
         if pool.layers.len() != self.config.n_layers || pool.width() != width {
