@@ -455,13 +455,23 @@ pub fn attention_cached(
             max.fill(f32::NEG_INFINITY);
             sum.fill(0.0);
             acc[..heads.len() * hs].fill(0.0);
-            let mut j0 = (i + 1).saturating_sub(horizon);
-            while j0 <= i {
+            // Consecutive pool rows from position j0 on: within its block, up to i, at most a run.
+            let run_at = |j0: usize| {
                 let offset = j0 % block_size;
                 let run = (block_size - offset).min(i + 1 - j0).min(CACHED_RUN);
                 let first_row = seg.blocks[j0 / block_size] as usize * block_size + offset;
-                let rows = first_row * kv_width..(first_row + run) * kv_width;
+                (run, first_row * kv_width..(first_row + run) * kv_width)
+            };
+            let mut j0 = (i + 1).saturating_sub(horizon);
+            while j0 <= i {
+                let (run, rows) = run_at(j0);
                 let (keys, values) = (&kv.k[rows.clone()], &kv.v[rows]);
+                if j0 + run <= i {
+                    // The next run streams in (from L3 or memory) while this one is used.
+                    let (_, next) = run_at(j0 + run);
+                    F8::prefetch(&kv.k[next.clone()]);
+                    F8::prefetch(&kv.v[next]);
+                }
                 let scores = &mut scores[..run];
                 for (g, h) in heads.clone().enumerate() {
                     let head = (h / group) * hs..;
@@ -500,28 +510,45 @@ pub fn attention_cached(
     }
 }
 
-/// `scores[c] = query . rows[c * stride..][..HS]` for a run of key rows, eight lanes at a time.
+/// `scores[c] = query . rows[c * stride..][..HS]` for a run of key rows: eight keys at a time,
+/// eight lanes of the head at a time, the eight dot products summed together.
 #[inline(always)]
 fn dot_rows(scores: &mut [f32], query: &[f32], rows: &[f32], stride: usize) {
     let hs = query.len();
     assert!(scores.is_empty() || rows.len() >= (scores.len() - 1) * stride + hs);
     let hs8 = hs / 8 * 8;
-    for (c, score) in scores.iter_mut().enumerate() {
-        let row = &rows[c * stride..][..hs];
-        let (mut even, mut odd) = (F8::zero(), F8::zero());
-        let mut d = 0;
-        // SAFETY: d + 8 <= hs for every load, inside `query` and `row`.
-        unsafe {
-            while d + 16 <= hs8 {
-                even = even.mul_add(F8::load(query[d..].as_ptr()), F8::load(row[d..].as_ptr()));
-                odd = odd.mul_add(F8::load(query[d + 8..].as_ptr()), F8::load(row[d + 8..].as_ptr()));
-                d += 16;
-            }
-            if d < hs8 {
-                even = even.mul_add(F8::load(query[d..].as_ptr()), F8::load(row[d..].as_ptr()));
+    let tail = |c: usize| (hs8..hs).map(|d| query[d] * rows[c * stride + d]).sum::<f32>();
+    let mut c0 = 0;
+    while c0 + 8 <= scores.len() {
+        let mut acc = [F8::zero(); 8];
+        for d in (0..hs8).step_by(8) {
+            // SAFETY: d + 8 <= hs, and row c0 + 7 ends within `rows` (asserted).
+            unsafe {
+                let q = F8::load(query.as_ptr().add(d));
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    *acc = acc.mul_add(q, F8::load(rows.as_ptr().add((c0 + c) * stride + d)));
+                }
             }
         }
-        *score = even.add(odd).sum() + (hs8..hs).map(|d| query[d] * row[d]).sum::<f32>();
+        // SAFETY: c0 + 8 <= scores.len().
+        unsafe { F8::sums(acc).store(scores.as_mut_ptr().add(c0)) };
+        if hs8 < hs {
+            for (c, score) in scores[c0..c0 + 8].iter_mut().enumerate() {
+                *score += tail(c0 + c);
+            }
+        }
+        c0 += 8;
+    }
+    for (c, score) in scores.iter_mut().enumerate().skip(c0) {
+        let mut acc = F8::zero();
+        for d in (0..hs8).step_by(8) {
+            // SAFETY: as above, for row c.
+            unsafe {
+                acc =
+                    acc.mul_add(F8::load(query.as_ptr().add(d)), F8::load(rows.as_ptr().add(c * stride + d)))
+            };
+        }
+        *score = acc.sum() + tail(c);
     }
 }
 
@@ -716,20 +743,21 @@ mod tests {
 
     /// Decoding from a paged cache gives the rows the full causal kernel gives: every bias, GQA, a
     /// sliding window, a first chunk, later chunks and single tokens, one segment per call and all
-    /// in one call; blocks shorter and longer than the kernel's run of scores. Unused pool rows are
-    /// NaN, so reading a wrong row shows.
+    /// in one call; blocks shorter and longer than the kernel's run of scores; head sizes that are
+    /// and are not multiples of the lane count. Unused pool rows are NaN, so reading a wrong row
+    /// shows.
     #[test]
     fn cached_attention_matches_the_full_kernel() {
         let tables = BiasTables::new();
         let biases = tables.biases();
-        for (kvh, bias, window, block_size) in [
-            (2, &biases[0], None, 16),
-            (1, &biases[1], None, 16),
-            (4, &biases[2], None, 100),
-            (2, &biases[0], Some(50), 16),
-            (2, &biases[1], Some(90), 100),
+        for (kvh, bias, window, block_size, hs) in [
+            (2, &biases[0], None, 16, 16),
+            (1, &biases[1], None, 16, 12),
+            (4, &biases[2], None, 100, 16),
+            (2, &biases[0], Some(50), 16, 5),
+            (2, &biases[1], Some(90), 100, 40),
         ] {
-            let s = AttentionShape { b: 1, t: 300, nh: 4, kvh, hs: 16, window };
+            let s = AttentionShape { b: 1, t: 300, nh: 4, kvh, hs, window };
             let width = s.qkv_width();
             let mut rng = Rng::new(11);
             let qkv: Vec<f32> = (0..s.t * width).map(|_| rng.normal()).collect();

@@ -117,7 +117,7 @@ pub fn matmul(out: &mut [f32], a: Op, b: Op, m: usize, k: usize, n: usize, accum
         }
         return;
     }
-    if let (Op::N(a), Op::T(b), true) = (a, b, m <= SKINNY_ROWS) {
+    if let (Op::N(a), Op::T(b), true) = (a, b, (2..=SKINNY_ROWS).contains(&m)) {
         skinny_nt(out, a, b, m, k, n, accumulate);
         return;
     }
@@ -130,12 +130,14 @@ pub fn matmul(out: &mut [f32], a: Op, b: Op, m: usize, k: usize, n: usize, accum
     unsafe { gemm_strided(m, n, k, out.as_mut_ptr(), n, accumulate, lhs, rhs, 1.0, true) };
 }
 
-/// Rows up to which `a (M, K) @ b (N, K)^T` (the linear layer's forward) takes [`skinny_nt`].
+/// Rows up to which `a (M, K) @ b (N, K)^T` (the linear layer's forward) takes [`skinny_nt`]
+/// (from 2: one row is a matrix-vector product, which `gemm` does without packing, and faster).
 pub const SKINNY_ROWS: usize = 32;
 
 /// Weight rows and input rows per register tile of [`skinny_nt`]: 8 eight-lane accumulators.
 const TILE_OC: usize = 4;
 const TILE_M: usize = 2;
+const _: () = assert!(TILE_M * TILE_OC <= 8);
 
 /// `out (M, N) [+]= a (M, K) @ b (N, K)^T` for few rows M, as in a decode step's linear layers.
 ///
@@ -156,6 +158,8 @@ pub fn skinny_nt(out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: u
             let width = TILE_OC.min(n - o0);
             // A ragged last tile repeats its last row of `b` and drops the repeated results.
             let w: [&[f32]; TILE_OC] = std::array::from_fn(|o| &b[(o0 + o.min(width - 1)) * k..][..k]);
+            // The next tile's weights stream in (from L3 or memory) while this one is used.
+            F8::prefetch(&b[(o0 + width) * k..((o0 + width + TILE_OC) * k).min(n * k)]);
             let write = |r0: usize, sums: &[[f32; TILE_OC]]| {
                 for (r, sums) in sums.iter().enumerate() {
                     // SAFETY: this tile of columns belongs to this task alone.
@@ -205,10 +209,23 @@ fn dot_tile<const R: usize>(x: [&[f32]; R], w: [&[f32]; TILE_OC]) -> [[f32; TILE
             }
         }
     }
+    // All the tile's lane sums at once (a tile has at most 8 accumulators).
+    let mut lanes = [0.0; 8];
+    // SAFETY: `lanes` holds eight elements.
+    unsafe {
+        F8::sums(std::array::from_fn(|i| {
+            if i < R * TILE_OC {
+                acc[i / TILE_OC][i % TILE_OC]
+            } else {
+                F8::zero()
+            }
+        }))
+        .store(lanes.as_mut_ptr())
+    };
     let mut sums = [[0.0; TILE_OC]; R];
     for r in 0..R {
         for o in 0..TILE_OC {
-            sums[r][o] = acc[r][o].sum() + (k8..k).map(|p| x[r][p] * w[o][p]).sum::<f32>();
+            sums[r][o] = lanes[r * TILE_OC + o] + (k8..k).map(|p| x[r][p] * w[o][p]).sum::<f32>();
         }
     }
     sums
@@ -321,7 +338,7 @@ mod tests {
                     got.iter().zip(&want).all(|(g, w)| (g - scale * w).abs() <= 1e-5 * (1.0 + w.abs()))
                 };
                 assert!(close(&out, 1.0), "m {m} k {k} n {n}");
-                // Through `matmul` (which takes this kernel up to SKINNY_ROWS), accumulating.
+                // Through `matmul` (which takes this kernel for 2..=SKINNY_ROWS rows), accumulating.
                 matmul(&mut out, Op::N(&a), Op::T(&bt), m, k, n, true);
                 assert!(close(&out, 2.0), "accumulate: m {m} k {k} n {n}");
             }
