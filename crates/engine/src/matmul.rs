@@ -181,9 +181,11 @@ pub fn skinny_nt(out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: u
         }
     };
     let tiles = n.div_ceil(TILE_OC);
-    if m * n * k >= PARALLEL_THRESHOLD && rayon::current_num_threads() > 1 {
-        // A few tasks per thread, each of at least PARALLEL_THRESHOLD / 4 multiply-adds.
-        let per_task = (PARALLEL_THRESHOLD / 4).div_ceil(m * k * TILE_OC).max(1);
+    let threads = rayon::current_num_threads();
+    if m * n * k >= PARALLEL_THRESHOLD && threads > 1 {
+        // A few tasks per thread, each a contiguous span of weight rows (streamed in order) of at
+        // least PARALLEL_THRESHOLD / 4 multiply-adds.
+        let per_task = tiles.div_ceil(4 * threads).max((PARALLEL_THRESHOLD / 4).div_ceil(m * k * TILE_OC));
         let tasks = tiles.div_ceil(per_task);
         (0..tasks).into_par_iter().for_each(|t| columns(t * per_task..tiles.min((t + 1) * per_task)));
     } else {
