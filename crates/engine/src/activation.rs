@@ -174,7 +174,7 @@ mod tests {
     #[test]
     fn gelu_tanh_is_gpt2_gelu_new() {
         // torch.nn.functional.gelu(torch.tensor([-6., -2., -0.5, 0.5, 1., 3., 12.]), approximate="tanh")
-        let want = [-0.0, -0.045_402_3, -0.154_285_99, 0.345_714, 0.841_192, 2.996_363_7, 12.0];
+        let want = [-0.0, -0.045_402_3, -0.154_286, 0.345_714, 0.841_192, 2.996_363_7, 12.0];
         for (x, w) in [-6.0f32, -2.0, -0.5, 0.5, 1.0, 3.0, 12.0].iter().zip(want) {
             let got = Activation::GeluTanh.apply(*x);
             assert!((got - w).abs() < 1e-6, "gelu_tanh({x}) = {got}, torch {w}");

@@ -8,6 +8,7 @@
 //! heads, exactly as one fused projection produces them; `out (N, NH * HS)`; `lse (B, NH, T)`.
 
 use crate::fastmath::{self, dot, exp};
+use crate::lanes::F8;
 // Tile products run on the calling thread (`parallel: false`): attention parallelises over heads.
 use crate::matmul::{gemm_strided, Strided as Tile};
 use crate::par::DisjointPtr;
@@ -366,28 +367,44 @@ pub fn attention_backward(
     });
 }
 
-/// Keys and values of one layer for the positions of one sequence, in a paged pool: position `j`
-/// is row `blocks[j / block_size] * block_size + j % block_size` of `k` and `v`, each row
-/// `KVH * HS` wide. Sequences that share a prompt prefix share its blocks (vLLM's PagedAttention).
+/// Keys and values of one layer in a paged pool, rows `KVH * HS` wide. A sequence's position `j`
+/// is row `blocks[j / block_size] * block_size + j % block_size` of `k` and `v`, where `blocks`
+/// are its [`Segment::blocks`]. Sequences that share a prompt prefix share its blocks (vLLM's
+/// PagedAttention).
 #[derive(Debug, Clone, Copy)]
 pub struct KvView<'a> {
     pub k: &'a [f32],
     pub v: &'a [f32],
-    pub blocks: &'a [u32],
     pub block_size: usize,
 }
 
-impl KvView<'_> {
-    #[inline(always)]
-    fn row(&self, position: usize) -> usize {
-        self.blocks[position / self.block_size] as usize * self.block_size + position % self.block_size
-    }
+/// New rows of one sequence in a batched decoding step: rows `row..row + n` of the queries and
+/// outputs are positions `start..start + n` of a sequence whose keys and values live in `blocks`.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment<'a> {
+    pub blocks: &'a [u32],
+    pub start: usize,
+    pub n: usize,
+    pub row: usize,
 }
 
-/// Attention of `n` new query rows against a key/value cache (incremental decoding). Row `r` is
-/// at position `start + r` and sees cache positions `0..=start + r`, so the new rows' keys and
-/// values must already be in `kv`. Query row `r` is `q[r * q_stride..]` (the fused qkv layout);
-/// `out (n, NH * HS)` is written. `scores` is scratch of at least `NH * (start + n)`.
+/// Positions whose scores [`attention_cached`] holds at once, and query heads whose running
+/// softmax it keeps at once (on the stack: 8 KiB of accumulators).
+const CACHED_RUN: usize = 64;
+const CACHED_HEADS: usize = 8;
+
+/// Attention of the new rows of several sequences against their cached keys and values
+/// (incremental decoding, one continuous-batching step). Row `r` of a segment is at position
+/// `start + r` and sees its sequence's positions `0..=start + r`, so the new rows' keys and values
+/// must already be in `kv`. Query row `i` is `q[i * q_stride..]` (the fused qkv layout); the
+/// segments' rows of `out (rows, NH * HS)` are written, others untouched. Of `s`, only the heads,
+/// head size and window are used.
+///
+/// One task per segment (and per `CACHED_HEADS` query heads) for the whole batch, split over
+/// threads when the batch is large enough. Keys and values are read a run of consecutive pool
+/// rows at a time (within a block, at most `CACHED_RUN`: whole rows, one contiguous span that the
+/// hardware prefetcher follows), and every query head consumes the run while it is in L1, each
+/// with its own online softmax; no scratch depends on the length.
 /// Work is O(start + n) per row and head, against O(T^2) for recomputing the sequence.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_cached(
@@ -395,57 +412,167 @@ pub fn attention_cached(
     q: &[f32],
     q_stride: usize,
     kv: KvView,
-    start: usize,
-    n: usize,
+    segments: &[Segment],
     s: AttentionShape,
     bias: ScoreBias,
-    scores: &mut [f32],
 ) {
     let AttentionShape { nh, kvh, hs, .. } = s;
-    let (len, horizon) = (start + n, s.horizon());
-    s.check(&bias);
-    let kv_width = kvh * hs;
-    assert!(kv.block_size > 0 && kv.blocks.len() * kv.block_size >= len, "the blocks hold {len} positions");
-    let rows = kv.k.len().min(kv.v.len()) / kv_width;
-    assert!(
-        kv.blocks.iter().all(|&b| (b as usize + 1) * kv.block_size <= rows),
-        "a block lies outside the pool"
-    );
-    assert!(q.len() >= (n - 1) * q_stride + nh * hs && out.len() >= n * nh * hs && scores.len() >= nh * len);
-    if let ScoreBias::Relative { bucket_of_distance, .. } = bias {
-        assert!(bucket_of_distance.len() >= len, "relative buckets cover {len} distances");
+    let horizon = s.horizon();
+    // Lengths are the segments' own (checked below): B and T of `s` are not used.
+    AttentionShape { b: 1, t: 1, ..s }.check(&bias);
+    let (kv_width, block_size, out_width) = (kvh * hs, kv.block_size, nh * hs);
+    let pool_rows = kv.k.len().min(kv.v.len()) / kv_width;
+    assert!(block_size > 0, "blocks hold at least one position");
+    for seg in segments {
+        let len = seg.start + seg.n;
+        assert!(seg.blocks.len() * block_size >= len, "the blocks hold {len} positions");
+        assert!(
+            seg.blocks.iter().all(|&b| (b as usize + 1) * block_size <= pool_rows),
+            "a block lies outside the pool"
+        );
+        assert!(seg.n == 0 || q.len() >= (seg.row + seg.n - 1) * q_stride + out_width, "queries too short");
+        assert!(out.len() >= (seg.row + seg.n) * out_width, "out too short");
+        if let ScoreBias::Relative { bucket_of_distance, .. } = bias {
+            assert!(bucket_of_distance.len() >= len, "relative buckets cover {len} distances");
+        }
     }
+    assert!(
+        segments.windows(2).all(|w| w[0].row + w[0].n <= w[1].row),
+        "segments' rows overlap or are unsorted"
+    );
     let (group, scale) = (nh / kvh, 1.0 / (hs as f32).sqrt());
     let out_ptr = DisjointPtr::new(out);
-    let head = |(h, scores): (usize, &mut [f32])| {
-        let kh = h / group;
-        for r in 0..n {
-            let i = start + r;
-            let query = &q[r * q_stride + h * hs..][..hs];
-            let first = (i + 1).saturating_sub(horizon);
-            let row = &mut scores[first..=i];
-            for (score, j) in row.iter_mut().zip(first..) {
-                let key = &kv.k[kv.row(j) * kv_width + kh * hs..][..hs];
-                *score = dot(query, key) * scale + bias.at(h, nh, i - j);
+    let passes = nh.div_ceil(CACHED_HEADS);
+    let task = |task: usize| {
+        let (seg, h0) = (&segments[task / passes], task % passes * CACHED_HEADS);
+        let heads = h0..nh.min(h0 + CACHED_HEADS);
+        let mut scores = [0.0f32; CACHED_RUN];
+        let mut acc = [0.0f32; CACHED_HEADS * MAX_HEAD_SIZE];
+        let (mut max, mut sum) = ([0.0f32; CACHED_HEADS], [0.0f32; CACHED_HEADS]);
+        for r in 0..seg.n {
+            let i = seg.start + r;
+            let query_row = &q[(seg.row + r) * q_stride..];
+            max.fill(f32::NEG_INFINITY);
+            sum.fill(0.0);
+            acc[..heads.len() * hs].fill(0.0);
+            // Consecutive pool rows from position j0 on: within its block, up to i, at most a run.
+            let run_at = |j0: usize| {
+                let offset = j0 % block_size;
+                let run = (block_size - offset).min(i + 1 - j0).min(CACHED_RUN);
+                let first_row = seg.blocks[j0 / block_size] as usize * block_size + offset;
+                (run, first_row * kv_width..(first_row + run) * kv_width)
+            };
+            let mut j0 = (i + 1).saturating_sub(horizon);
+            while j0 <= i {
+                let (run, rows) = run_at(j0);
+                let (keys, values) = (&kv.k[rows.clone()], &kv.v[rows]);
+                if j0 + run <= i {
+                    // The next run streams in (from L3 or memory) while this one is used.
+                    let (_, next) = run_at(j0 + run);
+                    F8::prefetch(&kv.k[next.clone()]);
+                    F8::prefetch(&kv.v[next]);
+                }
+                let scores = &mut scores[..run];
+                for (g, h) in heads.clone().enumerate() {
+                    let head = (h / group) * hs..;
+                    dot_rows(scores, &query_row[h * hs..][..hs], &keys[head.clone()], kv_width);
+                    for (c, score) in scores.iter_mut().enumerate() {
+                        *score = *score * scale + bias.at(h, nh, i - j0 - c);
+                    }
+                    // Online softmax: rescale what was accumulated under the old maximum.
+                    let new_max = max[g].max(fastmath::max(scores));
+                    let correction = exp(max[g] - new_max);
+                    scores.iter_mut().for_each(|x| *x = exp(*x - new_max));
+                    sum[g] = sum[g] * correction + fastmath::sum(scores);
+                    let acc = &mut acc[g * hs..(g + 1) * hs];
+                    acc.iter_mut().for_each(|a| *a *= correction);
+                    add_weighted_rows(acc, scores, &values[head], kv_width);
+                    max[g] = new_max;
+                }
+                j0 += run;
             }
-            let max = fastmath::max(row);
-            row.iter_mut().for_each(|x| *x = exp(*x - max));
-            let inv = 1.0 / fastmath::sum(row);
-            // SAFETY: head h alone writes its HS columns of each output row.
-            let o = unsafe { out_ptr.slice(r * nh * hs + h * hs, hs) };
-            o.fill(0.0);
-            for (&p, j) in row.iter().zip(first..) {
-                fastmath::axpy(o, p * inv, &kv.v[kv.row(j) * kv_width + kh * hs..][..hs]);
+            for (g, h) in heads.clone().enumerate() {
+                // SAFETY: segments' rows are disjoint (asserted) and head h belongs to this task.
+                let o = unsafe { out_ptr.slice((seg.row + r) * out_width + h * hs, hs) };
+                let inv = 1.0 / sum[g];
+                o.iter_mut().zip(&acc[g * hs..(g + 1) * hs]).for_each(|(o, a)| *o = a * inv);
             }
         }
     };
     // One decode step of a small model is microseconds of work: threads would cost more.
     const PARALLEL_WORK: usize = 1 << 16;
-    let scores = &mut scores[..nh * len];
-    if nh * n * len * hs >= PARALLEL_WORK {
-        scores.par_chunks_exact_mut(len).enumerate().for_each(head);
+    let work: usize = segments.iter().map(|seg| seg.n * (seg.start + seg.n) * nh * hs).sum();
+    let tasks = segments.len() * passes;
+    if work >= PARALLEL_WORK {
+        (0..tasks).into_par_iter().for_each(task);
     } else {
-        scores.chunks_exact_mut(len).enumerate().for_each(head);
+        (0..tasks).for_each(task);
+    }
+}
+
+/// `scores[c] = query . rows[c * stride..][..HS]` for a run of key rows: eight keys at a time,
+/// eight lanes of the head at a time, the eight dot products summed together.
+#[inline(always)]
+fn dot_rows(scores: &mut [f32], query: &[f32], rows: &[f32], stride: usize) {
+    let hs = query.len();
+    assert!(scores.is_empty() || rows.len() >= (scores.len() - 1) * stride + hs);
+    let hs8 = hs / 8 * 8;
+    let tail = |c: usize| (hs8..hs).map(|d| query[d] * rows[c * stride + d]).sum::<f32>();
+    let mut c0 = 0;
+    while c0 + 8 <= scores.len() {
+        let mut acc = [F8::zero(); 8];
+        for d in (0..hs8).step_by(8) {
+            // SAFETY: d + 8 <= hs, and row c0 + 7 ends within `rows` (asserted).
+            unsafe {
+                let q = F8::load(query.as_ptr().add(d));
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    *acc = acc.mul_add(q, F8::load(rows.as_ptr().add((c0 + c) * stride + d)));
+                }
+            }
+        }
+        // SAFETY: c0 + 8 <= scores.len().
+        unsafe { F8::sums(acc).store(scores.as_mut_ptr().add(c0)) };
+        if hs8 < hs {
+            for (c, score) in scores[c0..c0 + 8].iter_mut().enumerate() {
+                *score += tail(c0 + c);
+            }
+        }
+        c0 += 8;
+    }
+    for (c, score) in scores.iter_mut().enumerate().skip(c0) {
+        let mut acc = F8::zero();
+        for d in (0..hs8).step_by(8) {
+            // SAFETY: as above, for row c.
+            unsafe {
+                acc =
+                    acc.mul_add(F8::load(query.as_ptr().add(d)), F8::load(rows.as_ptr().add(c * stride + d)))
+            };
+        }
+        *score = acc.sum() + tail(c);
+    }
+}
+
+/// `acc += sum_c p[c] * rows[c * stride..][..HS]` for a run of value rows: eight columns at a
+/// time stay in a register across the run.
+#[inline(always)]
+fn add_weighted_rows(acc: &mut [f32], p: &[f32], rows: &[f32], stride: usize) {
+    let hs = acc.len();
+    assert!(p.is_empty() || rows.len() >= (p.len() - 1) * stride + hs);
+    let hs8 = hs / 8 * 8;
+    for d in (0..hs8).step_by(8) {
+        // SAFETY: d + 8 <= hs, and row c ends within `rows` (asserted).
+        unsafe {
+            let mut a = F8::load(acc[d..].as_ptr());
+            for (c, &p) in p.iter().enumerate() {
+                a = a.mul_add(F8::splat(p), F8::load(rows.as_ptr().add(c * stride + d)));
+            }
+            a.store(acc[d..].as_mut_ptr());
+        }
+    }
+    for (c, &p) in p.iter().enumerate() {
+        for d in hs8..hs {
+            acc[d] += p * rows[c * stride + d];
+        }
     }
 }
 
@@ -615,23 +742,29 @@ mod tests {
     }
 
     /// Decoding from a paged cache gives the rows the full causal kernel gives: every bias, GQA, a
-    /// sliding window, a first chunk, later chunks and single tokens; unused pool rows are NaN, so
-    /// reading a wrong row shows.
+    /// sliding window, a first chunk, later chunks and single tokens, one segment per call and all
+    /// in one call; blocks shorter and longer than the kernel's run of scores; head sizes that are
+    /// and are not multiples of the lane count. Unused pool rows are NaN, so reading a wrong row
+    /// shows.
     #[test]
     fn cached_attention_matches_the_full_kernel() {
         let tables = BiasTables::new();
         let biases = tables.biases();
-        for (kvh, bias, window) in
-            [(2, &biases[0], None), (1, &biases[1], None), (4, &biases[2], None), (2, &biases[0], Some(50))]
-        {
-            let s = AttentionShape { b: 1, t: 300, nh: 4, kvh, hs: 16, window };
+        for (kvh, bias, window, block_size, hs) in [
+            (2, &biases[0], None, 16, 16),
+            (1, &biases[1], None, 16, 12),
+            (4, &biases[2], None, 100, 16),
+            (2, &biases[0], Some(50), 16, 5),
+            (2, &biases[1], Some(90), 100, 40),
+        ] {
+            let s = AttentionShape { b: 1, t: 300, nh: 4, kvh, hs, window };
             let width = s.qkv_width();
             let mut rng = Rng::new(11);
             let qkv: Vec<f32> = (0..s.t * width).map(|_| rng.normal()).collect();
             let (mut want, mut lse) = (vec![0.0; s.t * s.nh * s.hs], vec![0.0; s.nh * s.t]);
             attention_forward(&mut want, &mut lse, &qkv, s, *bias);
-            // Blocks of 16 positions, in the pool in reverse order after two spare blocks.
-            let (kv_width, block_size) = (kvh * s.hs, 16);
+            // The sequence's blocks, in the pool in reverse order after two spare blocks.
+            let kv_width = kvh * s.hs;
             let n_blocks = s.t.div_ceil(block_size);
             let blocks: Vec<u32> = (0..n_blocks as u32).rev().map(|b| b + 2).collect();
             let pool_rows = (n_blocks + 2) * block_size;
@@ -643,28 +776,37 @@ mod tests {
                 v[row * kv_width..][..kv_width]
                     .copy_from_slice(&qkv[i * width + s.v_offset(0)..][..kv_width]);
             }
-            let mut scores = vec![0.0; s.nh * s.t];
+            let kv = KvView { k: &k, v: &v, block_size };
             let row = s.nh * s.hs;
-            for (start, n) in [(0, 7), (7, 1), (8, 120), (128, 1), (299, 1)] {
-                let mut got = vec![0.0; n * row];
-                let q = &qkv[start * width..];
-                attention_cached(
-                    &mut got,
-                    q,
-                    width,
-                    KvView { k: &k, v: &v, blocks: &blocks, block_size },
-                    start,
-                    n,
-                    s,
-                    *bias,
-                    &mut scores,
-                );
+            let chunks = [(0, 7), (7, 1), (8, 120), (128, 1), (299, 1)];
+            let check = |got: &[f32], start: usize, n: usize| {
                 let max_diff = got
                     .iter()
                     .zip(&want[start * row..(start + n) * row])
                     .map(|(g, w)| (g - w).abs())
                     .fold(0.0, f32::max);
-                assert!(max_diff < 1e-5, "kvh {kvh} {window:?} start {start} n {n}: max diff {max_diff:e}");
+                assert!(
+                    max_diff < 1e-5,
+                    "kvh {kvh} {window:?} blocks of {block_size}, start {start} n {n}: max diff {max_diff:e}"
+                );
+            };
+            for (start, n) in chunks {
+                let mut got = vec![0.0; n * row];
+                let segment = Segment { blocks: &blocks, start, n, row: 0 };
+                attention_cached(&mut got, &qkv[start * width..], width, kv, &[segment], s, *bias);
+                check(&got, start, n);
+            }
+            // Every chunk as a segment of one batch, its queries gathered in batch order.
+            let mut q = Vec::new();
+            let mut segments = Vec::new();
+            for (start, n) in chunks {
+                segments.push(Segment { blocks: &blocks, start, n, row: q.len() / width });
+                q.extend_from_slice(&qkv[start * width..(start + n) * width]);
+            }
+            let mut got = vec![0.0; q.len() / width * row];
+            attention_cached(&mut got, &q, width, kv, &segments, s, *bias);
+            for (seg, (start, n)) in segments.iter().zip(chunks) {
+                check(&got[seg.row * row..(seg.row + n) * row], start, n);
             }
         }
     }

@@ -15,6 +15,7 @@ pub mod activation;
 pub mod attention;
 pub mod embedding;
 pub mod fastmath;
+mod lanes;
 pub mod loss;
 pub mod matmul;
 pub mod memory;

@@ -1,8 +1,13 @@
 //! Matrix products through the `gemm` crate, and the linear layer built on them.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::lanes::F8;
+use crate::par::DisjointPtr;
 
 /// A row-major operand, optionally used transposed.
 #[derive(Clone, Copy)]
@@ -112,6 +117,10 @@ pub fn matmul(out: &mut [f32], a: Op, b: Op, m: usize, k: usize, n: usize, accum
         }
         return;
     }
+    if let (Op::N(a), Op::T(b), true) = (a, b, (2..=SKINNY_ROWS).contains(&m)) {
+        skinny_nt(out, a, b, m, k, n, accumulate);
+        return;
+    }
     let (a_rs, a_cs) = a.strides(m, k);
     let (b_rs, b_cs) = b.strides(k, n);
     let lhs = Strided { ptr: a.data().as_ptr(), rs: a_rs, cs: a_cs };
@@ -119,6 +128,109 @@ pub fn matmul(out: &mut [f32], a: Op, b: Op, m: usize, k: usize, n: usize, accum
     // SAFETY: the asserts above bound every index the strides can reach; `out` does not alias the
     // inputs because it is borrowed mutably.
     unsafe { gemm_strided(m, n, k, out.as_mut_ptr(), n, accumulate, lhs, rhs, 1.0, true) };
+}
+
+/// Rows up to which `a (M, K) @ b (N, K)^T` (the linear layer's forward) takes [`skinny_nt`]
+/// (from 2: one row is a matrix-vector product, which `gemm` does without packing, and faster).
+pub const SKINNY_ROWS: usize = 32;
+
+/// Weight rows and input rows per register tile of [`skinny_nt`]: 8 eight-lane accumulators.
+const TILE_OC: usize = 4;
+const TILE_M: usize = 2;
+const _: () = assert!(TILE_M * TILE_OC <= 8);
+
+/// `out (M, N) [+]= a (M, K) @ b (N, K)^T` for few rows M, as in a decode step's linear layers.
+///
+/// Why it exists: for M > 1 the `gemm` crate copies all of `b` into its packed panel layout on
+/// every call (it skips packing only for matrix-vector products), and with a handful of rows that
+/// copy costs as much as the product itself. Here each row of `b` is read once, in place: a tile
+/// of `TILE_OC` rows of `b` stays in L1 while every group of `TILE_M` rows of `a` is dotted with
+/// it, `TILE_OC * TILE_M` dot products at a time in 8-lane accumulators. Tiles of `b` are split
+/// over threads when the product is large enough.
+pub fn skinny_nt(out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, accumulate: bool) {
+    assert!(out.len() >= m * n && a.len() >= m * k && b.len() >= n * k, "skinny_nt: operands too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let out = DisjointPtr::new(&mut out[..m * n]);
+    let columns = |tiles: Range<usize>| {
+        for o0 in tiles.map(|t| t * TILE_OC) {
+            let width = TILE_OC.min(n - o0);
+            // A ragged last tile repeats its last row of `b` and drops the repeated results.
+            let w: [&[f32]; TILE_OC] = std::array::from_fn(|o| &b[(o0 + o.min(width - 1)) * k..][..k]);
+            // The next tile's weights stream in (from L3 or memory) while this one is used.
+            F8::prefetch(&b[(o0 + width) * k..((o0 + width + TILE_OC) * k).min(n * k)]);
+            let write = |r0: usize, sums: &[[f32; TILE_OC]]| {
+                for (r, sums) in sums.iter().enumerate() {
+                    // SAFETY: this tile of columns belongs to this task alone.
+                    let row = unsafe { out.slice((r0 + r) * n + o0, width) };
+                    for (o, s) in row.iter_mut().zip(sums) {
+                        *o = if accumulate { *o + s } else { *s };
+                    }
+                }
+            };
+            let mut r0 = 0;
+            while r0 + TILE_M <= m {
+                let x: [&[f32]; TILE_M] = std::array::from_fn(|r| &a[(r0 + r) * k..][..k]);
+                write(r0, &dot_tile(x, w));
+                r0 += TILE_M;
+            }
+            for r in r0..m {
+                write(r, &dot_tile([&a[r * k..][..k]], w));
+            }
+        }
+    };
+    let tiles = n.div_ceil(TILE_OC);
+    let threads = rayon::current_num_threads();
+    if m * n * k >= PARALLEL_THRESHOLD && threads > 1 {
+        // A few tasks per thread, each a contiguous span of weight rows (streamed in order) of at
+        // least PARALLEL_THRESHOLD / 4 multiply-adds.
+        let per_task = tiles.div_ceil(4 * threads).max((PARALLEL_THRESHOLD / 4).div_ceil(m * k * TILE_OC));
+        let tasks = tiles.div_ceil(per_task);
+        (0..tasks).into_par_iter().for_each(|t| columns(t * per_task..tiles.min((t + 1) * per_task)));
+    } else {
+        columns(0..tiles);
+    }
+}
+
+/// The `R x TILE_OC` dot products of rows `x` with rows `w`, all of one length.
+#[inline(always)]
+fn dot_tile<const R: usize>(x: [&[f32]; R], w: [&[f32]; TILE_OC]) -> [[f32; TILE_OC]; R] {
+    let k = x[0].len();
+    let k8 = k / 8 * 8;
+    assert!(x.iter().chain(&w).all(|row| row.len() == k), "dot_tile: rows of unequal length");
+    let (xp, wp) = (x.map(<[f32]>::as_ptr), w.map(<[f32]>::as_ptr));
+    let mut acc = [[F8::zero(); TILE_OC]; R];
+    for p in (0..k8).step_by(8) {
+        // SAFETY: p + 8 <= k, the length of every row (asserted).
+        let xs: [F8; R] = std::array::from_fn(|r| unsafe { F8::load(xp[r].add(p)) });
+        let ws: [F8; TILE_OC] = std::array::from_fn(|o| unsafe { F8::load(wp[o].add(p)) });
+        for r in 0..R {
+            for o in 0..TILE_OC {
+                acc[r][o] = acc[r][o].mul_add(xs[r], ws[o]);
+            }
+        }
+    }
+    // All the tile's lane sums at once (a tile has at most 8 accumulators).
+    let mut lanes = [0.0; 8];
+    // SAFETY: `lanes` holds eight elements.
+    unsafe {
+        F8::sums(std::array::from_fn(|i| {
+            if i < R * TILE_OC {
+                acc[i / TILE_OC][i % TILE_OC]
+            } else {
+                F8::zero()
+            }
+        }))
+        .store(lanes.as_mut_ptr())
+    };
+    let mut sums = [[0.0; TILE_OC]; R];
+    for r in 0..R {
+        for o in 0..TILE_OC {
+            sums[r][o] = lanes[r * TILE_OC + o] + (k8..k).map(|p| x[r][p] * w[o][p]).sum::<f32>();
+        }
+    }
+    sums
 }
 
 /// `out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias (OC)`, torch's `nn.Linear` layout.
@@ -209,6 +321,29 @@ mod tests {
             assert_eq!(out, want);
             matmul(&mut out, lhs, rhs, m, k, n, true);
             assert_eq!(out, want.iter().map(|x| 2.0 * x).collect::<Vec<_>>());
+        }
+    }
+
+    /// The few-rows kernel against the naive product: every row count up to past the limit (full
+    /// and partial row tiles), widths that are not a multiple of the lane count, output widths
+    /// that leave a ragged weight tile, written and accumulated, serial and split over threads.
+    #[test]
+    fn skinny_nt_matches_naive() {
+        for (k, n) in [(1, 1), (7, 5), (13, 3), (131, 17), (128, 256), (40, 2051)] {
+            for m in 1..=SKINNY_ROWS + 1 {
+                let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 * 0.25 - 1.5).collect();
+                let bt: Vec<f32> = (0..n * k).map(|i| ((i * 5) % 11) as f32 * 0.25 - 1.25).collect();
+                let want = naive(&a, &transpose(&bt, n, k), m, k, n);
+                let mut out = vec![f32::NAN; m * n];
+                skinny_nt(&mut out, &a, &bt, m, k, n, false);
+                let close = |got: &[f32], scale: f32| {
+                    got.iter().zip(&want).all(|(g, w)| (g - scale * w).abs() <= 1e-5 * (1.0 + w.abs()))
+                };
+                assert!(close(&out, 1.0), "m {m} k {k} n {n}");
+                // Through `matmul` (which takes this kernel for 2..=SKINNY_ROWS rows), accumulating.
+                matmul(&mut out, Op::N(&a), Op::T(&bt), m, k, n, true);
+                assert!(close(&out, 2.0), "accumulate: m {m} k {k} n {n}");
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 
 use truthgpt_config::{ModelConfig, Positional, RopeScalingKind};
+pub use truthgpt_engine::attention::Segment;
 use truthgpt_engine::attention::{self as kernel, AttentionShape, KvView, ScoreBias};
 use truthgpt_engine::rope::{self, RopeTable};
 
@@ -47,24 +48,22 @@ pub struct AttentionActs {
     pub lse: Vec<f32>,
 }
 
-/// A decoding forward's rows are consecutive segments, each continuing one sequence: segment rows
-/// are positions `start..start + n` of a sequence whose keys and values live in `blocks` of the
-/// pool (earlier positions already written).
-#[derive(Debug, Clone, Copy)]
-pub struct Segment<'a> {
-    pub blocks: &'a [u32],
-    pub start: usize,
-    pub n: usize,
-}
-
-/// Incremental decoding: this layer's slice of the paged key/value pool, the segments the rows
-/// belong to, and scratch of `NH * longest sequence` scores.
+/// Incremental decoding: this layer's slice of the paged key/value pool and the segments the rows
+/// belong to, one per sequence, in row order ([`Segment`]: each continues a sequence whose
+/// earlier positions are already in the pool). `decoding` are those that continue a sequence or
+/// add one row to it; the others are fresh prompts, which the tiled kernel runs.
 #[derive(Debug)]
 pub struct Cached<'a> {
     pub kv: &'a mut LayerKv,
     pub block_size: usize,
     pub segments: &'a [Segment<'a>],
-    pub scores: &'a mut [f32],
+    pub decoding: &'a [Segment<'a>],
+}
+
+/// Whether a segment is best run as a whole causal forward (a fresh prompt) rather than against
+/// the cache.
+pub fn is_fresh_prompt(segment: &Segment) -> bool {
+    segment.start == 0 && segment.n > 1
 }
 
 /// Backward scratch shared by all layers.
@@ -165,40 +164,31 @@ impl Attention {
                 }
                 kernel::attention_forward(&mut acts.out, &mut acts.lse, &acts.qkv, self.shape(b, t), bias);
             }
-            Some(Cached { kv, block_size, segments, scores }) => {
-                let (out_width, mut row) = (self.nh * self.hs, 0);
+            Some(Cached { kv, block_size, segments, decoding }) => {
+                let out_width = self.nh * self.hs;
                 for segment in segments {
-                    let rows = &mut acts.qkv[row * width..(row + segment.n) * width];
+                    let rows = &mut acts.qkv[segment.row * width..(segment.row + segment.n) * width];
                     if let ScorePositions::Rope(rope) = &self.positions {
                         let table = rope.table(segment.start, segment.n);
                         table.apply(rows, width, 0, self.nh + self.kvh, segment.n, segment.start, false);
                     }
                     self.append_kv(kv, block_size, segment, rows);
-                    row += segment.n;
                 }
-                row = 0;
-                for segment in segments {
-                    let (qkv, out) = (&acts.qkv[row * width..], &mut acts.out[row * out_width..]);
-                    let shape = self.shape(1, segment.n);
-                    if segment.start == 0 && segment.n > 1 {
-                        // A fresh prompt is a whole causal forward: the tiled kernel is the fast path.
-                        kernel::attention_forward(out, &mut acts.lse, qkv, shape, bias);
-                    } else {
-                        let view = KvView { k: &kv.k, v: &kv.v, blocks: segment.blocks, block_size };
-                        kernel::attention_cached(
-                            out,
-                            qkv,
-                            width,
-                            view,
-                            segment.start,
-                            segment.n,
-                            shape,
-                            bias,
-                            scores,
-                        );
-                    }
-                    row += segment.n;
+                for segment in segments.iter().filter(|segment| is_fresh_prompt(segment)) {
+                    let (qkv, out) =
+                        (&acts.qkv[segment.row * width..], &mut acts.out[segment.row * out_width..]);
+                    kernel::attention_forward(out, &mut acts.lse, qkv, self.shape(1, segment.n), bias);
                 }
+                let view = KvView { k: &kv.k, v: &kv.v, block_size };
+                kernel::attention_cached(
+                    &mut acts.out,
+                    &acts.qkv,
+                    width,
+                    view,
+                    decoding,
+                    self.shape(1, 1),
+                    bias,
+                );
             }
         }
         self.proj.forward(params, y, &acts.out, n);

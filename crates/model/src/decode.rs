@@ -8,7 +8,7 @@
 
 use truthgpt_engine::embedding;
 
-use crate::attention::{Cached, Segment};
+use crate::attention::{is_fresh_prompt, Cached, Segment};
 use crate::block::BlockActs;
 use crate::error::{ModelError, Result};
 use crate::linear::NormSaved;
@@ -34,8 +34,6 @@ pub struct DecodeWork {
     final_norm: NormSaved,
     /// (S, V) logits of the last position of each sequence.
     logits: Vec<f32>,
-    /// (NH, longest sequence) attention scores.
-    scores: Vec<f32>,
     /// (layers, experts): rows each expert processed in the last forward (MoE models).
     expert_load: Vec<usize>,
 }
@@ -121,6 +119,18 @@ impl Model {
         work: &'w mut DecodeWork,
         batch: &mut [(&mut SeqKv, &[u32])],
     ) -> Result<&'w [f32]> {
+        // A step is a few dozen kernels of tens of microseconds each. Run from outside the rayon
+        // pool, every parallel one would hand its work to the pool and sleep until woken; run on
+        // a worker, the whole step makes that round trip once and the kernels fork-join inside.
+        rayon::scope(|_| self.step_paged(pool, work, batch))
+    }
+
+    fn step_paged<'w>(
+        &mut self,
+        pool: &mut KvPool,
+        work: &'w mut DecodeWork,
+        batch: &mut [(&mut SeqKv, &[u32])],
+    ) -> Result<&'w [f32]> {
         let (vocab, max) = (self.config.vocab_size, self.config.max_seq_len);
         let width = self.config.n_kv_heads * self.config.head_dim();
         if pool.layers.len() != self.config.n_layers || pool.width() != width {
@@ -166,36 +176,33 @@ impl Model {
                 head_in: vec![0.0; sequences * c],
                 final_norm: NormSaved::new(sequences),
                 logits: vec![0.0; sequences * vocab],
-                scores: std::mem::take(&mut work.scores),
                 expert_load: std::mem::take(&mut work.expert_load),
             };
         }
-        let longest = batch.iter().map(|(seq, tokens)| seq.len() + tokens.len()).max().unwrap_or(0);
-        let heads = self.config.n_heads;
-        if work.scores.len() < heads * longest {
-            work.scores.resize(heads * longest.max(2 * work.scores.len() / heads).min(max), 0.0);
-        }
         work.tokens.clear();
         batch.iter().for_each(|(_, tokens)| work.tokens.extend_from_slice(tokens));
+        let mut row = 0;
         let segments: Vec<Segment> = batch
             .iter()
-            .map(|(seq, tokens)| Segment { blocks: seq.blocks(), start: seq.len(), n: tokens.len() })
+            .map(|(seq, tokens)| {
+                row += tokens.len();
+                Segment { blocks: seq.blocks(), start: seq.len(), n: tokens.len(), row: row - tokens.len() }
+            })
             .collect();
+        let decoding: Vec<Segment> = segments.iter().filter(|s| !is_fresh_prompt(s)).copied().collect();
 
         let Model { params, blocks, positions, wte, final_norm, head, .. } = self;
-        let mut row = 0;
         for segment in &segments {
             let table = positions.table(params).map(|table| &table[segment.start * c..]);
-            let tokens = &work.tokens[row..row + segment.n];
-            embedding::forward(&mut work.x[row * c..], tokens, wte.of(params), table, segment.n, c);
-            row += segment.n;
+            let tokens = &work.tokens[segment.row..segment.row + segment.n];
+            embedding::forward(&mut work.x[segment.row * c..], tokens, wte.of(params), table, segment.n, c);
         }
         let acts = work.acts.as_mut().expect("ensured above");
         let unique = blocks.len();
         let block_size = pool.block_size();
         let layers = pool.layers.len();
         for (layer, kv) in pool.layers.iter_mut().enumerate() {
-            let cached = Cached { kv, block_size, segments: &segments, scores: &mut work.scores };
+            let cached = Cached { kv, block_size, segments: &segments, decoding: &decoding };
             blocks[layer % unique].forward(
                 params,
                 acts,
@@ -214,9 +221,8 @@ impl Model {
                 work.expert_load[layer * e..(layer + 1) * e].copy_from_slice(expert_rows);
             }
         }
-        let mut end = 0;
         for (s, segment) in segments.iter().enumerate() {
-            end += segment.n;
+            let end = segment.row + segment.n;
             work.last[s * c..(s + 1) * c].copy_from_slice(&work.x[(end - 1) * c..end * c]);
         }
         match final_norm {
@@ -226,7 +232,7 @@ impl Model {
             None => work.head_in.copy_from_slice(&work.last),
         }
         head.forward(params, &mut work.logits, &work.head_in, sequences);
-        drop(segments);
+        drop((segments, decoding));
         for (seq, tokens) in batch.iter_mut() {
             pool.commit(seq, tokens);
         }

@@ -36,7 +36,7 @@ impl Fixture {
     fn f32s(&self, name: &str) -> Vec<f32> {
         let tensors = self.tensors();
         let view = tensors.tensor(name).unwrap_or_else(|_| panic!("fixture has no `{name}`"));
-        f32_values(name, &view, &view.shape().to_vec()).unwrap()
+        f32_values(name, &view, view.shape()).unwrap()
     }
 
     fn ids(&self, name: &str) -> Vec<u32> {
