@@ -20,6 +20,8 @@
 //!   `load_balancing_loss_func`. Not applied under `balancing: bias`.
 //! - router z-loss (Zoph et al. 2022): `z_loss_coef * mean_t logsumexp(logits_t)^2`.
 
+use std::ops::Range;
+
 use truthgpt_config::{Balancing, ExpertGroup, ModelConfig, MAX_TOP_K};
 use truthgpt_engine::fastmath::{axpy, dot};
 use truthgpt_engine::loss::max_and_sum_exp;
@@ -122,6 +124,15 @@ impl MoeActs {
     pub fn rows_per_expert(&self) -> &[usize] {
         &self.rows
     }
+}
+
+/// Where each expert's rows, hidden and activation values start in the gathered buffers;
+/// `E + 1` entries each.
+struct Spans<'a> {
+    rows: &'a [usize],
+    hidden: &'a [usize],
+    act: &'a [usize],
+    c: usize,
 }
 
 /// Backward scratch shared by all layers.
@@ -250,21 +261,9 @@ impl Moe {
                 }
             }
         }
-        for (i, expert) in self.experts.iter().enumerate() {
-            let rows = acts.rows[i];
-            if rows == 0 {
-                continue;
-            }
-            let (r0, h0, a0) = (acts.row_start[i], acts.hidden_start[i], acts.act_start[i]);
-            expert.forward(
-                params,
-                &mut acts.h[h0..],
-                &mut acts.a[a0..],
-                &mut acts.y[r0 * c..(r0 + rows) * c],
-                &acts.x[r0 * c..(r0 + rows) * c],
-                rows,
-            );
-        }
+        let MoeActs { x: gathered, h, a, y: expert_y, row_start, hidden_start, act_start, .. } = &mut *acts;
+        let spans = Spans { rows: row_start, hidden: hidden_start, act: act_start, c };
+        self.forward_experts(params, &spans, 0..e, h, a, expert_y, gathered);
         y[..n * c].fill(0.0);
         for t in 0..n {
             let out = &mut y[t * c..(t + 1) * c];
@@ -284,6 +283,41 @@ impl Moe {
             }
             self.stats.dropped += acts.slot[..n * k].iter().filter(|&&s| s == DROPPED).count() as u64;
         }
+    }
+
+    /// Runs experts `range` on their gathered rows, the two halves of the range in parallel:
+    /// experts write disjoint spans of `h`, `a` and `y`, which here start at the first expert's
+    /// offsets. With few rows per expert (decoding), one expert's products are too small to
+    /// split over threads, but the experts side by side are not. Recursion, not a task list, so
+    /// a training step still allocates nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_experts(
+        &self,
+        params: &[f32],
+        spans: &Spans,
+        range: Range<usize>,
+        h: &mut [f32],
+        a: &mut [f32],
+        y: &mut [f32],
+        gathered: &[f32],
+    ) {
+        let (first, c) = (range.start, spans.c);
+        if range.len() == 1 {
+            let rows = spans.rows[first + 1] - spans.rows[first];
+            if rows > 0 {
+                let x = &gathered[spans.rows[first] * c..(spans.rows[first] + rows) * c];
+                self.experts[first].forward(params, h, a, &mut y[..rows * c], x, rows);
+            }
+            return;
+        }
+        let mid = range.start + range.len() / 2;
+        let (h1, h2) = h.split_at_mut(spans.hidden[mid] - spans.hidden[first]);
+        let (a1, a2) = a.split_at_mut(spans.act[mid] - spans.act[first]);
+        let (y1, y2) = y.split_at_mut((spans.rows[mid] - spans.rows[first]) * c);
+        rayon::join(
+            || self.forward_experts(params, spans, first..mid, h1, a1, y1, gathered),
+            || self.forward_experts(params, spans, mid..range.end, h2, a2, y2, gathered),
+        );
     }
 
     /// Softmaxes, top-k choice and gates.

@@ -80,6 +80,8 @@ impl Scheduler {
         tokenizer: Arc<Tokenizer>,
         config: SchedulerConfig,
     ) -> (Self, std::thread::JoinHandle<()>) {
+        // The thread makes its metric handles once; made before the recorder, they would be no-ops.
+        crate::telemetry::handle();
         let (queue, incoming) = mpsc::channel(config.queue.max(1));
         let max_seq_len = model.config.max_seq_len;
         let kv_blocks =
@@ -150,6 +152,8 @@ fn run(
     let experts = model.config.moe.n_experts.max(1);
     let mut expert_tokens: Vec<metrics::Counter> = Vec::new();
     let tokens_total = metrics::counter!("generated_tokens_total");
+    // One step: the forward, sampling, detokenising and sending for the whole batch.
+    let step_seconds = metrics::histogram!("decode_step_seconds");
     let (batch_size, queue_depth) = (metrics::gauge!("batch_size"), metrics::gauge!("queue_depth"));
     let tokens_per_second = metrics::gauge!("generated_tokens_per_second");
     let mut window = (std::time::Instant::now(), 0u64);
@@ -225,6 +229,7 @@ fn run(
 
         let mut batch: Vec<(&mut SeqKv, &[u32])> =
             active.iter_mut().map(|a| (&mut a.seq, &a.input[..])).collect();
+        let step = std::time::Instant::now();
         let logits = match model.forward_paged(&mut pool, &mut work, &mut batch) {
             Ok(logits) => logits,
             Err(e) => {
@@ -285,6 +290,7 @@ fn run(
                 finished.push(i);
             }
         }
+        step_seconds.record(step.elapsed().as_secs_f64());
         tokens_total.increment(active.len() as u64);
         if expert_tokens.len() != work.expert_load().len() {
             expert_tokens = (0..work.expert_load().len())
