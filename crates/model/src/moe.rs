@@ -314,10 +314,15 @@ impl Moe {
         let (h1, h2) = h.split_at_mut(spans.hidden[mid] - spans.hidden[first]);
         let (a1, a2) = a.split_at_mut(spans.act[mid] - spans.act[first]);
         let (y1, y2) = y.split_at_mut((spans.rows[mid] - spans.rows[first]) * c);
-        rayon::join(
-            || self.forward_experts(params, spans, first..mid, h1, a1, y1, gathered),
-            || self.forward_experts(params, spans, mid..range.end, h2, a2, y2, gathered),
-        );
+        let mut left = || self.forward_experts(params, spans, first..mid, h1, a1, y1, gathered);
+        let mut right = || self.forward_experts(params, spans, mid..range.end, h2, a2, y2, gathered);
+        // A half without rows costs nothing; forking for it would (one token has k experts).
+        match (spans.rows[mid] > spans.rows[first], spans.rows[range.end] > spans.rows[mid]) {
+            (true, true) => drop(rayon::join(left, right)),
+            (true, false) => left(),
+            (false, true) => right(),
+            (false, false) => {}
+        }
     }
 
     /// Softmaxes, top-k choice and gates.
