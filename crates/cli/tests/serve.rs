@@ -199,6 +199,14 @@ async fn an_http_client_uses_the_openai_api() {
     assert!(response.headers().contains_key("x-request-id"));
     let anonymous = client.post(format!("{url}/completions")).json(&completion).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
+
+    // The scheduler's own figures reach /metrics (its handles are made after the recorder).
+    let metrics =
+        client.get(format!("http://{address}/metrics")).bearer_auth("sk-test").send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    for name in ["generated_tokens_total", "decode_step_seconds_count", "batch_size", "kv_blocks_total"] {
+        assert!(metrics.contains(name), "/metrics lacks {name}: {metrics}");
+    }
 }
 
 #[tokio::test]
