@@ -142,6 +142,10 @@ async fn an_http_client_uses_the_openai_api() {
     let (_server, address, _) = start_with(&model, &["--api-key", "sk-test"], &[]);
     let client = reqwest::Client::new();
     let url = format!("http://{address}/v1");
+    let post = |path: &str, body: &Value| {
+        let request = client.post(format!("{url}{path}")).bearer_auth("sk-test").json(body).send();
+        async move { request.await.unwrap() }
+    };
     let models: Value = client
         .get(format!("{url}/models"))
         .bearer_auth("sk-test")
@@ -154,29 +158,14 @@ async fn an_http_client_uses_the_openai_api() {
     assert_eq!(models["data"][0]["id"], "model");
 
     let chat = json!({"model": "model", "messages": [{"role": "user", "content": "To be"}], "max_tokens": 6, "temperature": 0});
-    let whole: Value = client
-        .post(format!("{url}/chat/completions"))
-        .bearer_auth("sk-test")
-        .json(&chat)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let whole: Value = post("/chat/completions", &chat).await.json().await.unwrap();
     let text = whole["choices"][0]["message"]["content"].as_str().unwrap().to_string();
     assert_eq!(whole["object"], "chat.completion");
 
     let mut streamed = chat.clone();
     streamed["stream"] = json!(true);
     streamed["stream_options"] = json!({"include_usage": true});
-    let response = client
-        .post(format!("{url}/chat/completions"))
-        .bearer_auth("sk-test")
-        .json(&streamed)
-        .send()
-        .await
-        .unwrap();
+    let response = post("/chat/completions", &streamed).await;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let body = response.text().await.unwrap();
     let data: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
@@ -188,13 +177,7 @@ async fn an_http_client_uses_the_openai_api() {
     assert_eq!(chunks.last().unwrap()["usage"]["total_tokens"], whole["usage"]["total_tokens"]);
 
     let completion = json!({"model": "model", "prompt": "To be", "max_tokens": 4});
-    let response = client
-        .post(format!("{url}/completions"))
-        .bearer_auth("sk-test")
-        .json(&completion)
-        .send()
-        .await
-        .unwrap();
+    let response = post("/completions", &completion).await;
     assert_eq!(response.status(), 200);
     assert!(response.headers().contains_key("x-request-id"));
     let anonymous = client.post(format!("{url}/completions")).json(&completion).send().await.unwrap();

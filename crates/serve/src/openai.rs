@@ -328,37 +328,7 @@ impl Generation {
             return Err(ApiError::invalid("only `n` = 1 is supported"));
         }
         let served = state.served();
-        let (kind, prompt, conversation) = match input {
-            Input::Completion(prompt) => (Kind::Completion, prompt, None),
-            Input::Chat { messages, conversation } => {
-                if messages.is_empty() {
-                    return Err(ApiError::invalid("`messages` is empty"));
-                }
-                let (history, key) = match conversation {
-                    Some(id) if !valid_conversation_id(&id) => {
-                        return Err(ApiError::invalid(
-                            "`conversation_id` must be 1 to 128 characters of A-Z a-z 0-9 . _ : -",
-                        ))
-                    }
-                    Some(id) => {
-                        // Tenants never see each other's conversations: the tenant is in the key.
-                        let key = format!("{}:{id}", caller.tenant);
-                        let earlier: Vec<Message> = match state.sessions.get(&key).await {
-                            Some(json) => serde_json::from_str(&json).unwrap_or_default(),
-                            None => vec![],
-                        };
-                        (earlier.into_iter().chain(messages).collect(), Some((key, id)))
-                    }
-                    None => (messages, None),
-                };
-                let prompt = served.chat.render(&history).map_err(ApiError::invalid)?;
-                (
-                    Kind::Chat { conversation: key.as_ref().map(|(_, id)| id.clone()) },
-                    prompt,
-                    key.map(|(k, _)| (k, history)),
-                )
-            }
-        };
+        let (kind, prompt, conversation) = prompt_of(state, &served, caller, input).await?;
         let ids = served.tokenizer.encode(&prompt).map_err(|e| ApiError::invalid(e.to_string()))?;
         let max_seq_len = served.scheduler.max_seq_len;
         if ids.is_empty() {
@@ -404,16 +374,10 @@ impl Generation {
             }
             _ => None,
         };
-        let hit = match (&cache_key, &state.cache) {
-            (Some(key), Some(cache)) => {
-                cache.get(key).await.and_then(|json| serde_json::from_str::<CachedAnswer>(&json).ok())
-            }
-            _ => None,
+        let hit = match &cache_key {
+            Some(key) => lookup(state, key).await,
+            None => None,
         };
-        if cache_key.is_some() {
-            let result = if hit.is_some() { "hit" } else { "miss" };
-            metrics::counter!("cache_requests_total", "result" => result).increment(1);
-        }
         let cached = hit.is_some();
         let events = match hit {
             Some(answer) => {
@@ -518,6 +482,52 @@ impl Generation {
             }
         }
     }
+}
+
+/// The prompt a request generates from, its reply's kind, and (for a conversation) its key and
+/// every message so far.
+async fn prompt_of(
+    state: &AppState,
+    served: &Served,
+    caller: &Principal,
+    input: Input,
+) -> Result<(Kind, String, Option<(String, Vec<Message>)>), ApiError> {
+    let (messages, conversation) = match input {
+        Input::Completion(prompt) => return Ok((Kind::Completion, prompt, None)),
+        Input::Chat { messages, conversation } => (messages, conversation),
+    };
+    if messages.is_empty() {
+        return Err(ApiError::invalid("`messages` is empty"));
+    }
+    let (history, key) = match conversation {
+        Some(id) if !valid_conversation_id(&id) => {
+            return Err(ApiError::invalid(
+                "`conversation_id` must be 1 to 128 characters of A-Z a-z 0-9 . _ : -",
+            ))
+        }
+        Some(id) => {
+            // Tenants never see each other's conversations: the tenant is in the key.
+            let key = format!("{}:{id}", caller.tenant);
+            let earlier: Vec<Message> = match state.sessions.get(&key).await {
+                Some(json) => serde_json::from_str(&json).unwrap_or_default(),
+                None => vec![],
+            };
+            (earlier.into_iter().chain(messages).collect(), Some((key, id)))
+        }
+        None => (messages, None),
+    };
+    let prompt = served.chat.render(&history).map_err(ApiError::invalid)?;
+    let kind = Kind::Chat { conversation: key.as_ref().map(|(_, id)| id.clone()) };
+    Ok((kind, prompt, key.map(|(key, _)| (key, history))))
+}
+
+/// The cached answer under `key`, counting the hit or miss.
+async fn lookup(state: &AppState, key: &str) -> Option<CachedAnswer> {
+    let cache = state.cache.as_ref()?;
+    let hit = cache.get(key).await.and_then(|json| serde_json::from_str::<CachedAnswer>(&json).ok());
+    metrics::counter!("cache_requests_total", "result" => if hit.is_some() { "hit" } else { "miss" })
+        .increment(1);
+    hit
 }
 
 /// The cache key: the model's fingerprint, the tenant, and everything that decides the text.
