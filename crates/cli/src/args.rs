@@ -49,8 +49,10 @@ pub enum Command {
     /// Print a model's logits for token ids as JSON, {"logits": [[...], ...]}: one row per
     /// position, the whole vocabulary, f32 precision. For parity checks against other tools.
     Logits(LogitsArgs),
-    /// Serve a model with an OpenAI-compatible API (completions, chat completions, models),
-    /// continuously batching requests; SIGTERM or Ctrl-C drains in-flight requests, then exits.
+    /// Serve a model with an OpenAI-compatible API (completions, chat completions, models, SSE and
+    /// WebSocket streaming), continuously batching requests, with keys/JWT and roles, rate
+    /// limits, a response cache, sessions and Prometheus metrics (docs/serving.md); SIGTERM or
+    /// Ctrl-C drains in-flight requests, then exits.
     Serve(ServeArgs),
 }
 
