@@ -94,13 +94,18 @@ impl Sampler {
                 |a: &&(u32, f32), b: &&(u32, f32)| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0));
             return candidates.iter().max_by(ties_to_lowest_id).expect("logits are not empty").0;
         }
-        let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if s.top_k > 0 && s.top_k < candidates.len() {
-            candidates.select_nth_unstable_by(s.top_k - 1, by_logit_desc);
-            candidates.truncate(s.top_k);
+        // Only top-k and top-p need the candidates in order; plain sampling draws from them in id
+        // order, which spares a sort of the whole vocabulary per token.
+        let top_k = s.top_k > 0 && s.top_k < candidates.len();
+        if top_k || s.top_p < 1.0 {
+            let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+            if top_k {
+                candidates.select_nth_unstable_by(s.top_k - 1, by_logit_desc);
+                candidates.truncate(s.top_k);
+            }
+            candidates.sort_unstable_by(by_logit_desc);
         }
-        candidates.sort_unstable_by(by_logit_desc);
-        let max = candidates[0].1;
+        let max = candidates.iter().map(|&(_, logit)| logit).fold(f32::NEG_INFINITY, f32::max);
         let mut total = 0.0;
         for (_, weight) in candidates.iter_mut() {
             *weight = ((*weight - max) / s.temperature).exp();
