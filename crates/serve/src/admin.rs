@@ -12,7 +12,6 @@ use utoipa::ToSchema;
 
 use crate::auth::KeyInfo;
 use crate::error::{ApiError, ErrorBody};
-use crate::openai::rejected;
 use crate::state::{AppState, TenantUsage};
 
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
@@ -41,7 +40,7 @@ pub async fn reload(
     let request = match request {
         Ok(Json(request)) => request,
         Err(JsonRejection::MissingJsonContentType(_)) => ReloadRequest::default(),
-        Err(e) => return Err(rejected(e)),
+        Err(e) => return Err(e.into()),
     };
     let served = state.reload(request.model.map(PathBuf::from)).await.map_err(ApiError::invalid)?;
     Ok(Json(ReloadResponse { model: served.model_id.clone(), fingerprint: served.fingerprint.clone() }))

@@ -45,10 +45,6 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", None, message)
     }
 
-    pub fn not_found(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", Some("not_found"), message)
-    }
-
     pub fn busy() -> Self {
         ApiError {
             retry_after: Some(1),
@@ -93,8 +89,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Bodies that are not the request's JSON: 400 (OpenAI's status for them, where axum would say
+/// 422 for a field of the wrong type), except a body over the size limit (413) and a missing
+/// JSON content type (415).
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
-        ApiError { status: rejection.status(), ..ApiError::invalid(rejection.body_text()) }
+        let status = match rejection.status() {
+            s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError { status, ..ApiError::invalid(rejection.body_text()) }
     }
 }

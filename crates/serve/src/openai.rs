@@ -11,7 +11,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -211,7 +210,7 @@ pub async fn completions(
     budget: Option<Extension<TokenBudget>>,
     request: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = request.map_err(rejected)?;
+    let Json(request) = request?;
     let stream = request.params.stream;
     let include_usage = include_usage(&request.params);
     let generation =
@@ -234,7 +233,7 @@ pub async fn chat_completions(
     budget: Option<Extension<TokenBudget>>,
     request: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = request.map_err(rejected)?;
+    let Json(request) = request?;
     let stream = request.params.stream;
     let include_usage = include_usage(&request.params);
     let input = Input::Chat { messages: request.messages, conversation: request.conversation_id };
@@ -244,16 +243,6 @@ pub async fn chat_completions(
 
 fn include_usage(params: &Params) -> bool {
     params.stream_options.as_ref().is_some_and(|o| o.include_usage)
-}
-
-/// Bodies that are not the request's JSON: 400 (OpenAI's status for them), except a body over
-/// the size limit (413) and a missing JSON content type (415).
-pub(crate) fn rejected(rejection: JsonRejection) -> ApiError {
-    let status = match rejection.status() {
-        s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    ApiError { status, ..ApiError::invalid(rejection.body_text()) }
 }
 
 /// What is to be generated from.

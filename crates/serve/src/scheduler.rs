@@ -149,7 +149,6 @@ fn run(
     let mut waiting: Option<Job> = None;
     // Counters made once (for MoE models): a labelled lookup per step would cost more than
     // the increments.
-    let experts = model.config.moe.n_experts.max(1);
     let mut expert_tokens: Vec<metrics::Counter> = Vec::new();
     let tokens_total = metrics::counter!("generated_tokens_total");
     // One step: the forward, sampling, detokenising and sending for the whole batch.
@@ -293,6 +292,8 @@ fn run(
         step_seconds.record(step.elapsed().as_secs_f64());
         tokens_total.increment(active.len() as u64);
         if expert_tokens.len() != work.expert_load().len() {
+            // Experts per layer as the forward counted them (PiMoE counts its groups' experts).
+            let experts = work.expert_load().len() / model.config.n_layers;
             expert_tokens = (0..work.expert_load().len())
                 .map(|i| {
                     let (layer, expert) = ((i / experts).to_string(), (i % experts).to_string());
