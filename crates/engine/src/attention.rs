@@ -756,6 +756,7 @@ mod tests {
             (4, &biases[2], None, 100, 16),
             (2, &biases[0], Some(50), 16, 5),
             (2, &biases[1], Some(90), 100, 40),
+            (2, &biases[2], Some(70), 3, 16),
         ] {
             let s = AttentionShape { b: 1, t: 300, nh: 4, kvh, hs, window };
             let width = s.qkv_width();
