@@ -13,6 +13,8 @@
 
 pub mod activation;
 pub mod attention;
+pub mod cuda;
+pub mod device;
 pub mod embedding;
 pub mod fastmath;
 mod lanes;

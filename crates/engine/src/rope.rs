@@ -47,6 +47,21 @@ impl RopeTable {
         RopeTable { cos, sin, half: inv_freq.len(), first: positions.start }
     }
 
+    /// The `cos` and `sin` tables, each (positions, HS/2).
+    pub fn cos_sin(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
+    /// Channel pairs per head (HS/2).
+    pub fn half(&self) -> usize {
+        self.half
+    }
+
+    /// The first position the table covers.
+    pub fn first(&self) -> usize {
+        self.first
+    }
+
     /// Rotates heads `first_head..first_head + n_heads` of every `row_len`-long row of `x` in
     /// place; row `n` is at position `start + n % t`. `inverse` rotates backwards, which is the
     /// backward pass (rotations are orthogonal).
