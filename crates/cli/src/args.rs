@@ -54,6 +54,20 @@ pub enum Command {
     /// limits, a response cache, sessions and Prometheus metrics (docs/serving.md); SIGTERM or
     /// Ctrl-C drains in-flight requests, then exits.
     Serve(ServeArgs),
+    /// List the compute devices: the CPU and, where an NVIDIA driver and the CUDA 13 runtime
+    /// libraries load, each CUDA device; `--check` runs every CUDA kernel against its CPU twin.
+    Device(DeviceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// Run every CUDA kernel (forward and backward) against its CPU twin on `--device` and print
+    /// each comparison; exits non-zero if one is out of bounds.
+    #[arg(long)]
+    pub check: bool,
+    /// The device `--check` runs on: `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cuda")]
+    pub device: truthgpt_engine::device::Device,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ mod bench;
 mod bench_serve;
 mod config_cmd;
 mod data_cmd;
+mod device_cmd;
 mod interop_cmd;
 mod progress;
 mod quickstart;
@@ -56,5 +57,6 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Logits(args) => interop_cmd::logits(&args),
         Command::Serve(args) => serve_cmd::serve(&args),
+        Command::Device(args) => device_cmd::run(&args),
     }
 }

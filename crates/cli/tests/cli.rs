@@ -181,3 +181,22 @@ fn top_k_beyond_the_moe_backward_limit_is_an_error_not_a_panic() {
     let err = assert_fails_cleanly(&run(&mut truthgpt(&args)));
     assert!(err.contains("model.moe.top_k = 65"), "{err}");
 }
+
+/// `truthgpt device` works on any machine; `--check` without a usable GPU (as in CI) says what is
+/// missing and exits non-zero instead of panicking in the dynamic loader.
+#[test]
+fn device_lists_what_loads_and_check_fails_cleanly_without_a_gpu() {
+    let output = run(&mut truthgpt(&["device"]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let listing = stdout(&output);
+    assert!(listing.contains("cpu: ") && listing.contains("cuda libraries: driver (libcuda) "), "{listing}");
+    if truthgpt_engine::cuda::libraries().driver {
+        return; // a GPU machine: `device --check` is the GPU suite itself
+    }
+    let err = assert_fails_cleanly(&run(&mut truthgpt(&["device", "--check"])));
+    assert!(err.contains("no NVIDIA driver"), "{err}");
+    let err = assert_fails_cleanly(&run(&mut truthgpt(&["device", "--check", "--device", "cpu"])));
+    assert!(err.contains("pick --device cuda"), "{err}");
+    let err = assert_fails_cleanly(&run(&mut truthgpt(&["device", "--device", "cuda:x"])));
+    assert!(err.contains("expected `cpu`, `cuda` or `cuda:N`"), "{err}");
+}

@@ -99,6 +99,14 @@ pub fn libraries() -> Libraries {
     }
 }
 
+/// CUDA devices visible to the driver.
+pub fn device_count() -> Result<usize> {
+    if !libraries().driver {
+        return Err(GpuError::NoDriver);
+    }
+    Ok(CudaContext::device_count()? as usize)
+}
+
 /// PTX of [`SOURCE`] for a virtual architecture such as `compute_90`, compiled once per process.
 /// Needs only libnvrtc, not a GPU.
 pub fn compile(arch: &str) -> Result<Arc<str>> {
@@ -240,7 +248,7 @@ impl Gpu {
         if !libraries.cublas {
             return Err(GpuError::NoCublas);
         }
-        let count = CudaContext::device_count()? as usize;
+        let count = device_count()?;
         if ordinal >= count {
             return Err(GpuError::NoSuchDevice { ordinal, count });
         }
