@@ -135,18 +135,39 @@ fn embeddings(c: &mut Checker) -> Result<()> {
         )?;
         c.compare_device(format!("embedding forward, positions {with_positions}"), &got, &want, TIGHT)?;
     }
-    let (mut dwte, mut dpos) = (c.normal(vocab * width), vec![0.0; t * width]);
-    let (mut d_dwte, mut d_dpos) = (c.gpu.upload(&dwte)?, c.gpu.upload(&dpos)?);
-    embedding::backward(&mut dwte, Some(&mut dpos), &dout, &tokens, t, width);
-    c.gpu.embedding_backward(&mut d_dwte, Some(&mut d_dpos), &d_dout, &d_tokens, t, width)?;
-    c.compare_device("embedding backward: dwte (accumulated)".into(), &d_dwte, &dwte, TIGHT)?;
-    c.compare_device("embedding backward: dpositions".into(), &d_dpos, &dpos, TIGHT)
+    for with_positions in [false, true] {
+        let (mut dwte, mut dpos) = (c.normal(vocab * width), vec![0.0; t * width]);
+        let (mut d_dwte, mut d_dpos) = (c.gpu.upload(&dwte)?, c.gpu.upload(&dpos)?);
+        embedding::backward(&mut dwte, with_positions.then_some(&mut dpos[..]), &dout, &tokens, t, width);
+        c.gpu.embedding_backward(
+            &mut d_dwte,
+            with_positions.then_some(&mut d_dpos),
+            &d_dout,
+            &d_tokens,
+            t,
+            width,
+        )?;
+        let name = format!("embedding backward, positions {with_positions}");
+        c.compare_device(format!("{name}: dwte (accumulated)"), &d_dwte, &dwte, TIGHT)?;
+        c.compare_device(format!("{name}: dpositions"), &d_dpos, &dpos, TIGHT)?;
+    }
+    Ok(())
 }
 
 fn norms(c: &mut Checker) -> Result<()> {
     let (rows, width, eps) = (67, 200, 1e-5);
-    for (layer, fused) in [(true, false), (true, true), (false, false), (false, true)] {
-        let kind = if layer { "layernorm" } else { "rmsnorm" };
+    for (layer, fused, with_bias) in [
+        (true, false, true),
+        (true, true, true),
+        (true, false, false),
+        (false, false, false),
+        (false, true, false),
+    ] {
+        let kind = match (layer, with_bias) {
+            (true, true) => "layernorm",
+            (true, false) => "layernorm without bias",
+            _ => "rmsnorm",
+        };
         let (inp, residual, weight, bias) =
             (c.normal(rows * width), c.normal(rows * width), c.normal(width), c.normal(width));
         let (dout, dresidual) = (c.normal(rows * width), c.normal(rows * width));
@@ -157,11 +178,20 @@ fn norms(c: &mut Checker) -> Result<()> {
         let (mut dinp, mut dweight, mut dbias) = (vec![0.0; rows * width], c.normal(width), c.normal(width));
         let (d_dweight0, d_dbias0) = (c.gpu.upload(&dweight)?, c.gpu.upload(&dbias)?);
         if layer {
-            norm::layernorm_forward(&mut out, &mut mean, &mut rstd, &x, &weight, Some(&bias), width, eps);
+            norm::layernorm_forward(
+                &mut out,
+                &mut mean,
+                &mut rstd,
+                &x,
+                &weight,
+                with_bias.then_some(&bias),
+                width,
+                eps,
+            );
             norm::layernorm_backward(
                 &mut dinp,
                 &mut dweight,
-                Some(&mut dbias),
+                with_bias.then_some(&mut dbias),
                 &dout,
                 &x,
                 &weight,
@@ -189,20 +219,26 @@ fn norms(c: &mut Checker) -> Result<()> {
             &d_inp,
             fused.then_some((&d_residual, &mut d_sum)),
             &d_weight,
-            layer.then_some(&d_bias),
+            with_bias.then_some(&d_bias),
             width,
             eps,
         )?;
         let name = format!("{kind}{}", if fused { " + residual" } else { "" });
         c.compare_device(format!("{name} forward"), &d_out, &out, TIGHT)?;
         c.compare_device(format!("{name} forward: rstd"), &d_rstd, &rstd, TIGHT)?;
+        if layer {
+            c.compare_device(format!("{name} forward: mean"), &d_mean, &mean, TIGHT)?;
+        }
+        if fused {
+            c.compare_device(format!("{name} forward: residual sum"), &d_sum, &x, TIGHT)?;
+        }
         let normalised = if fused { &d_sum } else { &d_inp };
         let (d_dout, d_dresidual) = (gpu.upload(&dout)?, gpu.upload(&dresidual)?);
         let (mut d_dinp, mut d_dweight, mut d_dbias) = (gpu.zeros(rows * width)?, d_dweight0, d_dbias0);
         gpu.norm_backward(
             &mut d_dinp,
             &mut d_dweight,
-            layer.then_some(&mut d_dbias),
+            with_bias.then_some(&mut d_dbias),
             fused.then_some(&d_dresidual),
             &d_dout,
             normalised,
@@ -213,7 +249,7 @@ fn norms(c: &mut Checker) -> Result<()> {
         )?;
         c.compare_device(format!("{name} backward: dinp"), &d_dinp, &dinp, TIGHT)?;
         c.compare_device(format!("{name} backward: dweight (accumulated)"), &d_dweight, &dweight, LOOSE)?;
-        if layer {
+        if with_bias {
             c.compare_device(format!("{name} backward: dbias (accumulated)"), &d_dbias, &dbias, LOOSE)?;
         }
     }
@@ -357,6 +393,16 @@ fn moe_permutes(c: &mut Checker) -> Result<()> {
     let mut got = gpu.zeros(tokens * width)?;
     gpu.scatter_add_rows(&mut got, &d_expert_out, &d_index, Some(&d_gates), width)?;
     c.compare_device("moe unpermute (gated scatter-add)".into(), &got, &combined, TIGHT)?;
+    // Ungated, it is the permute's backward: each token's rows summed back.
+    let mut dx = vec![0.0; tokens * width];
+    for (r, &t) in index.iter().enumerate() {
+        for d in 0..width {
+            dx[t as usize * width + d] += expert_out[r * width + d];
+        }
+    }
+    let mut got = gpu.zeros(tokens * width)?;
+    gpu.scatter_add_rows(&mut got, &d_expert_out, &d_index, None, width)?;
+    c.compare_device("moe permute backward (scatter-add)".into(), &got, &dx, TIGHT)?;
     let mut got = gpu.zeros(rows)?;
     gpu.gathered_row_dots(&mut got, &d_dy, &d_expert_out, &d_index, width)?;
     c.compare_device("moe unpermute backward: gates".into(), &got, &dgates, TIGHT)
@@ -389,7 +435,7 @@ fn attentions(c: &mut Checker) -> Result<()> {
         attention::attention_backward(&mut dqkv, None, &dout, &qkv, &out, &lse, s, bias);
 
         let gpu = c.gpu;
-        let d_bias = gpu.bias(bias)?;
+        let d_bias = gpu.bias(bias, s.nh)?;
         let (d_qkv, d_dout) = (gpu.upload(&qkv)?, gpu.upload(&dout)?);
         let (mut d_out, mut d_lse, mut d_dqkv, mut d_delta) = (
             gpu.zeros(out.len())?,

@@ -141,6 +141,9 @@ pub fn compile(arch: &str) -> Result<Arc<str>> {
 /// A null device pointer, for the kernels' optional arguments.
 static NULL: u64 = 0;
 
+/// The largest grid y (and z) dimension CUDA allows.
+const MAX_GRID_Y: usize = 65_535;
+
 /// Threads per block of the element-wise kernels.
 const THREADS: u32 = 256;
 
@@ -419,6 +422,9 @@ impl Gpu {
             need(what, len, n * c)?;
         }
         need("norm dweight", dweight.len(), c)?;
+        if dbias.is_some() && mean.is_none() {
+            return Err(GpuError::Unsupported("RMSNorm has no bias"));
+        }
         if let Some(dresidual) = dresidual {
             need("residual gradient", dresidual.len(), n * c)?;
         }
@@ -432,16 +438,17 @@ impl Gpu {
         // SAFETY: as in `embedding_forward`.
         unsafe { args.launch(warp_per_row(n)) }?;
 
-        const ROWS_PER_BLOCK: usize = 256;
+        // Spans of at least 256 rows, and few enough to fit the grid's y limit.
+        let rows_per_block = n.div_ceil(MAX_GRID_Y).max(256);
         let mut args = self.launch("norm_param_grads");
         args.arg(dweight);
         push_opt_mut(&mut args, dbias);
-        let span = ROWS_PER_BLOCK as i32;
+        let span = int(rows_per_block)?;
         args.arg(dout).arg(inp);
         push_opt(&mut args, mean);
         args.arg(rstd).arg(&rows).arg(&cols).arg(&span);
         let cfg = LaunchConfig {
-            grid_dim: (c.div_ceil(256) as u32, n.div_ceil(ROWS_PER_BLOCK).max(1) as u32, 1),
+            grid_dim: (c.div_ceil(256) as u32, n.div_ceil(rows_per_block).max(1) as u32, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -586,6 +593,9 @@ impl Gpu {
         let n = targets.len();
         need("logits", logits_dlogits.len(), n * v)?;
         need("losses", losses.len(), n)?;
+        if n == 0 {
+            return Ok(()); // one block per row: no rows, no launch
+        }
         let width = int(v)?;
         let mut args = self.launch("cross_entropy_fused");
         args.arg(logits_dlogits).arg(losses).arg(targets).arg(&width).arg(&grad_scale);
@@ -760,13 +770,21 @@ impl Gpu {
         Ok(())
     }
 
-    /// Uploads a score bias.
-    pub fn bias(&self, bias: crate::attention::ScoreBias) -> Result<GpuBias> {
+    /// Uploads a score bias for `nh` query heads; a relative table is (buckets, NH), and every
+    /// bucket must be one of its rows (checked here, once, on the host).
+    pub fn bias(&self, bias: crate::attention::ScoreBias, nh: usize) -> Result<GpuBias> {
         use crate::attention::ScoreBias;
         Ok(match bias {
             ScoreBias::None => GpuBias::None,
-            ScoreBias::Alibi { slopes } => GpuBias::Alibi { slopes: self.upload(slopes)? },
+            ScoreBias::Alibi { slopes } => {
+                need("ALiBi slopes", slopes.len(), nh)?;
+                GpuBias::Alibi { slopes: self.upload(slopes)? }
+            }
             ScoreBias::Relative { table, bucket_of_distance } => {
+                let rows = table.len() / nh.max(1);
+                if bucket_of_distance.iter().any(|&b| b as usize >= rows) {
+                    return Err(GpuError::Unsupported("a relative-position bucket past the bias table"));
+                }
                 GpuBias::Relative { table: self.upload(table)?, buckets: self.upload(bucket_of_distance)? }
             }
         })
@@ -788,6 +806,11 @@ impl Gpu {
         if s.kvh == 0 || s.nh % s.kvh != 0 || s.hs == 0 || s.hs > 256 || s.window == Some(0) {
             return Err(GpuError::Unsupported(
                 "attention needs whole GQA groups, 0 < HS <= 256, a window of at least 1",
+            ));
+        }
+        if s.b * s.nh > MAX_GRID_Y {
+            return Err(GpuError::Unsupported(
+                "attention launches a grid row per (batch, head): B * NH <= 65535",
             ));
         }
         let kind = match bias {
@@ -822,6 +845,9 @@ impl Gpu {
         bias: &GpuBias,
     ) -> Result<()> {
         let scalars = Self::attention_scalars(&s, bias)?;
+        if s.b == 0 || s.t == 0 {
+            return Ok(());
+        }
         need("qkv", qkv.len(), s.b * s.t * s.qkv_width())?;
         need("attention out", out.len(), s.b * s.t * s.nh * s.hs)?;
         need("lse", lse.len(), s.b * s.nh * s.t)?;
@@ -856,6 +882,9 @@ impl Gpu {
     ) -> Result<()> {
         let scalars = Self::attention_scalars(&s, bias)?;
         let rows = s.b * s.t;
+        if rows == 0 {
+            return Ok(());
+        }
         need("qkv", qkv.len(), rows * s.qkv_width())?;
         need("dqkv", dqkv.len(), rows * s.qkv_width())?;
         need("attention dout", dout.len(), rows * s.nh * s.hs)?;
