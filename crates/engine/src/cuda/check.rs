@@ -81,6 +81,8 @@ impl Checker<'_> {
 pub fn run(gpu: &Gpu) -> Result<Vec<Check>> {
     let mut c = Checker { gpu, rng: Rng::new(2026), checks: Vec::new() };
     matmuls(&mut c)?;
+    linear_biases(&mut c)?;
+    bf16(&mut c)?;
     embeddings(&mut c)?;
     norms(&mut c)?;
     activations(&mut c)?;
@@ -112,6 +114,66 @@ fn matmuls(c: &mut Checker) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn linear_biases(c: &mut Checker) -> Result<()> {
+    let (n, k, oc) = (70, 48, 300);
+    let (x, w, bias, dout) = (c.normal(n * k), c.normal(oc * k), c.normal(oc), c.normal(n * oc));
+    let mut want = vec![0.0; n * oc];
+    matmul::linear_forward(&mut want, &x, &w, Some(&bias), n, k, oc);
+    let (d_x, d_w, d_bias, d_dout) =
+        (c.gpu.upload(&x)?, c.gpu.upload(&w)?, c.gpu.upload(&bias)?, c.gpu.upload(&dout)?);
+    let mut got = c.gpu.zeros(n * oc)?;
+    c.gpu.broadcast_rows(&mut got, &d_bias, n)?;
+    c.gpu.matmul(&mut got, GpuOp::N(&d_x), GpuOp::T(&d_w), n, k, oc, true)?;
+    c.compare_device("linear forward with bias (broadcast + GEMM)".into(), &got, &want, LOOSE)?;
+    let mut dbias = c.normal(oc);
+    let mut d_dbias = c.gpu.upload(&dbias)?;
+    crate::par::add_column_sums(&mut dbias, &dout);
+    c.gpu.column_sums(&mut d_dbias, &d_dout, n)?;
+    c.compare_device("linear backward: dbias (accumulated column sums)".into(), &d_dbias, &dbias, TIGHT)
+}
+
+/// Rounding to bf16 bit for bit as the `half` crate does (ties to even, infinities, subnormals),
+/// and the bf16 GEMM against the CPU's f32 GEMM of the same rounded inputs.
+fn bf16(c: &mut Checker) -> Result<()> {
+    use half::bf16;
+    let mut values: Vec<f32> = c.normal(4096).iter().map(|x| x * 1e3).collect();
+    values.extend([
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        1e-40,
+        f32::from_bits(0x3f80_8000), // halfway: to even (down)
+        f32::from_bits(0x3f81_8000), // halfway: to even (up)
+        f32::from_bits(0x7f7f_ffff), // rounds to infinity
+    ]);
+    let want: Vec<f32> = values.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
+    let d_values = c.gpu.upload(&values)?;
+    let (mut rounded, mut back) = (c.gpu.zeros::<bf16>(values.len())?, c.gpu.zeros(values.len())?);
+    c.gpu.to_bf16(&mut rounded, &d_values)?;
+    c.gpu.to_f32(&mut back, &rounded)?;
+    let got = c.gpu.download(&back)?;
+    let mismatches = got.iter().zip(&want).filter(|(g, w)| g.to_bits() != w.to_bits()).count();
+    c.checks.push(Check {
+        name: format!("bf16 rounding, {} values incl. ties and infinities: mismatched bits", values.len()),
+        max_error: mismatches as f64,
+        tolerance: 0.0,
+    });
+
+    let (m, k, n) = (129, 320, 250);
+    let round = |x: Vec<f32>| -> Vec<f32> { x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
+    let (a, b) = (round(c.normal(m * k)), round(c.normal(n * k)));
+    let mut want = c.normal(m * n);
+    let mut got = c.gpu.upload(&want)?;
+    matmul::matmul(&mut want, Op::N(&a), Op::T(&b), m, k, n, true);
+    let to_bf16 = |x: &[f32]| -> Vec<bf16> { x.iter().map(|&v| bf16::from_f32(v)).collect() };
+    let (d_a, d_b) = (c.gpu.upload(&to_bf16(&a))?, c.gpu.upload(&to_bf16(&b))?);
+    c.gpu.matmul_bf16(&mut got, GpuOp::N(&d_a), GpuOp::T(&d_b), m, k, n, true)?;
+    c.compare_device(format!("bf16 matmul {m}x{k}x{n}, f32 accumulate"), &got, &want, LOOSE)
 }
 
 fn embeddings(c: &mut Checker) -> Result<()> {

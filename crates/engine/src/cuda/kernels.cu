@@ -304,3 +304,38 @@ extern "C" __global__ void gathered_row_dots(float* dweight, const float* dout, 
     acc = warp_sum(acc);
     if (lane == 0) dweight[r] = acc;
 }
+
+// ---- linear-layer bias ----------------------------------------------------------------------
+
+// out (N, OC) rows = bias: the starting value a GEMM then accumulates onto.
+extern "C" __global__ void broadcast_rows(float* out, const float* bias, int n, int oc) {
+    GRID_STRIDE(i, (long long)n * oc) out[i] = bias[i % oc];
+}
+
+// dbias[j] += sum_r dout[r, j]: one thread per column over a span of rows (blockIdx.y), spans
+// added atomically, as norm_param_grads.
+extern "C" __global__ void column_sums(float* dbias, const float* dout, int n, int oc, int rows_per_block) {
+    int col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= oc) return;
+    int r0 = blockIdx.y * rows_per_block, r1 = min(n, r0 + rows_per_block);
+    float acc = 0.0f;
+    for (int r = r0; r < r1; r++) acc += dout[(long long)r * oc + col];
+    atomicAdd(&dbias[col], acc);
+}
+
+// ---- bf16 (mixed precision: bf16 GEMM inputs, f32 everything else) ---------------------------
+
+// Round to nearest even, NaN kept quiet: the `half` crate's bf16::from_f32, bit for bit.
+__device__ __forceinline__ unsigned short bf16_from_f32(float f) {
+    unsigned int x = __float_as_uint(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((x >> 16) | 0x0040u);
+    return (unsigned short)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+extern "C" __global__ void f32_to_bf16(unsigned short* out, const float* inp, long long n) {
+    GRID_STRIDE(i, n) out[i] = bf16_from_f32(inp[i]);
+}
+
+extern "C" __global__ void bf16_to_f32(float* out, const unsigned short* inp, long long n) {
+    GRID_STRIDE(i, n) out[i] = __uint_as_float((unsigned int)inp[i] << 16);
+}

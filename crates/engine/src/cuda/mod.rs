@@ -52,6 +52,10 @@ pub const KERNELS: &[&str] = &[
     "attention_backward_preprocess",
     "attention_backward_dkv",
     "attention_backward_dq",
+    "broadcast_rows",
+    "column_sums",
+    "f32_to_bf16",
+    "bf16_to_f32",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -197,11 +201,57 @@ fn push_opt_mut<'a, T>(args: &mut LaunchArgs<'a>, buffer: Option<&'a mut CudaSli
 }
 
 /// A row-major GEMM operand on the device, optionally used transposed (as [`crate::matmul::Op`]).
-pub enum GpuOp<'a> {
+pub enum GpuOp<'a, T = f32> {
     /// The buffer holds the (rows, cols) matrix itself.
-    N(&'a CudaSlice<f32>),
+    N(&'a CudaSlice<T>),
     /// The buffer holds the (cols, rows) matrix; the product uses its transpose.
-    T(&'a CudaSlice<f32>),
+    T(&'a CudaSlice<T>),
+}
+
+impl<'a, T> GpuOp<'a, T> {
+    fn buffer(&self) -> &'a CudaSlice<T> {
+        match self {
+            GpuOp::N(x) | GpuOp::T(x) => x,
+        }
+    }
+
+    fn is_transposed(&self) -> bool {
+        matches!(self, GpuOp::T(_))
+    }
+}
+
+/// The cuBLAS (column-major) call for row-major `out (M, N) [+]= a (M, K) @ b (K, N)`: cuBLAS sees
+/// each row-major buffer as its transpose, and C^T = B^T A^T, so the operands swap (b first) and
+/// keep their own transposition flags.
+#[allow(clippy::too_many_arguments)]
+fn row_major_gemm<T>(
+    out: usize,
+    a: &GpuOp<T>,
+    b: &GpuOp<T>,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) -> Result<GemmConfig<f32>> {
+    need("matmul out", out, m * n)?;
+    need("matmul lhs", a.buffer().len(), m * k)?;
+    need("matmul rhs", b.buffer().len(), k * n)?;
+    let flag =
+        |transposed| if transposed { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+    let lda = if b.is_transposed() { k } else { n };
+    let ldb = if a.is_transposed() { m } else { k };
+    Ok(GemmConfig {
+        transa: flag(b.is_transposed()),
+        transb: flag(a.is_transposed()),
+        m: int(n)?,
+        n: int(m)?,
+        k: int(k)?,
+        alpha: 1.0,
+        lda: int(lda)?,
+        ldb: int(ldb)?,
+        beta: if accumulate { 1.0 } else { 0.0 },
+        ldc: int(n)?,
+    })
 }
 
 /// RoPE's cos/sin table on the device.
@@ -737,36 +787,108 @@ impl Gpu {
         n: usize,
         accumulate: bool,
     ) -> Result<()> {
-        let (a_buf, b_buf) = match (&a, &b) {
-            (GpuOp::N(x) | GpuOp::T(x), GpuOp::N(y) | GpuOp::T(y)) => (*x, *y),
+        let cfg = row_major_gemm(out.len(), &a, &b, m, k, n, accumulate)?;
+        // SAFETY: the leading dimensions and sizes describe buffers whose lengths were checked.
+        unsafe { self.blas.gemm(cfg, b.buffer(), a.buffer(), out) }?;
+        Ok(())
+    }
+
+    /// [`Gpu::matmul`] with bf16 operands: f32 accumulation and an f32 `out` (mixed precision's
+    /// GEMM: inputs rounded to bf16, nothing else).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_bf16(
+        &self,
+        out: &mut CudaSlice<f32>,
+        a: GpuOp<half::bf16>,
+        b: GpuOp<half::bf16>,
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        let cfg = row_major_gemm(out.len(), &a, &b, m, k, n, accumulate)?;
+        let (b_ptr, _b_sync) = b.buffer().device_ptr(&self.stream);
+        let (a_ptr, _a_sync) = a.buffer().device_ptr(&self.stream);
+        let (out_ptr, _out_sync) = out.device_ptr_mut(&self.stream);
+        // SAFETY: as in `matmul`; cuBLAS takes bf16 A and B, an f32 C, and computes in f32.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                cfg.transa,
+                cfg.transb,
+                cfg.m,
+                cfg.n,
+                cfg.k,
+                (&cfg.alpha as *const f32).cast(),
+                b_ptr as *const _,
+                cudaDataType_t::CUDA_R_16BF,
+                cfg.lda,
+                a_ptr as *const _,
+                cudaDataType_t::CUDA_R_16BF,
+                cfg.ldb,
+                (&cfg.beta as *const f32).cast(),
+                out_ptr as *mut _,
+                cudaDataType_t::CUDA_R_32F,
+                cfg.ldc,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }?;
+        Ok(())
+    }
+
+    /// `out (N, OC)` rows set to `bias`, so that a GEMM accumulating onto it is a biased linear
+    /// layer (as [`crate::matmul::linear_forward`]).
+    pub fn broadcast_rows(&self, out: &mut CudaSlice<f32>, bias: &CudaSlice<f32>, n: usize) -> Result<()> {
+        let oc = bias.len();
+        need("rows", out.len(), n * oc)?;
+        let (rows, width) = (int(n)?, int(oc)?);
+        let mut args = self.launch("broadcast_rows");
+        args.arg(out).arg(bias).arg(&rows).arg(&width);
+        // SAFETY: as in `embedding_forward`.
+        unsafe { args.launch(elementwise(n * oc)) }?;
+        Ok(())
+    }
+
+    /// `dbias += sum_rows(dout (N, OC))`, the bias gradient (as [`crate::par::add_column_sums`]).
+    pub fn column_sums(&self, dbias: &mut CudaSlice<f32>, dout: &CudaSlice<f32>, n: usize) -> Result<()> {
+        let oc = dbias.len();
+        need("column-summed rows", dout.len(), n * oc)?;
+        let rows_per_block = n.div_ceil(MAX_GRID_Y).max(256);
+        let (rows, width, span) = (int(n)?, int(oc)?, int(rows_per_block)?);
+        let mut args = self.launch("column_sums");
+        args.arg(dbias).arg(dout).arg(&rows).arg(&width).arg(&span);
+        let cfg = LaunchConfig {
+            grid_dim: (oc.div_ceil(256).max(1) as u32, n.div_ceil(rows_per_block).max(1) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
         };
-        need("matmul out", out.len(), m * n)?;
-        need("matmul lhs", a_buf.len(), m * k)?;
-        need("matmul rhs", b_buf.len(), k * n)?;
-        // Row-major C = A B is column-major C^T = B^T A^T: cuBLAS sees each row-major buffer as
-        // its transpose, so the operands swap and keep their own transposition flags.
-        let (transa, lda) = match b {
-            GpuOp::N(_) => (cublasOperation_t::CUBLAS_OP_N, n),
-            GpuOp::T(_) => (cublasOperation_t::CUBLAS_OP_T, k),
-        };
-        let (transb, ldb) = match a {
-            GpuOp::N(_) => (cublasOperation_t::CUBLAS_OP_N, k),
-            GpuOp::T(_) => (cublasOperation_t::CUBLAS_OP_T, m),
-        };
-        let cfg = GemmConfig {
-            transa,
-            transb,
-            m: int(n)?,
-            n: int(m)?,
-            k: int(k)?,
-            alpha: 1.0f32,
-            lda: int(lda)?,
-            ldb: int(ldb)?,
-            beta: if accumulate { 1.0 } else { 0.0 },
-            ldc: int(n)?,
-        };
-        // SAFETY: the leading dimensions and sizes describe buffers whose lengths are checked above.
-        unsafe { self.blas.gemm(cfg, b_buf, a_buf, out) }?;
+        // SAFETY: as in `embedding_forward`.
+        unsafe { args.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// `out = bf16(inp)`, rounding to nearest even (as `half::bf16::from_f32`).
+    pub fn to_bf16(&self, out: &mut CudaSlice<half::bf16>, inp: &CudaSlice<f32>) -> Result<()> {
+        need("bf16 out", out.len(), inp.len())?;
+        let n = inp.len() as i64;
+        let mut args = self.launch("f32_to_bf16");
+        args.arg(out).arg(inp).arg(&n);
+        // SAFETY: as in `embedding_forward`.
+        unsafe { args.launch(elementwise(inp.len())) }?;
+        Ok(())
+    }
+
+    /// `out = f32(inp)`, exact.
+    pub fn to_f32(&self, out: &mut CudaSlice<f32>, inp: &CudaSlice<half::bf16>) -> Result<()> {
+        need("f32 out", out.len(), inp.len())?;
+        let n = inp.len() as i64;
+        let mut args = self.launch("bf16_to_f32");
+        args.arg(out).arg(inp).arg(&n);
+        // SAFETY: as in `embedding_forward`.
+        unsafe { args.launch(elementwise(inp.len())) }?;
         Ok(())
     }
 
