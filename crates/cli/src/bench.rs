@@ -279,7 +279,7 @@ pub fn load(args: &BenchLoadArgs) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir().context("creating a temporary directory")?;
     let hf_dir = args.keep.clone().unwrap_or_else(|| scratch.path().join("hf"));
     let ours_dir = scratch.path().join("ours");
-    let exported = hf::export(&model, None, &hf_dir)?;
+    let exported = hf::export(&model, None, None, &hf_dir)?;
     checkpoint::save_model(&ours_dir, &config, &model, None)?;
     let params = model.num_params();
     drop(model);

@@ -19,7 +19,16 @@ pub fn import_hf(dir: &Path, out: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let loaded = hf::load(dir).with_context(|| format!("importing {}", dir.display()))?;
     let settings = hf::config::settings_for(&loaded.model.config);
-    checkpoint::save_model(out, &settings, &loaded.model, loaded.tokenizer.as_ref())?;
+    // Kept for its chat template and special tokens (`hf::load` has already parsed it).
+    let tokenizer_config = dir.join(checkpoint::TOKENIZER_CONFIG);
+    let tokenizer_config = match tokenizer_config.is_file() {
+        true => Some(
+            std::fs::read(&tokenizer_config)
+                .with_context(|| format!("reading {}", tokenizer_config.display()))?,
+        ),
+        false => None,
+    };
+    checkpoint::save_model_with(out, &settings, &loaded.model, loaded.tokenizer.as_ref(), tokenizer_config)?;
     eprintln!(
         "imported {} ({:?}, {:.1}M parameters, {}) into {} in {:.2}s",
         dir.display(),
@@ -34,7 +43,8 @@ pub fn import_hf(dir: &Path, out: &Path) -> anyhow::Result<()> {
 
 pub fn export_hf(model: &Path, out: &Path) -> anyhow::Result<()> {
     let saved = checkpoint::load_model(model)?;
-    let exported = hf::export(&saved.model, saved.tokenizer.as_ref(), out)?;
+    let chat_template = chat_template(&saved.dir)?;
+    let exported = hf::export(&saved.model, saved.tokenizer.as_ref(), chat_template.as_ref(), out)?;
     eprintln!(
         "wrote {} as {} ({} tensors{})",
         out.display(),
@@ -43,6 +53,18 @@ pub fn export_hf(model: &Path, out: &Path) -> anyhow::Result<()> {
         if saved.tokenizer.is_some() { ", tokenizer" } else { "" }
     );
     Ok(())
+}
+
+/// The chat template a model directory keeps in its `tokenizer_config.json` (from `import hf`).
+fn chat_template(dir: &Path) -> anyhow::Result<Option<serde_json::Value>> {
+    let path = dir.join(checkpoint::TOKENIZER_CONFIG);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    Ok(config.get("chat_template").cloned())
 }
 
 pub fn export_gguf(model: &Path, out: &Path, dtype: GgufDtypeArg) -> anyhow::Result<()> {

@@ -109,3 +109,46 @@ fn bad_requests_fail_cleanly() {
     let err = assert_fails_cleanly(&run(&mut truthgpt(&["logits", "--model", llama, "--ids", &too_long])));
     assert!(err.contains("max_seq_len"), "{err}");
 }
+
+/// A model's chat template survives `import hf` (kept, under the manifest, in the file the server
+/// reads it from) and `export hf`, so an imported model chats as it was trained to.
+#[test]
+fn the_chat_template_survives_import_and_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (source, imported, exported) =
+        (tmp.path().join("source"), tmp.path().join("imported"), tmp.path().join("exported"));
+    std::fs::create_dir(&source).unwrap();
+    for entry in std::fs::read_dir(fixture("gpt2")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, source.join(path.file_name().unwrap())).unwrap();
+    }
+    let template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|>";
+    let config_path = source.join("tokenizer_config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["chat_template"] = serde_json::json!(template);
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+
+    let output =
+        run(&mut truthgpt(&["import", "hf", source.to_str().unwrap(), "--out", imported.to_str().unwrap()]));
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    assert_eq!(
+        std::fs::read(imported.join("tokenizer_config.json")).unwrap(),
+        std::fs::read(&config_path).unwrap()
+    );
+    let manifest = std::fs::read_to_string(imported.join("manifest.json")).unwrap();
+    assert!(manifest.contains("tokenizer_config.json"), "checksummed: {manifest}");
+
+    let output = run(&mut truthgpt(&[
+        "export",
+        "hf",
+        imported.to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]));
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let exported_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exported.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(exported_config["chat_template"], template);
+}

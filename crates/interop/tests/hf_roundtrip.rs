@@ -90,7 +90,8 @@ fn export_then_import_is_the_identity() {
         let model = Model::new(&config, 3);
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("hf");
-        let exported = hf::export(&model, Some(&tokenizer), &out).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let exported =
+            hf::export(&model, Some(&tokenizer), None, &out).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(exported.family, family, "{name}");
         let loaded = hf::load(&out).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(loaded.family, family, "{name}");
@@ -124,7 +125,8 @@ fn models_without_a_hugging_face_equivalent_are_refused_with_reasons() {
         (ModelConfig { n_kv_heads: 2, ..ModelConfig::default() }, "grouped-query"),
         (dropping_moe(), "drops tokens"),
     ] {
-        let err = hf::export(&Model::new(&config, 1), None, &dir.path().join("out")).unwrap_err().to_string();
+        let err =
+            hf::export(&Model::new(&config, 1), None, None, &dir.path().join("out")).unwrap_err().to_string();
         assert!(err.contains(reason), "{err}");
     }
     // Aux-free balancing leaves routing biases that Mixtral has no place for.
@@ -135,7 +137,7 @@ fn models_without_a_hugging_face_equivalent_are_refused_with_reasons() {
     let tokens: Vec<u32> = (0..32).map(|i| i % 7).collect();
     model.forward(&tokens, 1, 32).unwrap();
     model.update_selection_bias();
-    let err = hf::export(&model, None, &dir.path().join("out")).unwrap_err().to_string();
+    let err = hf::export(&model, None, None, &dir.path().join("out")).unwrap_err().to_string();
     assert!(err.contains("aux-free balancing"), "{err}");
     assert!(!dir.path().join("out").exists(), "a refused export writes nothing");
 }
@@ -150,6 +152,6 @@ fn dropping_moe() -> ModelConfig {
 #[test]
 fn export_never_replaces_an_existing_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let err = hf::export(&Model::new(&llama(), 1), None, dir.path()).unwrap_err().to_string();
+    let err = hf::export(&Model::new(&llama(), 1), None, None, dir.path()).unwrap_err().to_string();
     assert!(err.contains("already exists"), "{err}");
 }

@@ -31,6 +31,9 @@ use crate::error::{IoContext, ModelContext, Result, TrainError};
 
 pub const MANIFEST: &str = "manifest.json";
 const TOKENIZER: &str = "tokenizer.json";
+/// A Hugging Face `tokenizer_config.json`, kept by `import hf` for its chat template and special
+/// tokens (the server renders chats with it).
+pub const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 pub const LATEST: &str = "latest";
 const CHECKPOINTS: &str = "checkpoints";
 const FORMAT: u32 = 1;
@@ -184,7 +187,20 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
 /// Saves a new model directory (what `generate`, `eval` and `serve` load) at `dir`, atomically;
 /// an existing `dir` is an error, never overwritten.
 pub fn save_model(dir: &Path, config: &Config, model: &Model, tokenizer: Option<&Tokenizer>) -> Result<()> {
-    let files = model_files(config, model, tokenizer)?;
+    save_model_with(dir, config, model, tokenizer, None)
+}
+
+/// [`save_model`], also keeping a Hugging Face `tokenizer_config.json` (its bytes, as read) under
+/// the manifest's checksums.
+pub fn save_model_with(
+    dir: &Path,
+    config: &Config,
+    model: &Model,
+    tokenizer: Option<&Tokenizer>,
+    tokenizer_config: Option<Vec<u8>>,
+) -> Result<()> {
+    let mut files = model_files(config, model, tokenizer)?;
+    files.extend(tokenizer_config.map(|bytes| (TOKENIZER_CONFIG, bytes)));
     write_dir_atomically(dir, files, fsio::Existing::Refuse)
 }
 

@@ -337,9 +337,15 @@ pub struct Exported {
     pub tensors: usize,
 }
 
-/// Writes `model` (and its tokenizer) as a Hugging Face directory at `out`, which must not
-/// exist; the directory appears whole or not at all.
-pub fn export(model: &Model, tokenizer: Option<&Tokenizer>, out: &Path) -> Result<Exported> {
+/// Writes `model` (and its tokenizer, with `chat_template` in its `tokenizer_config.json`: a
+/// string or transformers' list of named templates) as a Hugging Face directory at `out`, which
+/// must not exist; the directory appears whole or not at all.
+pub fn export(
+    model: &Model,
+    tokenizer: Option<&Tokenizer>,
+    chat_template: Option<&Value>,
+    out: &Path,
+) -> Result<Exported> {
     if out.exists() {
         return Err(InteropError::Exists { path: out.into() });
     }
@@ -352,12 +358,15 @@ pub fn export(model: &Model, tokenizer: Option<&Tokenizer>, out: &Path) -> Resul
         vec![(CONFIG, serde_json::to_vec_pretty(&config).expect("JSON serialises")), (SINGLE, weights.bytes)];
     if let Some(tokenizer) = tokenizer {
         let eos_token = tokenizer.eos_token();
-        let tokenizer_config = json!({
+        let mut tokenizer_config = json!({
             "tokenizer_class": "PreTrainedTokenizerFast",
             "model_max_length": m.max_seq_len,
             "eos_token": eos_token,
             "bos_token": eos_token,
         });
+        if let Some(template) = chat_template {
+            tokenizer_config["chat_template"] = template.clone();
+        }
         files.push((TOKENIZER, tokenizer.to_json().into_bytes()));
         files
             .push((TOKENIZER_CONFIG, serde_json::to_vec_pretty(&tokenizer_config).expect("JSON serialises")));
