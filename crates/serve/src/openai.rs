@@ -6,6 +6,7 @@
 //! conversation). The SSE, whole-JSON and WebSocket answers all read the same chunks.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -261,7 +262,8 @@ struct CachedAnswer {
     completion_tokens: usize,
 }
 
-/// What to record when a generation ends.
+/// What to record when a generation ends. Dropped before it ends (the client left, or the
+/// scheduler failed), it still books the prompt and the tokens generated so far to the tenant.
 struct Finish {
     state: AppState,
     tenant: Arc<str>,
@@ -269,12 +271,26 @@ struct Finish {
     /// The conversation's key and its messages so far (the reply is appended).
     conversation: Option<(String, Vec<Message>)>,
     cached: bool,
+    prompt_tokens: usize,
+    /// Completion tokens so far, kept by the scheduler.
+    progress: Arc<AtomicUsize>,
+    booked: bool,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        if !self.booked {
+            let generated = self.progress.load(Ordering::Relaxed);
+            self.state.usage.add(&self.tenant, self.prompt_tokens, generated, self.cached);
+        }
+    }
 }
 
 impl Finish {
-    async fn done(self, text: &str, usage: &Usage) {
+    async fn done(mut self, text: &str, usage: &Usage) {
+        self.booked = true;
         self.state.usage.add(&self.tenant, usage.prompt_tokens, usage.completion_tokens, self.cached);
-        if let (Some(key), Some(cache), false) = (self.cache_key, &self.state.cache, self.cached) {
+        if let (Some(key), Some(cache), false) = (self.cache_key.take(), &self.state.cache, self.cached) {
             let answer = CachedAnswer {
                 text: text.to_string(),
                 stopped: usage.finish_reason == FinishReason::Stop,
@@ -283,7 +299,7 @@ impl Finish {
             };
             cache.set(key, serde_json::to_string(&answer).expect("serialisable").into()).await;
         }
-        if let Some((key, mut messages)) = self.conversation {
+        if let Some((key, mut messages)) = self.conversation.take() {
             messages.push(Message { role: "assistant".into(), content: text.to_string() });
             self.state
                 .sessions
@@ -368,6 +384,7 @@ impl Generation {
             None => None,
         };
         let cached = hit.is_some();
+        let (prompt_tokens, progress) = (ids.len(), Arc::new(AtomicUsize::new(0)));
         let events = match hit {
             Some(answer) => {
                 let usage = Usage {
@@ -386,6 +403,7 @@ impl Generation {
                     stop,
                     events,
                     received: std::time::Instant::now(),
+                    progress: progress.clone(),
                 };
                 served.scheduler.submit(job).map_err(|e| match e {
                     SubmitError::Busy => ApiError::busy(),
@@ -401,8 +419,16 @@ impl Generation {
             rand_seed()
         );
         let reply = Reply { kind, id, model: served.model_id.clone(), created: now() };
-        let finish =
-            Finish { state: state.clone(), tenant: caller.tenant.clone(), cache_key, conversation, cached };
+        let finish = Finish {
+            state: state.clone(),
+            tenant: caller.tenant.clone(),
+            cache_key,
+            conversation,
+            cached,
+            prompt_tokens,
+            progress,
+            booked: false,
+        };
         Ok(Generation { reply, events, finish })
     }
 

@@ -8,6 +8,7 @@
 //! Each admitted request reserves the blocks its prompt plus `max_tokens` could need, so a step
 //! never runs out of pool; shared prompt prefixes only make the reservation generous.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -26,6 +27,8 @@ pub struct Job {
     pub events: mpsc::UnboundedSender<Event>,
     /// When the request arrived, for time to first token.
     pub received: std::time::Instant,
+    /// Tokens generated so far, for the usage of a request whose client leaves mid-way.
+    pub progress: Arc<AtomicUsize>,
 }
 
 /// What a job's stream receives: text pieces, then one `Finished` (or `Failed`).
@@ -247,6 +250,7 @@ fn run(
             a.input.clear();
             a.input.push(token);
             a.generated += 1;
+            a.job.progress.store(a.generated, Ordering::Relaxed);
             let mut reason = None;
             if Some(token) == eos {
                 reason = Some(FinishReason::Stop);

@@ -2,6 +2,7 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -337,4 +338,34 @@ async fn chat_uses_the_models_own_template() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["usage"]["prompt_tokens"], want, "{body}");
+}
+
+/// A client that leaves mid-stream is still billed: its request, its prompt, and the tokens
+/// generated before it left (before, a dropped stream recorded nothing).
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_is_billed_for_what_was_generated() {
+    let app = app(4);
+    let body = json!({"prompt": "To be, or", "max_tokens": 40, "temperature": 0, "stream": true});
+    let request = Request::post("/v1/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = response.into_body().into_data_stream();
+    let mut text_chunks = 0;
+    while text_chunks < 3 {
+        let bytes = stream.next().await.expect("the stream ended early").unwrap();
+        text_chunks += String::from_utf8_lossy(&bytes).matches("\"text\"").count();
+    }
+    drop(stream);
+
+    let request = Request::get("/v1/usage").body(Body::empty()).unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let usage: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(usage["requests"], 1, "{usage}");
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 0, "{usage}");
+    let completion = usage["completion_tokens"].as_u64().unwrap();
+    assert!((text_chunks as u64..=40).contains(&completion), "{usage} after {text_chunks} text chunks");
 }
