@@ -43,6 +43,18 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
+/// `stream_options` from an object (or null) only: serde's derive would also read a struct from
+/// an array, and `[]` would pass as no options.
+fn object_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<StreamOptions>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Map<String, Value>>::deserialize(d)? {
+        None => Ok(None),
+        Some(map) => StreamOptions::deserialize(Value::Object(map))
+            .map(Some)
+            .map_err(|e| D::Error::custom(format!("stream_options: {e}"))),
+    }
+}
+
 /// The sampling fields both endpoints share.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct Params {
@@ -63,6 +75,7 @@ pub struct Params {
     pub stop: Option<Stop>,
     #[serde(default)]
     pub stream: bool,
+    #[serde(default, deserialize_with = "object_or_null")]
     pub stream_options: Option<StreamOptions>,
     /// Only 1.
     #[schema(minimum = 1, maximum = 1)]

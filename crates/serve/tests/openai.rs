@@ -202,6 +202,12 @@ async fn bad_requests_get_openai_errors() {
         (r#"{"prompt": "hi", "n": 2}"#, StatusCode::BAD_REQUEST, "n"),
         (r#"{"prompt": "hi", "top_p": 0}"#, StatusCode::BAD_REQUEST, "top_p"),
         (r#"{"prompt": ""}"#, StatusCode::BAD_REQUEST, "empty"),
+        (r#"{"prompt": "hi", "stream_options": []}"#, StatusCode::BAD_REQUEST, "map"),
+        (
+            r#"{"prompt": "hi", "stream_options": {"include_usage": "yes"}}"#,
+            StatusCode::BAD_REQUEST,
+            "stream_options: invalid type",
+        ),
     ] {
         let request = Request::post("/v1/completions")
             .header("content-type", "application/json")
