@@ -5,7 +5,8 @@
 #   scripts/gpu_check.sh run      # on the GPU machine, from the repository root
 #
 # `run` lists the devices, runs every CUDA kernel against its CPU twin (`truthgpt device
-# --check`), then the engine's CUDA test binary with its GPU tests included. The NVIDIA driver
+# --check`), the engine's CUDA test binary with its GPU tests included, then times each kernel
+# against the CPU at GPT-2 small's sizes (`truthgpt bench kernels`, JSON lines). The NVIDIA driver
 # and the CUDA 13 runtime (libnvrtc, libcublas) must be loadable; nothing is built there.
 set -euo pipefail
 
@@ -31,6 +32,7 @@ run)
     "$bundle/truthgpt" device --check
     # The test binary reads nothing from the source tree; TRUTHGPT_DEVICE picks the GPU.
     TRUTHGPT_DEVICE="${TRUTHGPT_DEVICE:-cuda:0}" "$bundle/cuda-tests" --include-ignored
+    "$bundle/truthgpt" bench kernels --device "${TRUTHGPT_DEVICE:-cuda:0}"
     ;;
 *)
     echo "usage: $0 bundle|run" >&2

@@ -347,6 +347,19 @@ pub enum BenchCommand {
     /// token (random weights), and with --batch N, N sequences batched against one; checks all
     /// give the same tokens.
     Generate(BenchGenerateArgs),
+    /// Time each CUDA kernel against its CPU twin at GPT-2 small's sizes (outputs compared
+    /// first); one JSON line per kernel with both times, the speed-up and the GPU's TFLOP/s.
+    Kernels(BenchKernelsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchKernelsArgs {
+    /// The GPU: `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cuda")]
+    pub device: truthgpt_engine::device::Device,
+    /// Size of the CPU side's rayon pool; default: one per logical CPU.
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Args)]

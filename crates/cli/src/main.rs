@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod bench_kernels;
 mod bench_serve;
 mod config_cmd;
 mod data_cmd;
@@ -41,6 +42,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Generate(args)) => bench::generate(&args),
         Command::Bench(BenchCommand::Load(args)) => bench::load(&args),
         Command::Bench(BenchCommand::Serve(args)) => bench_serve::run(&args),
+        Command::Bench(BenchCommand::Kernels(args)) => bench_kernels::run(&args),
         Command::Quickstart(args) => quickstart::run(&args),
         Command::Tokenizer(TokenizerCommand::Train { data, vocab_size, out, jsonl_field }) => {
             data_cmd::train_tokenizer(&data, vocab_size, &out, &jsonl_field)

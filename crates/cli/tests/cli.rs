@@ -182,8 +182,8 @@ fn top_k_beyond_the_moe_backward_limit_is_an_error_not_a_panic() {
     assert!(err.contains("model.moe.top_k = 65"), "{err}");
 }
 
-/// `truthgpt device` works on any machine; `--check` without a usable GPU (as in CI) says what is
-/// missing and exits non-zero instead of panicking in the dynamic loader.
+/// `truthgpt device` works on any machine; `--check` and `bench kernels` without a usable GPU (as
+/// in CI) say what is missing and exit non-zero instead of panicking in the dynamic loader.
 #[test]
 fn device_lists_what_loads_and_check_fails_cleanly_without_a_gpu() {
     let output = run(&mut truthgpt(&["device"]));
@@ -193,8 +193,10 @@ fn device_lists_what_loads_and_check_fails_cleanly_without_a_gpu() {
     if truthgpt_engine::cuda::libraries().driver {
         return; // a GPU machine: `device --check` is the GPU suite itself
     }
-    let err = assert_fails_cleanly(&run(&mut truthgpt(&["device", "--check"])));
-    assert!(err.contains("no NVIDIA driver"), "{err}");
+    for command in [&["device", "--check"][..], &["bench", "kernels"]] {
+        let err = assert_fails_cleanly(&run(&mut truthgpt(command)));
+        assert!(err.contains("no NVIDIA driver"), "{command:?}: {err}");
+    }
     let err = assert_fails_cleanly(&run(&mut truthgpt(&["device", "--check", "--device", "cpu"])));
     assert!(err.contains("pick --device cuda"), "{err}");
     let err = assert_fails_cleanly(&run(&mut truthgpt(&["device", "--device", "cuda:x"])));
