@@ -139,14 +139,20 @@ impl RateLimits {
     }
 
     /// Spends `tokens` of `caller`'s tokens-per-minute budget.
-    pub async fn spend_tokens(&self, caller: &Arc<str>, tokens: usize) -> Result<(), ApiError> {
-        let Some(bucket) = &self.tokens else { return Ok(()) };
-        if tokens > bucket.per_minute.get() as usize {
-            return Err(ApiError::invalid(format!(
+    /// A request that needs more tokens than a whole minute's budget can never run: 400.
+    fn fits(&self, tokens: usize) -> Result<(), ApiError> {
+        match &self.tokens {
+            Some(bucket) if tokens > bucket.per_minute.get() as usize => Err(ApiError::invalid(format!(
                 "the request needs {tokens} tokens (prompt plus max_tokens); the limit is {} per minute",
                 bucket.per_minute
-            )));
+            ))),
+            _ => Ok(()),
         }
+    }
+
+    pub async fn spend_tokens(&self, caller: &Arc<str>, tokens: usize) -> Result<(), ApiError> {
+        self.fits(tokens)?;
+        let Some(bucket) = &self.tokens else { return Ok(()) };
         let decision = self.draw(bucket, caller, tokens as u32).await;
         if decision.allowed {
             Ok(())
@@ -172,6 +178,11 @@ pub struct TokenBudget {
 }
 
 impl TokenBudget {
+    /// Whether a request of `tokens` could ever be admitted (it is refused with 400 if not).
+    pub fn fits(&self, tokens: usize) -> Result<(), ApiError> {
+        self.limits.fits(tokens)
+    }
+
     pub async fn spend(&self, tokens: usize) -> Result<(), ApiError> {
         self.limits.spend_tokens(&self.caller, tokens).await
     }

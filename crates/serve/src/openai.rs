@@ -381,8 +381,11 @@ impl Generation {
             Some(Stop::One(s)) => vec![s],
             Some(Stop::Many(v)) => v,
         };
-        if let Some(Extension(budget)) = budget {
-            budget.spend(ids.len() + max_tokens).await?;
+        // Tokens/min pay for generation: charged on a cache miss only, but a request too large
+        // for any minute's budget is refused either way.
+        let needed = ids.len() + max_tokens;
+        if let Some(Extension(budget)) = &budget {
+            budget.fits(needed)?;
         }
 
         let deterministic = temperature == 0.0 || params.seed.is_some();
@@ -397,6 +400,9 @@ impl Generation {
             None => None,
         };
         let cached = hit.is_some();
+        if let (Some(Extension(budget)), false) = (&budget, cached) {
+            budget.spend(needed).await?;
+        }
         let (prompt_tokens, progress) = (ids.len(), Arc::new(AtomicUsize::new(0)));
         let events = match hit {
             Some(answer) => {

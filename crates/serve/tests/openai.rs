@@ -290,6 +290,34 @@ async fn token_limits_charge_prompt_and_max_tokens() {
     assert_eq!(huge.status(), StatusCode::BAD_REQUEST);
 }
 
+/// Tokens/min pay for generation: an answer from the cache is not charged (a miss is).
+#[tokio::test]
+async fn cached_answers_are_not_charged_tokens() {
+    let options = Options {
+        auth: Authenticator::from_keys(&["k"]),
+        limits: RateLimits::new(0, 40),
+        ..Options::default()
+    };
+    let app = app_with(2, options);
+    let call = |prompt: &'static str| {
+        let app = app.clone();
+        async move {
+            let body = json!({"prompt": prompt, "max_tokens": 20, "temperature": 0});
+            let request = Request::post("/v1/completions")
+                .header("authorization", "Bearer k")
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            app.oneshot(request).await.unwrap().status()
+        }
+    };
+    assert_eq!(call("To be").await, StatusCode::OK, "a miss, charged 20 + the prompt");
+    for _ in 0..3 {
+        assert_eq!(call("To be").await, StatusCode::OK, "hits are free");
+    }
+    assert_eq!(call("or not").await, StatusCode::TOO_MANY_REQUESTS, "another miss overdraws");
+}
+
 #[tokio::test]
 async fn metrics_count_requests_and_tokens() {
     let app = app(2);
