@@ -37,17 +37,33 @@ __device__ void load_rows(float* dst, const float* src, int width, int offset, i
     }
 }
 
+// What a query-row launch (forward, dQ) works on: this thread's row i of head h (kv head kh) in
+// batch bi, whose rows in qkv start at `seq`, and the keys [first, last] its block's rows see.
+struct QueryRows {
+    int bi, h, kh, width, i, first, last;
+    const float* seq;
+};
+
+__device__ QueryRows query_rows(const Shape& s, const float* qkv) {
+    int bi = blockIdx.y / s.nh, h = blockIdx.y % s.nh, width = (s.nh + 2 * s.kvh) * s.hs;
+    int i0 = blockIdx.x * blockDim.x;
+    return {bi,
+            h,
+            h / (s.nh / s.kvh),
+            width,
+            i0 + (int)threadIdx.x,
+            s.window ? max(0, i0 + 1 - s.window) : 0,
+            min(s.t, i0 + (int)blockDim.x) - 1,
+            qkv + (long long)bi * s.t * width};
+}
+
 // Grid (ceil(T / blockDim.x), B * NH); dynamic shared memory 2 * bk * hs floats.
 extern "C" __global__ void attention_forward(float* out, float* lse, const float* qkv, int bk, SHAPE_PARAMS) {
     SHAPE;
     extern __shared__ float tile[];
     float *keys = tile, *values = tile + bk * s.hs;
-    int bi = blockIdx.y / s.nh, h = blockIdx.y % s.nh, kh = h / (s.nh / s.kvh), hs = s.hs;
-    int width = (s.nh + 2 * s.kvh) * hs;
-    const float* seq = qkv + (long long)bi * s.t * width;
-    int i0 = blockIdx.x * blockDim.x, i = i0 + threadIdx.x;
-    int last = min(s.t, i0 + (int)blockDim.x) - 1;
-    int first = s.window ? max(0, i0 + 1 - s.window) : 0;
+    auto [bi, h, kh, width, i, first, last, seq] = query_rows(s, qkv);
+    int hs = s.hs;
     float scale = rsqrtf((float)hs);
     float q[MAX_HS], acc[MAX_HS];
     float m = -INFINITY, sum = 0.0f;
@@ -165,12 +181,8 @@ extern "C" __global__ void attention_backward_dq(float* dqkv, const float* dout,
     SHAPE;
     extern __shared__ float tile[];
     float *keys = tile, *values = tile + bk * s.hs;
-    int bi = blockIdx.y / s.nh, h = blockIdx.y % s.nh, kh = h / (s.nh / s.kvh), hs = s.hs;
-    int width = (s.nh + 2 * s.kvh) * hs;
-    const float* seq = qkv + (long long)bi * s.t * width;
-    int i0 = blockIdx.x * blockDim.x, i = i0 + threadIdx.x;
-    int last = min(s.t, i0 + (int)blockDim.x) - 1;
-    int first = s.window ? max(0, i0 + 1 - s.window) : 0;
+    auto [bi, h, kh, width, i, first, last, seq] = query_rows(s, qkv);
+    int hs = s.hs;
     float scale = rsqrtf((float)hs);
     float q[MAX_HS], dy[MAX_HS], dq[MAX_HS];
     float l = 0.0f, delta_i = 0.0f;

@@ -507,6 +507,28 @@ impl Gpu {
         Ok(())
     }
 
+    /// An element-wise kernel `(out, inp, n[, act])` over all of `inp`.
+    fn unary<O, I>(
+        &self,
+        kernel: &'static str,
+        what: &'static str,
+        out: &mut CudaSlice<O>,
+        inp: &CudaSlice<I>,
+        act: Option<Activation>,
+    ) -> Result<()> {
+        let n = inp.len();
+        need(what, out.len(), n)?;
+        let (n64, code) = (n as i64, act.map(act_code));
+        let mut args = self.launch(kernel);
+        args.arg(out).arg(inp).arg(&n64);
+        if let Some(code) = &code {
+            args.arg(code);
+        }
+        // SAFETY: as in `embedding_forward`.
+        unsafe { args.launch(elementwise(n)) }?;
+        Ok(())
+    }
+
     /// `out = act(inp)`, element-wise (see [`crate::activation::forward`]).
     pub fn activation_forward(
         &self,
@@ -514,14 +536,7 @@ impl Gpu {
         out: &mut CudaSlice<f32>,
         inp: &CudaSlice<f32>,
     ) -> Result<()> {
-        let n = inp.len();
-        need("activation out", out.len(), n)?;
-        let (n64, code) = (n as i64, act_code(act));
-        let mut args = self.launch("activation_forward");
-        args.arg(out).arg(inp).arg(&n64).arg(&code);
-        // SAFETY: as in `embedding_forward`.
-        unsafe { args.launch(elementwise(n)) }?;
-        Ok(())
+        self.unary("activation_forward", "activation out", out, inp, Some(act))
     }
 
     /// `dinp = dout * act'(inp)`, in place over `dout`.
@@ -531,14 +546,7 @@ impl Gpu {
         dout_dinp: &mut CudaSlice<f32>,
         inp: &CudaSlice<f32>,
     ) -> Result<()> {
-        let n = inp.len();
-        need("activation gradient", dout_dinp.len(), n)?;
-        let (n64, code) = (n as i64, act_code(act));
-        let mut args = self.launch("activation_backward_inplace");
-        args.arg(dout_dinp).arg(inp).arg(&n64).arg(&code);
-        // SAFETY: as in `embedding_forward`.
-        unsafe { args.launch(elementwise(n)) }?;
-        Ok(())
+        self.unary("activation_backward_inplace", "activation gradient", dout_dinp, inp, Some(act))
     }
 
     /// GEGLU/SwiGLU over `h (N, 2F)` rows `[gate | up]` (see [`crate::activation::gated_forward`]).
@@ -872,24 +880,12 @@ impl Gpu {
 
     /// `out = bf16(inp)`, rounding to nearest even (as `half::bf16::from_f32`).
     pub fn to_bf16(&self, out: &mut CudaSlice<half::bf16>, inp: &CudaSlice<f32>) -> Result<()> {
-        need("bf16 out", out.len(), inp.len())?;
-        let n = inp.len() as i64;
-        let mut args = self.launch("f32_to_bf16");
-        args.arg(out).arg(inp).arg(&n);
-        // SAFETY: as in `embedding_forward`.
-        unsafe { args.launch(elementwise(inp.len())) }?;
-        Ok(())
+        self.unary("f32_to_bf16", "bf16 out", out, inp, None)
     }
 
     /// `out = f32(inp)`, exact.
     pub fn to_f32(&self, out: &mut CudaSlice<f32>, inp: &CudaSlice<half::bf16>) -> Result<()> {
-        need("f32 out", out.len(), inp.len())?;
-        let n = inp.len() as i64;
-        let mut args = self.launch("bf16_to_f32");
-        args.arg(out).arg(inp).arg(&n);
-        // SAFETY: as in `embedding_forward`.
-        unsafe { args.launch(elementwise(inp.len())) }?;
-        Ok(())
+        self.unary("bf16_to_f32", "f32 out", out, inp, None)
     }
 
     /// Uploads a score bias for `nh` query heads; a relative table is (buckets, NH), and every
