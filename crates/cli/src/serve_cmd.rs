@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
+use axum::serve::Listener;
 use figment::providers::{Format, Serialized, Yaml};
 use figment::Figment;
 use serde_json::json;
@@ -123,9 +124,8 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         let app = router(AppState::new(served, scheduler, options));
 
         let address = format!("{}:{}", config.host, config.port);
-        let listener = tokio::net::TcpListener::bind(&address)
-            .await
-            .with_context(|| format!("listening on {address}"))?;
+        let listener =
+            truthgpt_serve::listen(&address).await.with_context(|| format!("listening on {address}"))?;
         eprintln!(
             "serving {model_id} on http://{} (batch {}, queue {}, {kv_blocks} KV blocks of {BLOCK_SIZE})",
             listener.local_addr()?,

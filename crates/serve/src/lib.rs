@@ -26,11 +26,14 @@ pub mod telemetry;
 pub mod template;
 pub mod ws;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{Request, StatusCode};
+use axum::serve::{Listener, ListenerExt};
 use axum::{middleware, Extension, Json, Router};
+use tokio::net::{TcpListener, TcpStream};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -86,6 +89,18 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Binds `address` for [`router`]'s server. Each accepted connection sends small writes at once
+/// (TCP_NODELAY): otherwise Nagle's algorithm holds a token's SSE event until the client
+/// acknowledges the previous one, and with delayed ACKs streams stall up to 40 ms.
+pub async fn listen(address: &str) -> std::io::Result<impl Listener<Io = TcpStream, Addr = SocketAddr>> {
+    let listener = TcpListener::bind(address).await?;
+    Ok(listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("could not set TCP_NODELAY on a connection: {e}");
+        }
+    }))
+}
+
 /// The routes and their document, before layers that apply to all of them.
 pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     // Metrics recorded before the recorder exists are lost: install it first.
@@ -139,4 +154,17 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
 #[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "OpenAPI 3.1")))]
 async fn openapi(Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>) -> Json<utoipa::openapi::OpenApi> {
     Json(doc.as_ref().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::serve::Listener;
+
+    #[tokio::test]
+    async fn accepted_connections_send_small_writes_at_once() {
+        let mut listener = super::listen("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await;
+        assert!(accepted.nodelay().unwrap(), "Nagle's algorithm would delay streamed tokens");
+    }
 }
