@@ -400,9 +400,6 @@ impl Generation {
             None => None,
         };
         let cached = hit.is_some();
-        if let (Some(Extension(budget)), false) = (&budget, cached) {
-            budget.spend(needed).await?;
-        }
         let (prompt_tokens, progress) = (ids.len(), Arc::new(AtomicUsize::new(0)));
         let events = match hit {
             Some(answer) => {
@@ -414,6 +411,14 @@ impl Generation {
                 stream::iter([Event::Text(answer.text), Event::Finished(usage)]).boxed()
             }
             None => {
+                // A miss takes its place in the queue before it pays: a 503 spends no tokens.
+                let slot = served.scheduler.reserve().map_err(|e| match e {
+                    SubmitError::Busy => ApiError::busy(),
+                    SubmitError::Stopped => ApiError::internal(e.to_string()),
+                })?;
+                if let Some(Extension(budget)) = &budget {
+                    budget.spend(needed).await?;
+                }
                 let (events, receiver) = mpsc::unbounded_channel();
                 let job = Job {
                     prompt: ids,
@@ -424,10 +429,7 @@ impl Generation {
                     received: std::time::Instant::now(),
                     progress: progress.clone(),
                 };
-                served.scheduler.submit(job).map_err(|e| match e {
-                    SubmitError::Busy => ApiError::busy(),
-                    SubmitError::Stopped => ApiError::internal(e.to_string()),
-                })?;
+                slot.submit(job);
                 // Dropping this stream (the client left) drops the receiver, which cancels the job.
                 stream::unfold(receiver, |mut r| async move { r.recv().await.map(|e| (e, r)) }).boxed()
             }

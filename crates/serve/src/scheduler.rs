@@ -96,9 +96,10 @@ impl Scheduler {
         (Scheduler { queue, max_seq_len, kv_blocks }, thread)
     }
 
-    /// Queues `job`, or says why not at once: a full queue is [`SubmitError::Busy`].
-    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
-        self.queue.try_send(job).map_err(|e| match e {
+    /// A place in the queue, or why there is none at once: a full queue is [`SubmitError::Busy`].
+    /// Taken before a request is charged, so a request refused for capacity costs nothing.
+    pub fn reserve(&self) -> Result<Slot, SubmitError> {
+        self.queue.clone().try_reserve_owned().map(Slot).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
             mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
         })
@@ -107,6 +108,15 @@ impl Scheduler {
     /// Whether the scheduler thread still takes requests.
     pub fn is_running(&self) -> bool {
         !self.queue.is_closed()
+    }
+}
+
+/// A reserved place in the scheduler's queue; dropped unused, it is given back.
+pub struct Slot(mpsc::OwnedPermit<Job>);
+
+impl Slot {
+    pub fn submit(self, job: Job) {
+        self.0.send(job);
     }
 }
 

@@ -318,6 +318,38 @@ async fn cached_answers_are_not_charged_tokens() {
     assert_eq!(call("or not").await, StatusCode::TOO_MANY_REQUESTS, "another miss overdraws");
 }
 
+/// A request refused for capacity (503) spends none of the caller's tokens/min.
+#[tokio::test]
+async fn a_request_refused_for_capacity_is_not_charged_tokens() {
+    let options = Options {
+        auth: Authenticator::from_keys(&["k"]),
+        limits: RateLimits::new(0, 40),
+        ..Options::default()
+    };
+    let served = served(1);
+    let scheduler = served.scheduler.clone();
+    let app = router(AppState::new(served, scheduler_config(1), options));
+    let call = || {
+        let app = app.clone();
+        async move {
+            let request = Request::post("/v1/completions")
+                .header("authorization", "Bearer k")
+                .header("content-type", "application/json")
+                .body(Body::from(json!({"prompt": "To be", "max_tokens": 20}).to_string()))
+                .unwrap();
+            app.oneshot(request).await.unwrap()
+        }
+    };
+    // Every place in the queue taken, as by requests waiting for the batch.
+    let held: Vec<_> = (0..scheduler_config(1).queue).map(|_| scheduler.reserve().unwrap()).collect();
+    let refused = call().await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key("retry-after"));
+    drop(held);
+    assert_eq!(call().await.status(), StatusCode::OK, "the 503 spent nothing: 20 + the prompt fit in 40");
+    assert_eq!(call().await.status(), StatusCode::TOO_MANY_REQUESTS, "the answered one did spend");
+}
+
 #[tokio::test]
 async fn metrics_count_requests_and_tokens() {
     let app = app(2);
