@@ -373,7 +373,7 @@ pub struct BenchServeArgs {
     /// Tokens per request.
     #[arg(long, default_value_t = 64)]
     pub max_tokens: usize,
-    /// Requests each client makes in the concurrency phase.
+    /// Requests each client makes in the concurrency phase (the lone client makes --clients x --rounds, one at a time).
     #[arg(long, default_value_t = 4)]
     pub rounds: usize,
     /// Seconds of the load test (2x --clients clients, at the server's capacity); 0 skips it.

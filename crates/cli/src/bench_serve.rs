@@ -166,26 +166,36 @@ pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
         let client = reqwest::Client::builder().pool_max_idle_per_host(4 * args.clients).build()?;
         let prompts: Vec<&str> = (0..args.clients).map(|i| PROMPTS[i % PROMPTS.len()]).collect();
         // Warm-up: page faults, the pool's first blocks, the client's connections.
-        stream_completion(&client, &server.url, prompts[0], 4).await?.map_err(|s| anyhow::anyhow!("warm-up got {s}"))?;
+        stream_completion(&client, &server.url, prompts[0], 4)
+            .await?
+            .map_err(|s| anyhow::anyhow!("warm-up got {s}"))?;
 
+        // The baseline makes as many requests as the concurrent phase, one at a time.
         let start = Instant::now();
         let mut reference = BTreeMap::new();
         let mut single_tokens = 0;
-        for &prompt in &prompts {
-            let (text, tokens) = stream_completion(&client, &server.url, prompt, args.max_tokens)
-                .await?
-                .map_err(|s| anyhow::anyhow!("single client got {s}"))?;
-            single_tokens += tokens;
-            reference.insert(prompt, text);
+        for _ in 0..args.rounds {
+            for &prompt in &prompts {
+                let (text, tokens) = stream_completion(&client, &server.url, prompt, args.max_tokens)
+                    .await?
+                    .map_err(|s| anyhow::anyhow!("single client got {s}"))?;
+                single_tokens += tokens;
+                let first = reference.entry(prompt).or_insert_with(|| text.clone());
+                ensure!(*first == text, "{prompt:?} gave two different greedy texts");
+            }
         }
         let single = single_tokens as f64 / start.elapsed().as_secs_f64();
-        print(json!({"phase": "single", "requests": prompts.len(), "tokens": single_tokens, "tokens_per_sec": single}));
+        print(json!({
+            "phase": "single", "requests": prompts.len() * args.rounds, "tokens": single_tokens,
+            "tokens_per_sec": single,
+        }));
 
         let reference = Arc::new(reference);
         let start = Instant::now();
         let tasks: Vec<_> = (0..args.clients)
             .map(|c| {
-                let (client, url, prompts, reference) = (client.clone(), server.url.clone(), prompts.clone(), reference.clone());
+                let (client, url, prompts, reference) =
+                    (client.clone(), server.url.clone(), prompts.clone(), reference.clone());
                 let (rounds, max_tokens) = (args.rounds, args.max_tokens);
                 tokio::spawn(async move {
                     let mut tokens = 0;
@@ -194,7 +204,10 @@ pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
                         let (text, n) = stream_completion(&client, &url, prompt, max_tokens)
                             .await?
                             .map_err(|s| anyhow::anyhow!("client {c} got {s}"))?;
-                        ensure!(text == reference[prompt], "client {c}: {prompt:?} gave another text than alone");
+                        ensure!(
+                            text == reference[prompt],
+                            "client {c}: {prompt:?} gave another text than alone"
+                        );
                         tokens += n;
                     }
                     anyhow::Ok(tokens)
