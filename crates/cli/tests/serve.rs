@@ -70,11 +70,6 @@ fn start_with(model: &Path, args: &[&str], env: &[(&str, &str)]) -> (Server, Str
     (Server(child), address, log)
 }
 
-fn start(model: &Path) -> (Server, String) {
-    let (server, address, _) = start_with(model, &[], &[]);
-    (server, address)
-}
-
 /// One HTTP/1.1 request on its own connection; returns (status, head and body).
 fn call(address: &str, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(address).unwrap();
@@ -100,7 +95,8 @@ fn request(address: &str, method: &str, path: &str, body: &str) -> (u16, String)
 fn serves_streams_and_drains_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let model = model_dir(tmp.path());
-    let (mut server, address) = start(&model);
+    // One stream generates at a time; the others wait in the queue.
+    let (mut server, address, _log) = start_with(&model, &["--max-batch", "1"], &[]);
 
     let (status, body) = request(&address, "GET", "/v1/models", "");
     assert_eq!(status, 200, "{body}");
@@ -114,21 +110,35 @@ fn serves_streams_and_drains_on_sigterm() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"text_completion\"") && body.contains("\"completion_tokens\""), "{body}");
 
-    // A long stream is in flight when SIGTERM arrives: it still ends with [DONE].
-    let streaming = {
-        let address = address.clone();
-        std::thread::spawn(move || {
-            let body = r#"{"prompt": "To be", "max_tokens": 40, "stream": true, "seed": 1}"#;
-            request(&address, "POST", "/v1/completions", body)
+    // Eight streams are accepted (their response heads have arrived) before SIGTERM; the last
+    // waits behind seven others' 60 tokens. Every one still ends with [DONE].
+    let body = r#"{"prompt": "To be", "max_tokens": 60, "stream": true, "seed": 1}"#;
+    let streams: Vec<_> = (0..8)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&address).unwrap();
+            write!(
+                stream,
+                "POST /v1/completions HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut head = String::new();
+            while !head.ends_with("\r\n\r\n") {
+                assert!(reader.read_line(&mut head).unwrap() > 0, "the connection closed: {head}");
+            }
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            reader
         })
-    };
-    std::thread::sleep(std::time::Duration::from_millis(20));
+        .collect();
     let status =
         std::process::Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
     assert!(status.success());
-    let (status, body) = streaming.join().unwrap();
-    assert_eq!(status, 200);
-    assert!(body.contains("data: [DONE]"), "the in-flight stream finished: {body}");
+    for mut stream in streams {
+        let mut rest = String::new();
+        stream.read_to_string(&mut rest).unwrap();
+        assert!(rest.contains("data: [DONE]"), "an accepted stream finished: {rest}");
+    }
     let exit = server.0.wait().unwrap();
     assert!(exit.success(), "exit status {exit:?}");
 }
