@@ -29,7 +29,11 @@ use crate::limits::TokenBudget;
 use crate::scheduler::{Event, Job, SubmitError, Usage};
 use crate::state::{AppState, Served, TenantUsage};
 
-/// `stop`: one string or several.
+/// `stop` takes up to this many strings (as OpenAI's API), each at most `MAX_STOP_BYTES` long.
+const MAX_STOP_STRINGS: usize = 4;
+const MAX_STOP_BYTES: usize = 128;
+
+/// `stop`: one string or several (at most 4, each at most 128 bytes).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
@@ -381,6 +385,16 @@ impl Generation {
             Some(Stop::One(s)) => vec![s],
             Some(Stop::Many(v)) => v,
         };
+        // Every generated token is matched against every stop string, on the scheduler's thread.
+        if stop.len() > MAX_STOP_STRINGS {
+            return Err(ApiError::invalid(format!("`stop` takes at most {MAX_STOP_STRINGS} strings")));
+        }
+        if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid(format!(
+                "a `stop` string is {} bytes; the limit is {MAX_STOP_BYTES}",
+                long.len()
+            )));
+        }
         // Tokens/min pay for generation: charged on a cache miss only, but a request too large
         // for any minute's budget is refused either way.
         let needed = ids.len() + max_tokens;

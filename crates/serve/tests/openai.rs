@@ -203,6 +203,7 @@ async fn bad_requests_get_openai_errors() {
         (r#"{"prompt": "hi", "top_p": 0}"#, StatusCode::BAD_REQUEST, "top_p"),
         (r#"{"prompt": ""}"#, StatusCode::BAD_REQUEST, "empty"),
         (r#"{"prompt": "hi", "stream_options": []}"#, StatusCode::BAD_REQUEST, "map"),
+        (r#"{"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}"#, StatusCode::BAD_REQUEST, "at most 4"),
         (
             r#"{"prompt": "hi", "stream_options": {"include_usage": "yes"}}"#,
             StatusCode::BAD_REQUEST,
@@ -220,6 +221,10 @@ async fn bad_requests_get_openai_errors() {
         assert!(json["error"]["message"].as_str().unwrap().contains(needle), "{body}: {json}");
         assert!(json["error"]["type"].is_string());
     }
+    let (status, body) =
+        post(&app, "/v1/completions", json!({"prompt": "hi", "stop": "x".repeat(129)})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("129 bytes; the limit is 128"), "{body}");
     let long = "to be ".repeat(200);
     let (status, body) = post(&app, "/v1/completions", json!({"prompt": long})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
