@@ -556,8 +556,10 @@ async fn prompt_of(
             ))
         }
         Some(id) => {
-            // Tenants never see each other's conversations: the tenant is in the key.
-            let key = format!("{}:{id}", caller.tenant);
+            // Tenants never see each other's conversations: the tenant is in the key, after its
+            // length, since both tenants and ids may contain ':' (`acme` + `eu:1` is not
+            // `acme:eu` + `1`).
+            let key = format!("{}:{}:{id}", caller.tenant.len(), caller.tenant);
             let earlier: Vec<Message> = match state.sessions.get(&key).await {
                 Some(json) => serde_json::from_str(&json).unwrap_or_default(),
                 None => vec![],

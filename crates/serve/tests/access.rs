@@ -63,6 +63,7 @@ fn options() -> Options {
         key("admin", "ops", Role::Admin),
         key("alice", "acme", Role::User),
         key("bob", "globex", Role::User),
+        key("carol", "acme:eu", Role::User),
         key("viewer", "acme", Role::Readonly),
     ];
     let jwt = JwtConfig {
@@ -227,7 +228,7 @@ async fn jwts_are_checked_for_signature_expiry_not_before_and_audience() {
     let admin = rs256(claims(json!({"role": "admin"})));
     let (status, keys) = call(&app, "GET", "/admin/keys", Some(&admin), None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(keys.as_array().unwrap().len(), 4);
+    assert_eq!(keys.as_array().unwrap().len(), 5);
     assert!(!keys.to_string().contains("-key"), "keys are never shown: {keys}");
 }
 
@@ -267,6 +268,13 @@ async fn usage_sessions_and_cache_stay_within_their_tenant() {
     assert_eq!(one["conversation_id"], "chat-1");
     assert!(prompt_tokens(&two) >= prompt_tokens(&one) + completion_tokens, "{one} then {two}");
     assert!(prompt_tokens(&bobs) < prompt_tokens(&two), "bob does not see alice's conversation");
+    // Tenant `acme`'s conversation `eu:chat-1` is not tenant `acme:eu`'s `chat-1`.
+    let mut alices = turn("To be");
+    alices["conversation_id"] = json!("eu:chat-1");
+    call(&app, "POST", "/v1/chat/completions", Some("alice-key"), Some(alices)).await;
+    let (_, carols) =
+        call(&app, "POST", "/v1/chat/completions", Some("carol-key"), Some(turn("or not"))).await;
+    assert_eq!(prompt_tokens(&carols), prompt_tokens(&bobs), "carol's chat-1 starts empty: {carols}");
     let (status, _) = call(
         &app,
         "POST",
