@@ -101,7 +101,7 @@ pub struct ServeArgs {
     pub drain_secs: Option<u64>,
     /// A key clients must send (`Authorization: Bearer KEY`), with role `user`; repeatable.
     /// Without keys or JWT settings the API is open. Keys are held only as SHA-256 digests.
-    #[arg(long, value_name = "KEY", env = "TRUTHGPT_API_KEY")]
+    #[arg(long, value_name = "KEY", env = "TRUTHGPT_API_KEY", hide_env_values = true)]
     pub api_key: Vec<String>,
     /// Requests per minute each caller may make (a token bucket); 0 for no limit [default: 600].
     #[arg(long, value_name = "N")]

@@ -57,10 +57,24 @@ fn settings(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
         });
     }
     ensure!(!config.model.as_os_str().is_empty(), "no model: give --model DIR or `model:` in --config");
-    ensure!(config.max_batch > 0 && config.queue > 0, "max_batch and queue must be at least 1");
+    ensure!(
+        (1..=MAX_BATCH).contains(&config.max_batch),
+        "max_batch is {}; it must be 1 to {MAX_BATCH}",
+        config.max_batch
+    );
+    ensure!(
+        (1..=MAX_QUEUE).contains(&config.queue),
+        "queue is {}; it must be 1 to {MAX_QUEUE}",
+        config.queue
+    );
     ensure!(config.kv_blocks != Some(0), "kv_blocks must be at least 1");
     Ok(config)
 }
+
+/// Bounds far above any real deployment's, so that a typo is an error rather than a panic in the
+/// queue's allocation or an overflow in the default pool size.
+const MAX_BATCH: usize = 4096;
+const MAX_QUEUE: usize = 1 << 20;
 
 pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = settings(args)?;

@@ -202,3 +202,17 @@ fn device_lists_what_loads_and_check_fails_cleanly_without_a_gpu() {
     let err = assert_fails_cleanly(&run(&mut truthgpt(&["device", "--device", "cuda:x"])));
     assert!(err.contains("expected `cpu`, `cuda` or `cuda:N`"), "{err}");
 }
+
+#[test]
+fn serve_refuses_absurd_sizes_and_keeps_the_key_out_of_help() {
+    for (flag, value) in
+        [("--queue", "18446744073709551615"), ("--max-batch", "9223372036854775807"), ("--queue", "0")]
+    {
+        let err =
+            assert_fails_cleanly(&run(&mut truthgpt(&["serve", "--model", "no-such-model", flag, value])));
+        assert!(err.contains("must be 1 to"), "{flag} {value}: {err}");
+    }
+    let help = truthgpt(&["serve", "--help"]).env("TRUTHGPT_API_KEY", "sk-secret-123").output().unwrap();
+    assert!(help.status.success());
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("sk-secret-123"), "--help shows the key");
+}
