@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{Request, StatusCode};
+use axum::http::{Method, Request, StatusCode, Uri};
 use axum::serve::{Listener, ListenerExt};
 use axum::{middleware, Extension, Json, Router};
 use tokio::net::{TcpListener, TcpStream};
@@ -40,6 +40,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+use error::ApiError;
 
 pub use auth::{Authenticator, Role};
 pub use config::ServeConfig;
@@ -75,6 +77,8 @@ impl Modify for BearerAuth {
 pub fn router(state: AppState) -> Router {
     let (router, doc) = routes(&state).split_for_parts();
     router
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(Extension(Arc::new(doc)))
         // Layers run outermost last-added: the request id exists before the trace span opens.
         .route_layer(middleware::from_fn(telemetry::record))
@@ -87,6 +91,22 @@ pub fn router(state: AppState) -> Router {
         }).on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// Unknown paths and wrong methods answer in OpenAI's error shape too, not with an empty body.
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    let message = format!("{method} {}: no such route", uri.path());
+    ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", Some("not_found"), message)
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    let message = format!("{} does not take {method}", uri.path());
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        Some("method_not_allowed"),
+        message,
+    )
 }
 
 /// Binds `address` for [`router`]'s server. Each accepted connection sends small writes at once

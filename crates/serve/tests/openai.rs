@@ -225,6 +225,17 @@ async fn bad_requests_get_openai_errors() {
         post(&app, "/v1/completions", json!({"prompt": "hi", "stop": "x".repeat(129)})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("129 bytes; the limit is 128"), "{body}");
+    for (method, path, status, needle) in [
+        ("GET", "/v1/completions", StatusCode::METHOD_NOT_ALLOWED, "/v1/completions does not take GET"),
+        ("POST", "/v1/nowhere", StatusCode::NOT_FOUND, "POST /v1/nowhere: no such route"),
+    ] {
+        let request = Request::builder().method(method).uri(path).body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+        let json: Value =
+            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(json["error"]["message"], needle, "{json}");
+    }
     let long = "to be ".repeat(200);
     let (status, body) = post(&app, "/v1/completions", json!({"prompt": long})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
