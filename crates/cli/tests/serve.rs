@@ -247,6 +247,72 @@ async fn the_websocket_streams_the_same_chunks() {
     assert!(anonymous.is_err());
 }
 
+/// Each generation on a WebSocket counts against requests/min (the upgrade pays for the
+/// first), and a socket opened with a JWT stops serving once the token expires.
+#[tokio::test]
+async fn the_websocket_spends_a_request_per_generation_and_ends_with_its_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_dir(tmp.path());
+    let config = tmp.path().join("serve.yaml");
+    std::fs::write(
+        &config,
+        "jwt: {audience: truthgpt, hs256_secret: a-websocket-test-secret-of-32-bytes, leeway_secs: 0}\n",
+    )
+    .unwrap();
+    let (_server, address, _) =
+        start_with(&model, &["--config", config.to_str().unwrap(), "--requests-per-minute", "2"], &[]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let connect = |sub: &str, expires_in: u64| {
+        let claims = json!({"sub": sub, "aud": "truthgpt", "exp": now + expires_in, "role": "user"});
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"a-websocket-test-secret-of-32-bytes"),
+        )
+        .unwrap();
+        let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            format!("ws://{address}/v1/stream"),
+        )
+        .unwrap();
+        request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+    };
+    // The first message of each answer (a chunk, or an error), or None once the socket closed.
+    async fn first_reply(
+        socket: &mut tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> Option<Value> {
+        let ask = json!({"prompt": "To be", "max_tokens": 2});
+        socket.send(tokio_tungstenite::tungstenite::Message::text(ask.to_string())).await.unwrap();
+        let first = match socket.next().await? {
+            Ok(message) if message.is_text() => serde_json::from_str(message.to_text().unwrap()).unwrap(),
+            _ => return None,
+        };
+        while let Some(Ok(message)) = socket.next().await {
+            if message.to_text().is_ok_and(|t| t == "[DONE]") {
+                break;
+            }
+        }
+        Some(first)
+    }
+
+    let (mut socket, _) = connect("ws-rate", 3600).await.unwrap();
+    for turn in 0..2 {
+        let reply = first_reply(&mut socket).await.unwrap();
+        assert_eq!(reply["object"], "text_completion", "generation {turn}: {reply}");
+    }
+    let refused = first_reply(&mut socket).await.unwrap();
+    assert_eq!(refused["error"]["code"], "rate_limit_exceeded", "{refused}");
+
+    let (mut socket, _) = connect("ws-expiry", 2).await.unwrap();
+    assert_eq!(first_reply(&mut socket).await.unwrap()["object"], "text_completion");
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let expired = first_reply(&mut socket).await.unwrap();
+    assert!(expired["error"]["message"].as_str().unwrap().contains("expired"), "{expired}");
+    assert!(socket.next().await.is_none_or(|m| m.is_err() || m.unwrap().is_close()), "the socket closes");
+}
+
 #[tokio::test]
 async fn keys_and_tokens_never_reach_the_log() {
     let tmp = tempfile::tempdir().unwrap();

@@ -38,6 +38,16 @@ pub struct Principal {
     /// Usage and sessions are kept per tenant.
     pub tenant: Arc<str>,
     pub role: Role,
+    /// When its credential stops being valid (a JWT's `exp` plus the leeway), in Unix seconds;
+    /// checked again before each generation on a long-lived WebSocket.
+    pub expires_at: Option<u64>,
+}
+
+impl Principal {
+    pub fn has_expired(&self) -> bool {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.expires_at.is_some_and(|at| now.as_secs() > at)
+    }
 }
 
 /// One configured key: its digest and whose it is.
@@ -84,6 +94,7 @@ struct Jwt {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
     #[serde(default)]
     tenant: Option<String>,
     role: Role,
@@ -112,6 +123,7 @@ impl Authenticator {
                 id: format!("key:{}", k.name).into(),
                 tenant: k.tenant.as_str().into(),
                 role: k.role,
+                expires_at: None,
             };
             parsed.push(Key { digest, principal });
         }
@@ -219,9 +231,14 @@ impl Jwt {
                 _ => "the token is not valid",
             }
         })?;
-        let Claims { sub, tenant, role } = data.claims;
+        let Claims { sub, exp, tenant, role } = data.claims;
         let tenant = tenant.unwrap_or_else(|| sub.clone());
-        Ok(Principal { id: format!("jwt:{sub}").into(), tenant: tenant.into(), role })
+        Ok(Principal {
+            id: format!("jwt:{sub}").into(),
+            tenant: tenant.into(),
+            role,
+            expires_at: Some(exp.saturating_add(self.leeway)),
+        })
     }
 }
 
@@ -259,7 +276,7 @@ pub async fn authenticate(
     next: Next,
 ) -> Response {
     let principal = if auth.is_open() {
-        Principal { id: "anonymous".into(), tenant: "anonymous".into(), role: Role::User }
+        Principal { id: "anonymous".into(), tenant: "anonymous".into(), role: Role::User, expires_at: None }
     } else {
         match presented(&request).map(|c| auth.identify(c)) {
             Some(Ok(principal)) => principal,
@@ -287,9 +304,7 @@ pub async fn require_role(State(min): State<Role>, request: Request, next: Next)
 }
 
 fn unauthorized(message: &str) -> Response {
-    let mut response =
-        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", Some("invalid_api_key"), message)
-            .into_response();
+    let mut response = ApiError::unauthorized(message).into_response();
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }

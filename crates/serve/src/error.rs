@@ -45,6 +45,11 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", None, message)
     }
 
+    /// 401: missing, unknown or expired credentials.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", Some("invalid_api_key"), message)
+    }
+
     pub fn busy() -> Self {
         ApiError {
             retry_after: Some(1),

@@ -3,9 +3,9 @@
 //! with `--redis` a Lua script keeps them in Redis, on Redis's clock, so every replica draws on
 //! the same buckets.
 //!
-//! [`limit`] is the layer: it spends one request and leaves a [`TokenBudget`] in the request's
+//! [`limit`] is the layer: it spends one request and leaves a [`Budget`] in the request's
 //! extensions, which the generation handlers spend once they know a request's size (prompt tokens
-//! plus `max_tokens`). Answers carry `RateLimit-Policy` and `RateLimit` (IETF httpapi draft);
+//! plus `max_tokens`); a WebSocket spends one more request for each generation after its first. Answers carry `RateLimit-Policy` and `RateLimit` (IETF httpapi draft);
 //! an exhausted bucket gets 429 with `Retry-After`.
 
 use std::num::NonZeroU32;
@@ -170,14 +170,15 @@ fn too_many(bucket: &Bucket, wait: Duration) -> ApiError {
     )
 }
 
-/// The handle the generation handlers spend tokens through.
+/// The caller's budgets, for handlers that spend beyond the one request the layer drew: tokens
+/// for each generation, and a request for each further generation on a WebSocket.
 #[derive(Clone)]
-pub struct TokenBudget {
+pub struct Budget {
     limits: Arc<RateLimits>,
     caller: Arc<str>,
 }
 
-impl TokenBudget {
+impl Budget {
     /// Whether a request of `tokens` could ever be admitted (it is refused with 400 if not).
     pub fn fits(&self, tokens: usize) -> Result<(), ApiError> {
         self.limits.fits(tokens)
@@ -185,6 +186,17 @@ impl TokenBudget {
 
     pub async fn spend(&self, tokens: usize) -> Result<(), ApiError> {
         self.limits.spend_tokens(&self.caller, tokens).await
+    }
+
+    /// One more request from the caller's requests/min bucket, or 429.
+    pub async fn spend_request(&self) -> Result<(), ApiError> {
+        let Some(bucket) = &self.limits.requests else { return Ok(()) };
+        let decision = self.limits.draw(bucket, &self.caller, 1).await;
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(too_many(bucket, decision.retry_after))
+        }
     }
 }
 
@@ -221,7 +233,7 @@ pub async fn limit(
         set_headers(response.headers_mut(), &limits, 0, secs);
         return response;
     }
-    request.extensions_mut().insert(TokenBudget { limits: limits.clone(), caller });
+    request.extensions_mut().insert(Budget { limits: limits.clone(), caller });
     let mut response = next.run(request).await;
     if response.status() == StatusCode::TOO_MANY_REQUESTS {
         if let Some(retry) = response.headers().get(header::RETRY_AFTER).cloned() {

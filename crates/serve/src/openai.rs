@@ -25,7 +25,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
-use crate::limits::TokenBudget;
+use crate::limits::Budget;
 use crate::scheduler::{Event, Job, SubmitError, Usage};
 use crate::state::{AppState, Served, TenantUsage};
 
@@ -225,7 +225,7 @@ pub async fn usage(
 pub async fn completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
-    budget: Option<Extension<TokenBudget>>,
+    budget: Option<Extension<Budget>>,
     request: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = request?;
@@ -248,7 +248,7 @@ pub async fn completions(
 pub async fn chat_completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
-    budget: Option<Extension<TokenBudget>>,
+    budget: Option<Extension<Budget>>,
     request: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = request?;
@@ -342,7 +342,7 @@ impl Generation {
     pub(crate) async fn start(
         state: &AppState,
         caller: &Principal,
-        budget: Option<Extension<TokenBudget>>,
+        budget: Option<Extension<Budget>>,
         input: Input,
         params: Params,
     ) -> Result<Self, ApiError> {

@@ -1,7 +1,9 @@
 //! `/v1/stream`: the same generations over a WebSocket. Each text message the client sends is
 //! one request, a chat request if it has `messages` and a completion request otherwise; the
 //! server answers with the chunks SSE would carry, one message each, then `[DONE]`. Errors come
-//! as an `{"error": ...}` message, and the socket stays open for the next request.
+//! as an `{"error": ...}` message, and the socket stays open for the next request. Each
+//! generation after the first spends a request from the caller's requests/min, and a socket whose
+//! JWT has expired is closed.
 
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -12,7 +14,7 @@ use serde_json::Value;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
-use crate::limits::TokenBudget;
+use crate::limits::Budget;
 use crate::openai::{ChatRequest, CompletionRequest, Generation, Input};
 use crate::state::AppState;
 
@@ -25,7 +27,7 @@ use crate::state::AppState;
 pub async fn stream(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
-    budget: Option<Extension<TokenBudget>>,
+    budget: Option<Extension<Budget>>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade.map_err(|e| ApiError {
@@ -36,19 +38,31 @@ pub async fn stream(
     Ok(upgrade.max_message_size(max).on_upgrade(move |socket| serve(socket, state, caller, budget)))
 }
 
-async fn serve(
-    mut socket: WebSocket,
-    state: AppState,
-    caller: Principal,
-    budget: Option<Extension<TokenBudget>>,
-) {
+async fn serve(mut socket: WebSocket, state: AppState, caller: Principal, budget: Option<Extension<Budget>>) {
+    // The upgrade drew a request from the requests/min bucket; it pays for the first generation.
+    let mut generations = 0;
     while let Some(Ok(message)) = socket.recv().await {
         let text = match message {
             WsMessage::Text(text) => text,
             WsMessage::Close(_) => return,
             _ => continue,
         };
-        match request(&state, &caller, budget.clone(), text.as_str()).await {
+        // A socket outlives the credential it was opened with: an expired token ends it.
+        if caller.has_expired() {
+            let expired = ApiError::unauthorized("the token has expired");
+            let _ = socket.send(WsMessage::text(expired.body().to_string())).await;
+            return;
+        }
+        let spent = match &budget {
+            Some(Extension(budget)) if generations > 0 => budget.spend_request().await,
+            _ => Ok(()),
+        };
+        generations += 1;
+        let generation = match spent {
+            Ok(()) => request(&state, &caller, budget.clone(), text.as_str()).await,
+            Err(e) => Err(e),
+        };
+        match generation {
             Ok((generation, include_usage)) => {
                 // Chunks go out as they come; a failed send means the client left, and dropping
                 // the generation cancels it.
@@ -74,7 +88,7 @@ async fn serve(
 async fn request(
     state: &AppState,
     caller: &Principal,
-    budget: Option<Extension<TokenBudget>>,
+    budget: Option<Extension<Budget>>,
     text: &str,
 ) -> Result<(Generation, bool), ApiError> {
     let body: Value = serde_json::from_str(text).map_err(|e| ApiError::invalid(format!("not JSON: {e}")))?;
