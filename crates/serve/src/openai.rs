@@ -509,7 +509,7 @@ impl Generation {
                         }
                         Some((chunks, None))
                     }
-                    Some(Event::Failed(message)) => Some((vec![ApiError::internal(message).body()], None)),
+                    Some(Event::Failed(error)) => Some((vec![error.body()], None)),
                     None => Some((vec![ApiError::internal("the scheduler stopped").body()], None)),
                 }
             }
@@ -527,7 +527,7 @@ impl Generation {
                     self.finish.done(&text, &usage).await;
                     return Ok(self.reply.whole(text, &usage));
                 }
-                Some(Event::Failed(message)) => return Err(ApiError::invalid(message)),
+                Some(Event::Failed(error)) => return Err(error),
                 None => return Err(ApiError::internal("the scheduler stopped")),
             }
         }

@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 use truthgpt_data::{StopText, TextDecoder, Tokenizer};
 use truthgpt_model::{DecodeWork, FinishReason, Model, Sampler, Sampling, SeqKv};
 
+use crate::error::ApiError;
+
 /// One generation to run.
 #[derive(Debug)]
 pub struct Job {
@@ -31,12 +33,13 @@ pub struct Job {
     pub progress: Arc<AtomicUsize>,
 }
 
-/// What a job's stream receives: text pieces, then one `Finished` (or `Failed`).
+/// What a job's stream receives: text pieces, then one `Finished` (or `Failed`: a 400 for what
+/// the request asked, a 500 for what went wrong in the server).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Text(String),
     Finished(Usage),
-    Failed(String),
+    Failed(ApiError),
 }
 
 /// Why and after how many tokens a generation ended.
@@ -192,10 +195,10 @@ fn run(
             }
             let need = (job.prompt.len() + job.max_tokens).min(max_seq_len).div_ceil(config.block_size);
             if need > pool.capacity() {
-                let _ = job.events.send(Event::Failed(format!(
+                let _ = job.events.send(Event::Failed(ApiError::invalid(format!(
                     "prompt and max_tokens need {need} key/value blocks; the pool has {}",
                     pool.capacity()
-                )));
+                ))));
                 continue;
             }
             if reserved + need > pool.capacity() {
@@ -205,7 +208,7 @@ fn run(
             let sampler = match Sampler::new(job.sampling.clone()) {
                 Ok(sampler) => sampler,
                 Err(e) => {
-                    let _ = job.events.send(Event::Failed(e.to_string()));
+                    let _ = job.events.send(Event::Failed(ApiError::invalid(e.to_string())));
                     continue;
                 }
             };
@@ -246,7 +249,7 @@ fn run(
             Ok(logits) => logits,
             Err(e) => {
                 for a in active.drain(..) {
-                    a.send(Event::Failed(e.to_string()));
+                    a.send(Event::Failed(ApiError::internal(e.to_string())));
                     pool.release(a.seq);
                 }
                 reserved = 0;
@@ -281,7 +284,7 @@ fn run(
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        a.send(Event::Failed(e.to_string()));
+                        a.send(Event::Failed(ApiError::internal(e.to_string())));
                         reason = Some(FinishReason::Stop);
                     }
                 }

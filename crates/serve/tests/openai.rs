@@ -334,6 +334,28 @@ async fn cached_answers_are_not_charged_tokens() {
     assert_eq!(call("or not").await, StatusCode::TOO_MANY_REQUESTS, "another miss overdraws");
 }
 
+/// A request the pool can never hold is the client's error (400, in OpenAI's shape), whole or
+/// streamed.
+#[tokio::test]
+async fn a_request_larger_than_the_pool_is_a_400() {
+    let (model, tokenizer) = model_and_tokenizer();
+    let config = SchedulerConfig { max_batch: 1, queue: 4, block_size: 8, kv_blocks: Some(1) };
+    let served = Served::start(model, tokenizer, ChatFormat::Default, "tiny".into(), "fp".into(), config);
+    let app = router(AppState::new(served, config, Options::default()));
+    let ask = json!({"prompt": "To be", "max_tokens": 20});
+    let (status, body) = post(&app, "/v1/completions", ask.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert!(error["error"]["message"].as_str().unwrap().contains("key/value blocks"), "{body}");
+    let mut streamed = ask;
+    streamed["stream"] = json!(true);
+    let (_, body) = post(&app, "/v1/completions", streamed).await;
+    let (events, done) = sse_events(&body);
+    assert!(done, "{body}");
+    assert_eq!(events.last().unwrap()["error"]["type"], "invalid_request_error", "{body}");
+}
+
 /// A request refused for capacity (503) spends none of the caller's tokens/min.
 #[tokio::test]
 async fn a_request_refused_for_capacity_is_not_charged_tokens() {
