@@ -200,14 +200,16 @@ impl Budget {
     }
 }
 
-fn set_headers(headers: &mut HeaderMap, limits: &RateLimits, remaining: u64, reset: u64) {
+/// `RateLimit-Policy` lists every bucket; `RateLimit` gives one bucket's state, `(name, remaining,
+/// seconds to reset)`: the one that refused, else the requests bucket.
+fn set_headers(headers: &mut HeaderMap, limits: &RateLimits, state: Option<(&str, u64, u64)>) {
     let policies: Vec<String> =
         [&limits.requests, &limits.tokens].into_iter().flatten().map(Bucket::policy).collect();
     if let Ok(policy) = HeaderValue::from_str(&policies.join(", ")) {
         headers.insert("ratelimit-policy", policy);
     }
-    if limits.requests.is_some() {
-        let state = format!("\"requests\";r={remaining};t={reset}");
+    if let Some((name, remaining, reset)) = state {
+        let state = format!("\"{name}\";r={remaining};t={reset}");
         headers.insert("ratelimit", HeaderValue::from_str(&state).expect("ASCII"));
     }
 }
@@ -230,18 +232,20 @@ pub async fn limit(
         let bucket = limits.requests.as_ref().expect("only a bucket refuses");
         let secs = decision.retry_after.as_secs() + 1;
         let mut response = too_many(bucket, decision.retry_after).into_response();
-        set_headers(response.headers_mut(), &limits, 0, secs);
+        set_headers(response.headers_mut(), &limits, Some(("requests", 0, secs)));
         return response;
     }
     request.extensions_mut().insert(Budget { limits: limits.clone(), caller });
     let mut response = next.run(request).await;
-    if response.status() == StatusCode::TOO_MANY_REQUESTS {
-        if let Some(retry) = response.headers().get(header::RETRY_AFTER).cloned() {
-            let reset = retry.to_str().ok().and_then(|s| s.parse().ok()).unwrap_or(60);
-            set_headers(response.headers_mut(), &limits, decision.remaining, reset);
-            return response;
-        }
-    }
-    set_headers(response.headers_mut(), &limits, decision.remaining, 60);
+    // A 429 from the handler is the tokens bucket's (the requests bucket let this one through).
+    let refused_for_tokens = (response.status() == StatusCode::TOO_MANY_REQUESTS)
+        .then(|| response.headers().get(header::RETRY_AFTER))
+        .flatten()
+        .map(|retry| retry.to_str().ok().and_then(|s| s.parse().ok()).unwrap_or(60));
+    let state = match refused_for_tokens {
+        Some(reset) => Some(("tokens", 0, reset)),
+        None => limits.requests.is_some().then_some(("requests", decision.remaining, 60)),
+    };
+    set_headers(response.headers_mut(), &limits, state);
     response
 }

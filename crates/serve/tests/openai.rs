@@ -301,7 +301,8 @@ async fn token_limits_charge_prompt_and_max_tokens() {
     assert_eq!(first.headers()["ratelimit-policy"], "\"tokens\";q=40;w=60");
     let second = call(20).await;
     assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS, "20 + prompt tokens twice exceed 40");
-    assert!(second.headers().contains_key("retry-after"));
+    let retry = second.headers()["retry-after"].to_str().unwrap();
+    assert_eq!(second.headers()["ratelimit"], format!("\"tokens\";r=0;t={retry}").as_str());
     let huge = call(100).await;
     assert_eq!(huge.status(), StatusCode::BAD_REQUEST);
 }
