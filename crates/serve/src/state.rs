@@ -61,25 +61,29 @@ impl Served {
     }
 }
 
-/// The SHA-256 of the directory's manifest (which holds every file's checksum), or else of each
-/// file's name and size: equal across replicas serving the same files.
+/// The SHA-256 of the directory's manifest (which holds every file's checksum), or else (a
+/// Hugging Face directory) of each file's name, size and modification time: new weights of the
+/// same size still change it, and replicas with the same files (copied with their times) agree.
 fn fingerprint(dir: &Path) -> String {
     let mut hasher = Sha256::new();
     match std::fs::read(dir.join(checkpoint::MANIFEST)) {
         Ok(manifest) => hasher.update(&manifest),
         Err(_) => {
-            let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+            let mut files: Vec<(String, u64, u128)> = std::fs::read_dir(dir)
                 .into_iter()
                 .flatten()
                 .flatten()
                 .filter_map(|e| {
-                    Some((e.file_name().to_string_lossy().into_owned(), e.metadata().ok()?.len()))
+                    let meta = e.metadata().ok()?;
+                    let modified = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+                    Some((e.file_name().to_string_lossy().into_owned(), meta.len(), modified.as_nanos()))
                 })
                 .collect();
             files.sort();
-            for (name, len) in files {
+            for (name, len, modified) in files {
                 hasher.update(name.as_bytes());
                 hasher.update(len.to_le_bytes());
+                hasher.update(modified.to_le_bytes());
             }
         }
     }
@@ -205,5 +209,28 @@ impl AppState {
         }
         tracing::info!(model = %served.model_id, fingerprint = %served.fingerprint, "model reloaded");
         Ok(served)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    /// Without a manifest (a Hugging Face directory), weights rewritten at the same size are
+    /// another model to the cache.
+    #[test]
+    fn rewritten_weights_change_the_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let weights = dir.path().join("model.safetensors");
+        let write = |bytes: &[u8], at: SystemTime| {
+            std::fs::write(&weights, bytes).unwrap();
+            std::fs::File::options().write(true).open(&weights).unwrap().set_modified(at).unwrap();
+        };
+        let then = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        write(b"old weights", then);
+        let before = super::fingerprint(dir.path());
+        assert_eq!(super::fingerprint(dir.path()), before, "the same files, the same fingerprint");
+        write(b"new weights", then + Duration::from_secs(60));
+        assert_ne!(super::fingerprint(dir.path()), before);
     }
 }
