@@ -135,7 +135,8 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             .await?
             .map_err(anyhow::Error::msg)?;
         let (model_id, kv_blocks) = (served.model_id.clone(), served.scheduler.kv_blocks);
-        let app = router(AppState::new(served, scheduler, options));
+        let state = AppState::new(served, scheduler, options);
+        let app = router(state.clone());
 
         let address = format!("{}:{}", config.host, config.port);
         let listener =
@@ -148,18 +149,26 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         );
         let (stopping, stopped) = tokio::sync::watch::channel(false);
         let drain_secs = config.drain_secs;
+        let signalled = state.clone();
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             shutdown_signal().await;
             eprintln!("shutting down: no new connections; in-flight requests get {drain_secs}s");
+            signalled.stop_sockets();
             let _ = stopping.send(true);
         });
+        // HTTP connections drain inside `server`; WebSockets, which it does not track, after it.
+        let drained = async move {
+            server.await.context("serving")?;
+            state.sockets_closed().await;
+            anyhow::Ok(())
+        };
         let deadline = async move {
             let mut stopped = stopped;
             let _ = stopped.wait_for(|&s| s).await;
             tokio::time::sleep(Duration::from_secs(drain_secs)).await;
         };
         tokio::select! {
-            result = server => result.context("serving"),
+            result = drained => result,
             () = deadline => {
                 eprintln!("drain deadline reached; closing the remaining connections");
                 Ok(())

@@ -131,6 +131,16 @@ fn serves_streams_and_drains_on_sigterm() {
             reader
         })
         .collect();
+    // Eight requests on a WebSocket wait behind them too, and all are answered before it closes:
+    // axum's graceful shutdown does not track upgraded connections, so the server waits for it.
+    let request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{address}/v1/stream"
+    ))
+    .unwrap();
+    let (mut socket, _) = tokio_tungstenite::tungstenite::connect(request).unwrap();
+    for _ in 0..8 {
+        socket.send(tokio_tungstenite::tungstenite::Message::text(body)).unwrap();
+    }
     let status =
         std::process::Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
     assert!(status.success());
@@ -139,6 +149,19 @@ fn serves_streams_and_drains_on_sigterm() {
         stream.read_to_string(&mut rest).unwrap();
         assert!(rest.contains("data: [DONE]"), "an accepted stream finished: {rest}");
     }
+    let mut messages = vec![];
+    loop {
+        match socket.read() {
+            Ok(message) if message.is_text() => messages.push(message.into_text().unwrap().to_string()),
+            Ok(message) => {
+                assert!(message.is_close(), "{message:?}");
+                break;
+            }
+            Err(e) => panic!("the socket broke after {} messages: {e}", messages.len()),
+        }
+    }
+    assert_eq!(messages.iter().filter(|m| *m == "[DONE]").count(), 8, "every answer finished: {messages:?}");
+    assert_eq!(messages.last().map(String::as_str), Some("[DONE]"));
     let exit = server.0.wait().unwrap();
     assert!(exit.success(), "exit status {exit:?}");
 }

@@ -159,6 +159,9 @@ pub struct Shared {
     pub sessions: Store,
     pub usage: UsageBook,
     pub max_body_bytes: usize,
+    /// WebSockets outlive axum's graceful shutdown (it tracks HTTP connections only): each open
+    /// socket holds a receiver of this flag, which turns true when the server stops.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Cheap to clone: every handler gets one.
@@ -185,7 +188,23 @@ impl AppState {
             sessions: options.sessions,
             usage: UsageBook::default(),
             max_body_bytes: options.max_body_bytes,
+            stopping: tokio::sync::watch::Sender::new(false),
         }))
+    }
+
+    /// A WebSocket's view of shutdown; held for as long as the socket is open.
+    pub fn socket_guard(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    /// Asks open WebSockets to finish their current answer and close.
+    pub fn stop_sockets(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once no WebSocket is open.
+    pub async fn sockets_closed(&self) {
+        self.stopping.closed().await;
     }
 
     /// The model now served. Requests keep the one they started with across a reload.

@@ -41,7 +41,19 @@ pub async fn stream(
 async fn serve(mut socket: WebSocket, state: AppState, caller: Principal, budget: Option<Extension<Budget>>) {
     // The upgrade drew a request from the requests/min bucket; it pays for the first generation.
     let mut generations = 0;
-    while let Some(Ok(message)) = socket.recv().await {
+    let mut stopping = state.socket_guard();
+    loop {
+        // At shutdown the socket closes between answers, never in the middle of one; a message
+        // that arrived first is still answered.
+        let message = tokio::select! {
+            biased;
+            message = socket.recv() => message,
+            _ = stopping.wait_for(|&stop| stop) => None,
+        };
+        let Some(Ok(message)) = message else {
+            let _ = socket.send(WsMessage::Close(None)).await;
+            return;
+        };
         let text = match message {
             WsMessage::Text(text) => text,
             WsMessage::Close(_) => return,
