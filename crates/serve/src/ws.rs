@@ -40,7 +40,7 @@ pub async fn stream(
 
 async fn serve(mut socket: WebSocket, state: AppState, caller: Principal, budget: Option<Extension<Budget>>) {
     // The upgrade drew a request from the requests/min bucket; it pays for the first generation.
-    let mut generations = 0;
+    let mut upgrade_paid = true;
     let mut stopping = state.socket_guard();
     loop {
         // At shutdown the socket closes between answers, never in the middle of one; a message
@@ -65,16 +65,14 @@ async fn serve(mut socket: WebSocket, state: AppState, caller: Principal, budget
             let _ = socket.send(WsMessage::text(expired.body().to_string())).await;
             return;
         }
-        let spent = match &budget {
-            Some(Extension(budget)) if generations > 0 => budget.spend_request().await,
-            _ => Ok(()),
+        let paid = std::mem::take(&mut upgrade_paid);
+        let generation = async {
+            if let (Some(Extension(budget)), false) = (&budget, paid) {
+                budget.spend_request().await?;
+            }
+            request(&state, &caller, budget.clone(), text.as_str()).await
         };
-        generations += 1;
-        let generation = match spent {
-            Ok(()) => request(&state, &caller, budget.clone(), text.as_str()).await,
-            Err(e) => Err(e),
-        };
-        match generation {
+        match generation.await {
             Ok((generation, include_usage)) => {
                 // Chunks go out as they come; a failed send means the client left, and dropping
                 // the generation cancels it.
