@@ -310,13 +310,22 @@ async fn reload_swaps_the_model_and_empties_the_cache() {
     .await;
     assert_eq!(status, StatusCode::OK, "{reloaded}");
     assert_eq!(reloaded["model"], "other");
-    let (_, after) = call(&app, "POST", "/v1/completions", Some("alice-key"), Some(greedy)).await;
+    let (_, after) = call(&app, "POST", "/v1/completions", Some("alice-key"), Some(greedy.clone())).await;
     assert_ne!(
         after["choices"][0]["text"], before["choices"][0]["text"],
         "the new weights answer, not the cache"
     );
     let (_, usage) = call(&app, "GET", "/v1/usage", Some("alice-key"), None).await;
     assert_eq!(usage["cached_requests"], 0);
+    // Reloading the same files keeps the fingerprint, so only the emptied cache makes this a miss.
+    call(&app, "POST", "/v1/completions", Some("alice-key"), Some(greedy.clone())).await;
+    let (_, usage) = call(&app, "GET", "/v1/usage", Some("alice-key"), None).await;
+    assert_eq!(usage["cached_requests"], 1, "answered from the cache before the reload");
+    let (status, _) = call(&app, "POST", "/admin/reload", Some("admin-key"), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK);
+    call(&app, "POST", "/v1/completions", Some("alice-key"), Some(greedy)).await;
+    let (_, usage) = call(&app, "GET", "/v1/usage", Some("alice-key"), None).await;
+    assert_eq!(usage["cached_requests"], 1, "generated again after the reload");
     let (status, body) =
         call(&app, "POST", "/admin/reload", Some("admin-key"), Some(json!({"model": "/no/such/dir"}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
