@@ -5,8 +5,9 @@
 //!
 //! [`limit`] is the layer: it spends one request and leaves a [`Budget`] in the request's
 //! extensions, which the generation handlers spend once they know a request's size (prompt tokens
-//! plus `max_tokens`); a WebSocket spends one more request for each generation after its first. Answers carry `RateLimit-Policy` and `RateLimit` (IETF httpapi draft);
-//! an exhausted bucket gets 429 with `Retry-After`.
+//! plus `max_tokens`); a WebSocket spends one more request for each generation after its first.
+//! Answers carry `RateLimit-Policy` and `RateLimit` (IETF httpapi draft); an exhausted bucket gets
+//! 429 with `Retry-After`.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -152,8 +153,13 @@ impl RateLimits {
 
     pub async fn spend_tokens(&self, caller: &Arc<str>, tokens: usize) -> Result<(), ApiError> {
         self.fits(tokens)?;
-        let Some(bucket) = &self.tokens else { return Ok(()) };
-        let decision = self.draw(bucket, caller, tokens as u32).await;
+        self.spend(self.tokens.as_ref(), caller, tokens as u32).await
+    }
+
+    /// Spends `cost` from `bucket` (none: no limit), or 429.
+    async fn spend(&self, bucket: Option<&Bucket>, caller: &Arc<str>, cost: u32) -> Result<(), ApiError> {
+        let Some(bucket) = bucket else { return Ok(()) };
+        let decision = self.draw(bucket, caller, cost).await;
         if decision.allowed {
             Ok(())
         } else {
@@ -190,13 +196,7 @@ impl Budget {
 
     /// One more request from the caller's requests/min bucket, or 429.
     pub async fn spend_request(&self) -> Result<(), ApiError> {
-        let Some(bucket) = &self.limits.requests else { return Ok(()) };
-        let decision = self.limits.draw(bucket, &self.caller, 1).await;
-        if decision.allowed {
-            Ok(())
-        } else {
-            Err(too_many(bucket, decision.retry_after))
-        }
+        self.limits.spend(self.limits.requests.as_ref(), &self.caller, 1).await
     }
 }
 
