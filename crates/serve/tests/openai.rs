@@ -60,6 +60,16 @@ fn app_with(max_batch: usize, options: Options) -> axum::Router {
     router(AppState::new(served(max_batch), scheduler_config(max_batch), options))
 }
 
+/// A completion request as key `k`; the whole response (status and headers).
+async fn complete_as_k(app: &axum::Router, body: Value) -> axum::response::Response {
+    let request = Request::post("/v1/completions")
+        .header("authorization", "Bearer k")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    app.clone().oneshot(request).await.unwrap()
+}
+
 /// What greedy generation gives for `prompt` without the server.
 fn expected(prompt: &str, max_tokens: usize) -> String {
     let (mut model, tokenizer) = model_and_tokenizer();
@@ -285,17 +295,7 @@ async fn token_limits_charge_prompt_and_max_tokens() {
         ..Options::default()
     };
     let app = app_with(2, options);
-    let call = |max_tokens: usize| {
-        let app = app.clone();
-        async move {
-            let request = Request::post("/v1/completions")
-                .header("authorization", "Bearer k")
-                .header("content-type", "application/json")
-                .body(Body::from(json!({"prompt": "To be", "max_tokens": max_tokens}).to_string()))
-                .unwrap();
-            app.oneshot(request).await.unwrap()
-        }
-    };
+    let call = |max_tokens: usize| complete_as_k(&app, json!({"prompt": "To be", "max_tokens": max_tokens}));
     let first = call(20).await;
     assert_eq!(first.status(), StatusCode::OK);
     assert_eq!(first.headers()["ratelimit-policy"], "\"tokens\";q=40;w=60");
@@ -317,16 +317,8 @@ async fn cached_answers_are_not_charged_tokens() {
     };
     let app = app_with(2, options);
     let call = |prompt: &'static str| {
-        let app = app.clone();
-        async move {
-            let body = json!({"prompt": prompt, "max_tokens": 20, "temperature": 0});
-            let request = Request::post("/v1/completions")
-                .header("authorization", "Bearer k")
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap();
-            app.oneshot(request).await.unwrap().status()
-        }
+        let body = json!({"prompt": prompt, "max_tokens": 20, "temperature": 0});
+        async { complete_as_k(&app, body).await.status() }
     };
     assert_eq!(call("To be").await, StatusCode::OK, "a miss, charged 20 + the prompt");
     for _ in 0..3 {
@@ -368,17 +360,7 @@ async fn a_request_refused_for_capacity_is_not_charged_tokens() {
     let served = served(1);
     let scheduler = served.scheduler.clone();
     let app = router(AppState::new(served, scheduler_config(1), options));
-    let call = || {
-        let app = app.clone();
-        async move {
-            let request = Request::post("/v1/completions")
-                .header("authorization", "Bearer k")
-                .header("content-type", "application/json")
-                .body(Body::from(json!({"prompt": "To be", "max_tokens": 20}).to_string()))
-                .unwrap();
-            app.oneshot(request).await.unwrap()
-        }
-    };
+    let call = || complete_as_k(&app, json!({"prompt": "To be", "max_tokens": 20}));
     // Every place in the queue taken, as by requests waiting for the batch.
     let held: Vec<_> = (0..scheduler_config(1).queue).map(|_| scheduler.reserve().unwrap()).collect();
     let refused = call().await;
