@@ -60,6 +60,11 @@ fn app_with(max_batch: usize, options: Options) -> axum::Router {
     router(AppState::new(served(max_batch), scheduler_config(max_batch), options))
 }
 
+/// One key, `k`, with 40 tokens a minute and no request limit.
+fn key_k_with_40_tokens_a_minute() -> Options {
+    Options { auth: Authenticator::from_keys(&["k"]), limits: RateLimits::new(0, 40), ..Options::default() }
+}
+
 /// A completion request as key `k`; the whole response (status and headers).
 async fn complete_as_k(app: &axum::Router, body: Value) -> axum::response::Response {
     let request = Request::post("/v1/completions")
@@ -289,11 +294,7 @@ async fn rate_limits_are_per_key() {
 /// overdraw gets 429, one larger than the whole budget gets 400.
 #[tokio::test]
 async fn token_limits_charge_prompt_and_max_tokens() {
-    let options = Options {
-        auth: Authenticator::from_keys(&["k"]),
-        limits: RateLimits::new(0, 40),
-        ..Options::default()
-    };
+    let options = key_k_with_40_tokens_a_minute();
     let app = app_with(2, options);
     let call = |max_tokens: usize| complete_as_k(&app, json!({"prompt": "To be", "max_tokens": max_tokens}));
     let first = call(20).await;
@@ -310,11 +311,7 @@ async fn token_limits_charge_prompt_and_max_tokens() {
 /// Tokens/min pay for generation: an answer from the cache is not charged (a miss is).
 #[tokio::test]
 async fn cached_answers_are_not_charged_tokens() {
-    let options = Options {
-        auth: Authenticator::from_keys(&["k"]),
-        limits: RateLimits::new(0, 40),
-        ..Options::default()
-    };
+    let options = key_k_with_40_tokens_a_minute();
     let app = app_with(2, options);
     let call = |prompt: &'static str| {
         let body = json!({"prompt": prompt, "max_tokens": 20, "temperature": 0});
@@ -352,11 +349,7 @@ async fn a_request_larger_than_the_pool_is_a_400() {
 /// A request refused for capacity (503) spends none of the caller's tokens/min.
 #[tokio::test]
 async fn a_request_refused_for_capacity_is_not_charged_tokens() {
-    let options = Options {
-        auth: Authenticator::from_keys(&["k"]),
-        limits: RateLimits::new(0, 40),
-        ..Options::default()
-    };
+    let options = key_k_with_40_tokens_a_minute();
     let served = served(1);
     let scheduler = served.scheduler.clone();
     let app = router(AppState::new(served, scheduler_config(1), options));
