@@ -332,7 +332,7 @@ fn random_tokens(rng: &mut Rng, len: usize, vocab: usize) -> Vec<u32> {
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
+    if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2.0
     } else {
         values[mid]

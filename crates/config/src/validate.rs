@@ -32,7 +32,7 @@ impl Config {
         v.positive("model.max_seq_len", m.max_seq_len);
         if m.n_heads > 0 {
             v.check(
-                m.d_model % m.n_heads == 0,
+                m.d_model.is_multiple_of(m.n_heads),
                 "model.n_heads",
                 m.n_heads,
                 format!("a divisor of d_model = {}", m.d_model),
@@ -40,13 +40,13 @@ impl Config {
         }
         if m.n_kv_heads > 0 {
             v.check(
-                m.n_heads % m.n_kv_heads == 0,
+                m.n_heads.is_multiple_of(m.n_kv_heads),
                 "model.n_kv_heads",
                 m.n_kv_heads,
                 format!("a divisor of n_heads = {} (n_heads for MHA, 1 for MQA)", m.n_heads),
             );
         }
-        if m.n_heads > 0 && m.d_model % m.n_heads == 0 {
+        if m.n_heads > 0 && m.d_model.is_multiple_of(m.n_heads) {
             v.check(
                 m.head_dim() <= MAX_HEAD_SIZE,
                 "model.n_heads",
@@ -62,9 +62,9 @@ impl Config {
         }
         match m.positional {
             Positional::Rope => {
-                if m.n_heads > 0 && m.d_model % m.n_heads == 0 {
+                if m.n_heads > 0 && m.d_model.is_multiple_of(m.n_heads) {
                     v.check(
-                        m.head_dim() % 2 == 0,
+                        m.head_dim().is_multiple_of(2),
                         "model.d_model",
                         m.d_model,
                         "d_model / n_heads even, for RoPE",

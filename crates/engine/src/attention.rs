@@ -58,7 +58,7 @@ impl AttentionShape {
     /// The kernels' preconditions: whole GQA groups, a head on the stack, biases that cover T.
     fn check(&self, bias: &ScoreBias) {
         assert!(
-            self.kvh > 0 && self.nh % self.kvh == 0,
+            self.kvh > 0 && self.nh.is_multiple_of(self.kvh),
             "{} query heads do not group over {} kv heads",
             self.nh,
             self.kvh
@@ -127,7 +127,7 @@ impl ScoreBias<'_> {
 /// softmax skips it. Wide key tiles mean few, larger tile products.
 const Q_BLOCK: usize = 32;
 const K_BLOCK: usize = 256;
-const _: () = assert!(K_BLOCK % Q_BLOCK == 0);
+const _: () = assert!(K_BLOCK.is_multiple_of(Q_BLOCK));
 
 impl ScoreBias<'_> {
     /// Adds the bias to one (queries `i0..`, keys `j0..`) score tile and masks keys after the

@@ -13,6 +13,8 @@
 
 pub mod activation;
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod cuda;
 pub mod device;
 pub mod embedding;

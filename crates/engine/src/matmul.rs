@@ -134,51 +134,68 @@ pub fn matmul(out: &mut [f32], a: Op, b: Op, m: usize, k: usize, n: usize, accum
 /// (from 2: one row is a matrix-vector product, which `gemm` does without packing, and faster).
 pub const SKINNY_ROWS: usize = 32;
 
-/// Weight rows and input rows per register tile of [`skinny_nt`]: 8 eight-lane accumulators.
+/// Weight rows and input rows per register tile of [`skinny_nt`]'s AVX2 kernel: 8 eight-lane
+/// accumulators.
 const TILE_OC: usize = 4;
 const TILE_M: usize = 2;
 const _: () = assert!(TILE_M * TILE_OC <= 8);
+
+/// The register tile [`skinny_nt`] runs on this CPU.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Tile {
+    /// [`dot_tile`]: `TILE_M x TILE_OC` in eight lanes.
+    Lanes8,
+    /// [`crate::avx512::skinny_columns`]: 4 x 4 in sixteen lanes.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Tile {
+    fn best() -> Tile {
+        #[cfg(target_arch = "x86_64")]
+        if crate::avx512::available() {
+            return Tile::Avx512;
+        }
+        Tile::Lanes8
+    }
+}
 
 /// `out (M, N) [+]= a (M, K) @ b (N, K)^T` for few rows M, as in a decode step's linear layers.
 ///
 /// Why it exists: for M > 1 the `gemm` crate copies all of `b` into its packed panel layout on
 /// every call (it skips packing only for matrix-vector products), and with a handful of rows that
 /// copy costs as much as the product itself. Here each row of `b` is read once, in place: a tile
-/// of `TILE_OC` rows of `b` stays in L1 while every group of `TILE_M` rows of `a` is dotted with
-/// it, `TILE_OC * TILE_M` dot products at a time in 8-lane accumulators. Tiles of `b` are split
-/// over threads when the product is large enough.
+/// of `TILE_OC` rows of `b` stays in L1 while every group of rows of `a` is dotted with it, a
+/// register tile of dot products at a time (4 x 4 with AVX-512, else 2 x 4). Tiles of `b` are
+/// split over threads when the product is large enough.
 pub fn skinny_nt(out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize, accumulate: bool) {
+    skinny_nt_with(Tile::best(), out, a, b, m, k, n, accumulate);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn skinny_nt_with(
+    tile: Tile,
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
     assert!(out.len() >= m * n && a.len() >= m * k && b.len() >= n * k, "skinny_nt: operands too short");
     if m == 0 || n == 0 {
         return;
     }
     let out = DisjointPtr::new(&mut out[..m * n]);
-    let columns = |tiles: Range<usize>| {
-        for o0 in tiles.map(|t| t * TILE_OC) {
-            let width = TILE_OC.min(n - o0);
-            // A ragged last tile repeats its last row of `b` and drops the repeated results.
-            let w: [&[f32]; TILE_OC] = std::array::from_fn(|o| &b[(o0 + o.min(width - 1)) * k..][..k]);
-            // The next tile's weights stream in (from L3 or memory) while this one is used.
-            F8::prefetch(&b[(o0 + width) * k..((o0 + width + TILE_OC) * k).min(n * k)]);
-            let write = |r0: usize, sums: &[[f32; TILE_OC]]| {
-                for (r, sums) in sums.iter().enumerate() {
-                    // SAFETY: this tile of columns belongs to this task alone.
-                    let row = unsafe { out.slice((r0 + r) * n + o0, width) };
-                    for (o, s) in row.iter_mut().zip(sums) {
-                        *o = if accumulate { *o + s } else { *s };
-                    }
-                }
-            };
-            let mut r0 = 0;
-            while r0 + TILE_M <= m {
-                let x: [&[f32]; TILE_M] = std::array::from_fn(|r| &a[(r0 + r) * k..][..k]);
-                write(r0, &dot_tile(x, w));
-                r0 += TILE_M;
-            }
-            for r in r0..m {
-                write(r, &dot_tile([&a[r * k..][..k]], w));
-            }
-        }
+    let columns = |tiles: Range<usize>| match tile {
+        // SAFETY: the operands hold m*k, n*k and m*n elements (asserted), `Tile::best` chose
+        // this variant on a CPU with AVX-512F, and this task alone writes the columns of `tiles`.
+        #[cfg(target_arch = "x86_64")]
+        Tile::Avx512 => unsafe {
+            crate::avx512::skinny_columns(out.ptr(0), a.as_ptr(), b.as_ptr(), m, k, n, tiles, accumulate)
+        },
+        Tile::Lanes8 => skinny_columns_lanes8(&out, a, b, m, k, n, tiles, accumulate),
     };
     let tiles = n.div_ceil(TILE_OC);
     let threads = rayon::current_num_threads();
@@ -190,6 +207,45 @@ pub fn skinny_nt(out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: u
         (0..tasks).into_par_iter().for_each(|t| columns(t * per_task..tiles.min((t + 1) * per_task)));
     } else {
         columns(0..tiles);
+    }
+}
+
+/// [`skinny_nt`] over the output columns of `tiles` with the 8-lane tile.
+#[allow(clippy::too_many_arguments)]
+fn skinny_columns_lanes8(
+    out: &DisjointPtr,
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    tiles: Range<usize>,
+    accumulate: bool,
+) {
+    for o0 in tiles.map(|t| t * TILE_OC) {
+        let width = TILE_OC.min(n - o0);
+        // A ragged last tile repeats its last row of `b` and drops the repeated results.
+        let w: [&[f32]; TILE_OC] = std::array::from_fn(|o| &b[(o0 + o.min(width - 1)) * k..][..k]);
+        // The next tile's weights stream in (from L3 or memory) while this one is used.
+        F8::prefetch(&b[(o0 + width) * k..((o0 + width + TILE_OC) * k).min(n * k)]);
+        let write = |r0: usize, sums: &[[f32; TILE_OC]]| {
+            for (r, sums) in sums.iter().enumerate() {
+                // SAFETY: this tile of columns belongs to this task alone.
+                let row = unsafe { out.slice((r0 + r) * n + o0, width) };
+                for (o, s) in row.iter_mut().zip(sums) {
+                    *o = if accumulate { *o + s } else { *s };
+                }
+            }
+        };
+        let mut r0 = 0;
+        while r0 + TILE_M <= m {
+            let x: [&[f32]; TILE_M] = std::array::from_fn(|r| &a[(r0 + r) * k..][..k]);
+            write(r0, &dot_tile(x, w));
+            r0 += TILE_M;
+        }
+        for r in r0..m {
+            write(r, &dot_tile([&a[r * k..][..k]], w));
+        }
     }
 }
 
@@ -324,25 +380,37 @@ mod tests {
         }
     }
 
-    /// The few-rows kernel against the naive product: every row count up to past the limit (full
-    /// and partial row tiles), widths that are not a multiple of the lane count, output widths
-    /// that leave a ragged weight tile, written and accumulated, serial and split over threads.
+    /// The few-rows kernel against the naive product, with each register tile this CPU has: every
+    /// row count up to past the limit (full and partial row tiles), widths that are not a
+    /// multiple of the lane count, output widths that leave a ragged weight tile, written and
+    /// accumulated, serial and split over threads.
     #[test]
     fn skinny_nt_matches_naive() {
-        for (k, n) in [(1, 1), (7, 5), (13, 3), (131, 17), (128, 256), (40, 2051)] {
+        let tiles = if Tile::best() == Tile::Lanes8 {
+            eprintln!("only the 8-lane tile is checked: this CPU has no AVX-512F");
+            vec![Tile::Lanes8]
+        } else {
+            vec![Tile::Lanes8, Tile::best()]
+        };
+        for (k, n) in [(1, 1), (7, 5), (13, 3), (16, 4), (131, 17), (128, 256), (40, 2051)] {
             for m in 1..=SKINNY_ROWS + 1 {
                 let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 * 0.25 - 1.5).collect();
                 let bt: Vec<f32> = (0..n * k).map(|i| ((i * 5) % 11) as f32 * 0.25 - 1.25).collect();
                 let want = naive(&a, &transpose(&bt, n, k), m, k, n);
-                let mut out = vec![f32::NAN; m * n];
-                skinny_nt(&mut out, &a, &bt, m, k, n, false);
                 let close = |got: &[f32], scale: f32| {
                     got.iter().zip(&want).all(|(g, w)| (g - scale * w).abs() <= 1e-5 * (1.0 + w.abs()))
                 };
-                assert!(close(&out, 1.0), "m {m} k {k} n {n}");
-                // Through `matmul` (which takes this kernel for 2..=SKINNY_ROWS rows), accumulating.
-                matmul(&mut out, Op::N(&a), Op::T(&bt), m, k, n, true);
-                assert!(close(&out, 2.0), "accumulate: m {m} k {k} n {n}");
+                for &tile in &tiles {
+                    let mut out = vec![f32::NAN; m * n];
+                    skinny_nt_with(tile, &mut out, &a, &bt, m, k, n, false);
+                    assert!(close(&out, 1.0), "{tile:?}: m {m} k {k} n {n}");
+                    skinny_nt_with(tile, &mut out, &a, &bt, m, k, n, true);
+                    assert!(close(&out, 2.0), "{tile:?} accumulating: m {m} k {k} n {n}");
+                }
+                // Through `matmul` (which takes this kernel for 2..=SKINNY_ROWS rows).
+                let mut out = vec![f32::NAN; m * n];
+                matmul(&mut out, Op::N(&a), Op::T(&bt), m, k, n, false);
+                assert!(close(&out, 1.0), "matmul: m {m} k {k} n {n}");
             }
         }
     }

@@ -460,7 +460,7 @@ fn tensor_type(name: &str, shape: &[usize], dtype: GgufDtype) -> GgmlType {
     match dtype {
         GgufDtype::F32 => GgmlType::F32,
         GgufDtype::F16 => GgmlType::F16,
-        GgufDtype::Q8_0 if row % Q8_0_BLOCK == 0 => GgmlType::Q8_0,
+        GgufDtype::Q8_0 if row.is_multiple_of(Q8_0_BLOCK) => GgmlType::Q8_0,
         GgufDtype::Q8_0 => GgmlType::F16,
     }
 }

@@ -379,7 +379,7 @@ fn expected_type(name: &str, dims: &[u64], dtype: GgufDtype) -> u32 {
     match dtype {
         GgufDtype::F32 => F32,
         GgufDtype::F16 => F16,
-        GgufDtype::Q8_0 if dims[0] % 32 == 0 => Q8_0,
+        GgufDtype::Q8_0 if dims[0].is_multiple_of(32) => Q8_0,
         GgufDtype::Q8_0 => F16,
     }
 }

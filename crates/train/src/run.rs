@@ -183,7 +183,7 @@ pub fn run(
         };
         append(&mut metrics, &metrics_path, &Record::Train(record.clone()))?;
         observer.step(&record);
-        let due = |every: usize| every > 0 && state.step % every as u64 == 0 && state.step < end;
+        let due = |every: usize| every > 0 && state.step.is_multiple_of(every as u64) && state.step < end;
         if due(t.eval_every) {
             let record = validate(&mut trainer.model, state.step)?;
             append(&mut metrics, &metrics_path, &Record::Eval(record.clone()))?;

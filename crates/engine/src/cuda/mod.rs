@@ -921,7 +921,7 @@ impl Gpu {
     }
 
     fn attention_scalars(s: &AttentionShape, bias: &GpuBias) -> Result<[i32; 6]> {
-        if s.kvh == 0 || s.nh % s.kvh != 0 || s.hs == 0 || s.hs > 256 || s.window == Some(0) {
+        if s.kvh == 0 || !s.nh.is_multiple_of(s.kvh) || s.hs == 0 || s.hs > 256 || s.window == Some(0) {
             return Err(GpuError::Unsupported(
                 "attention needs whole GQA groups, 0 < HS <= 256, a window of at least 1",
             ));
