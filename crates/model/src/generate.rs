@@ -76,6 +76,14 @@ impl Sampler {
     /// Picks the next token from `logits`; `history` is every token of the sequence so far.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let s = &self.sampling;
+        if s.temperature == 0.0 && s.repetition_penalty == 1.0 {
+            // Greedy: the candidate list below would cost more than the search itself.
+            let ties_to_lowest_id = |best: usize, i: usize| match logits[i].total_cmp(&logits[best]) {
+                std::cmp::Ordering::Greater => i,
+                _ => best,
+            };
+            return (0..logits.len()).reduce(ties_to_lowest_id).expect("logits are not empty") as u32;
+        }
         let candidates = &mut self.candidates;
         candidates.clear();
         candidates.extend(logits.iter().enumerate().map(|(id, &logit)| (id as u32, logit)));

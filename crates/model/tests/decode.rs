@@ -197,6 +197,14 @@ fn sampler_filters_and_frequencies() {
     let mut sampler = Sampler::new(Sampling { repetition_penalty: 2.0, ..Sampling::greedy() }).unwrap();
     assert_eq!(sampler.sample(&[1.0, 0.8, -0.5], &[0, 0]), 1);
     assert_eq!(sampler.sample(&[1.0, -0.1, 0.6], &[0, 1]), 2);
+    // Greedy without a penalty takes its own path; both break ties to the lowest id.
+    for penalty in [1.0, 1.0 + f32::EPSILON] {
+        let mut sampler =
+            Sampler::new(Sampling { repetition_penalty: penalty, ..Sampling::greedy() }).unwrap();
+        assert_eq!(sampler.sample(&[0.1, 0.7, -0.2, 0.7], &[]), 1, "penalty {penalty}");
+        assert_eq!(sampler.sample(&[f32::NEG_INFINITY, -3.0, -3.0], &[]), 1, "penalty {penalty}");
+        assert_eq!(sampler.sample(&[2.0], &[]), 0, "penalty {penalty}");
+    }
 }
 
 /// Past the 4096 positions whose rotations each layer precomputes, RoPE rows are computed per
