@@ -347,6 +347,10 @@ pub enum BenchCommand {
     /// token (random weights), and with --batch N, N sequences batched against one; checks all
     /// give the same tokens.
     Generate(BenchGenerateArgs),
+    /// Time the few-row product of the decode step's linear layers with each register tile
+    /// this CPU has (AVX-512 where present, against the portable 8-lane tile); one JSON line per
+    /// shape.
+    Skinny(BenchSkinnyArgs),
     /// Time each CUDA kernel against its CPU twin at GPT-2 small's sizes (outputs compared
     /// first); one JSON line per kernel with both times, the speed-up and the GPU's TFLOP/s.
     Kernels(BenchKernelsArgs),
@@ -360,6 +364,29 @@ pub struct BenchKernelsArgs {
     /// Size of the CPU side's rayon pool; default: one per logical CPU.
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchSkinnyArgs {
+    /// Product shapes `M,K,N` (`out (M, N) = a (M, K) @ w (N, K)^T`); default: those of a
+    /// 16-sequence quickstart step (attention, experts of ~8 rows, the head).
+    #[arg(long = "shape", value_name = "M,K,N", value_parser = parse_shape)]
+    pub shapes: Vec<[usize; 3]>,
+    /// Size of the rayon pool; default: one per logical CPU.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+fn parse_shape(s: &str) -> Result<[usize; 3], String> {
+    let dims: Vec<usize> = s
+        .split(',')
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    match dims[..] {
+        [m, k, n] if m > 0 && k > 0 && n > 0 => Ok([m, k, n]),
+        _ => Err(format!("{s:?} is not M,K,N with three positive sizes")),
+    }
 }
 
 #[derive(Debug, Args)]

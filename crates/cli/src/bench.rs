@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::{ensure, Context};
 use serde_json::json;
 use truthgpt_config::{ExpertKind, FfnKind, ModelConfig, MoeConfig, MAX_TOP_K};
+use truthgpt_engine::matmul::{skinny_nt_with, Tile};
 use truthgpt_engine::rng::Rng;
 use truthgpt_interop::hf;
 use truthgpt_model::ffn::Ffn;
@@ -15,7 +16,7 @@ use truthgpt_model::params::ParamBuilder;
 use truthgpt_model::{Batch, DecodeWork, Generator, Model, Sampling, SeqKv, Trainer};
 use truthgpt_train::checkpoint;
 
-use crate::args::{BenchGenerateArgs, BenchLoadArgs, BenchMoeArgs, BenchTrainArgs};
+use crate::args::{BenchGenerateArgs, BenchLoadArgs, BenchMoeArgs, BenchSkinnyArgs, BenchTrainArgs};
 use crate::config_cmd;
 
 pub fn train(args: &BenchTrainArgs) -> anyhow::Result<()> {
@@ -267,6 +268,58 @@ fn decode_batch(
     let (first, secs) = run(model)?;
     ensure!(first == want, "the batch decoded the shared prompt differently from one sequence alone");
     Ok(secs)
+}
+
+/// Each register tile of the few-row product against the portable one, per shape. The weights
+/// cycle through copies that together exceed L2, so they stream from L3 as in a decode step.
+pub fn skinny(args: &BenchSkinnyArgs) -> anyhow::Result<()> {
+    let threads = init_threads(args.threads)?;
+    let shapes = if args.shapes.is_empty() {
+        vec![[16, 128, 256], [16, 128, 128], [8, 128, 512], [8, 256, 128], [16, 128, 2048]]
+    } else {
+        args.shapes.clone()
+    };
+    let mut rng = Rng::new(3);
+    for [m, k, n] in shapes {
+        let mut a = vec![0.0; m * k];
+        rng.fill_normal(&mut a, 1.0);
+        let copies = (16 << 20) / (4 * n * k) + 1;
+        let weights: Vec<Vec<f32>> = (0..copies)
+            .map(|_| {
+                let mut w = vec![0.0; n * k];
+                rng.fill_normal(&mut w, 1.0);
+                w
+            })
+            .collect();
+        let mut out = vec![0.0; m * n];
+        // About 0.2 s per tile and round, the weights cycled in order.
+        let calls = ((4e8 / (m * n * k) as f64) as usize).max(copies);
+        let mut results = serde_json::Map::new();
+        let mut seconds = Vec::new();
+        for tile in Tile::available() {
+            let mut best = f64::INFINITY;
+            for _ in 0..3 {
+                let start = Instant::now();
+                // On a pool thread, as the decode step runs: from outside the pool every split
+                // product would wait for a sleeping worker to be woken and then sleep itself.
+                rayon::scope(|_| {
+                    for call in 0..calls {
+                        skinny_nt_with(tile, &mut out, &a, &weights[call % copies], m, k, n, false);
+                    }
+                });
+                best = best.min(start.elapsed().as_secs_f64() / calls as f64);
+            }
+            results.insert(format!("{tile:?}_gflops"), (2.0 * (m * n * k) as f64 / best / 1e9).into());
+            seconds.push(best);
+        }
+        let mut line = json!({"m": m, "k": k, "n": n, "threads": threads, "weights_mib": (copies * n * k * 4) as f64 / (1 << 20) as f64});
+        line.as_object_mut().expect("an object").extend(results);
+        if let [portable, .., best] = seconds[..] {
+            line["speedup_vs_lanes8"] = (portable / best).into();
+        }
+        println!("{line}");
+    }
+    Ok(())
 }
 
 /// Writes one model both ways, then times `--repeats` loads of each and reports the medians.

@@ -43,6 +43,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Load(args)) => bench::load(&args),
         Command::Bench(BenchCommand::Serve(args)) => bench_serve::run(&args),
         Command::Bench(BenchCommand::Kernels(args)) => bench_kernels::run(&args),
+        Command::Bench(BenchCommand::Skinny(args)) => bench::skinny(&args),
         Command::Quickstart(args) => quickstart::run(&args),
         Command::Tokenizer(TokenizerCommand::Train { data, vocab_size, out, jsonl_field }) => {
             data_cmd::train_tokenizer(&data, vocab_size, &out, &jsonl_field)

@@ -140,9 +140,10 @@ const TILE_OC: usize = 4;
 const TILE_M: usize = 2;
 const _: () = assert!(TILE_M * TILE_OC <= 8);
 
-/// The register tile [`skinny_nt`] runs on this CPU.
+/// A register tile of [`skinny_nt`]: it runs [`Tile::best`]; [`skinny_nt_with`] takes any of
+/// [`Tile::available`] (benchmarks and tests compare them).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Tile {
+pub enum Tile {
     /// [`dot_tile`]: `TILE_M x TILE_OC` in eight lanes.
     Lanes8,
     /// [`crate::avx512::skinny_columns`]: 4 x 4 in sixteen lanes.
@@ -151,12 +152,22 @@ enum Tile {
 }
 
 impl Tile {
-    fn best() -> Tile {
+    /// The fastest tile this CPU runs.
+    pub fn best() -> Tile {
         #[cfg(target_arch = "x86_64")]
         if crate::avx512::available() {
             return Tile::Avx512;
         }
         Tile::Lanes8
+    }
+
+    /// Every tile this CPU runs, the portable one first.
+    pub fn available() -> Vec<Tile> {
+        let mut tiles = vec![Tile::Lanes8];
+        if Tile::best() != Tile::Lanes8 {
+            tiles.push(Tile::best());
+        }
+        tiles
     }
 }
 
@@ -172,8 +183,9 @@ pub fn skinny_nt(out: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: u
     skinny_nt_with(Tile::best(), out, a, b, m, k, n, accumulate);
 }
 
+/// [`skinny_nt`] with a given tile, one of [`Tile::available`].
 #[allow(clippy::too_many_arguments)]
-fn skinny_nt_with(
+pub fn skinny_nt_with(
     tile: Tile,
     out: &mut [f32],
     a: &[f32],
@@ -184,6 +196,8 @@ fn skinny_nt_with(
     accumulate: bool,
 ) {
     assert!(out.len() >= m * n && a.len() >= m * k && b.len() >= n * k, "skinny_nt: operands too short");
+    #[cfg(target_arch = "x86_64")]
+    assert!(tile != Tile::Avx512 || crate::avx512::available(), "skinny_nt: this CPU has no AVX-512F");
     if m == 0 || n == 0 {
         return;
     }
@@ -386,12 +400,10 @@ mod tests {
     /// accumulated, serial and split over threads.
     #[test]
     fn skinny_nt_matches_naive() {
-        let tiles = if Tile::best() == Tile::Lanes8 {
+        let tiles = Tile::available();
+        if tiles.len() == 1 {
             eprintln!("only the 8-lane tile is checked: this CPU has no AVX-512F");
-            vec![Tile::Lanes8]
-        } else {
-            vec![Tile::Lanes8, Tile::best()]
-        };
+        }
         for (k, n) in [(1, 1), (7, 5), (13, 3), (16, 4), (131, 17), (128, 256), (40, 2051)] {
             for m in 1..=SKINNY_ROWS + 1 {
                 let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 * 0.25 - 1.5).collect();
