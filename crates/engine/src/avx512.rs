@@ -1,7 +1,9 @@
 //! The few-row product's register tile in 16-lane AVX-512, chosen at run time: the workspace is
 //! built for x86-64-v3 (AVX2), and AVX-512 doubles both the lanes and the registers. Thirty-two
 //! registers hold a 4 x 4 tile of accumulators with its eight operands, where AVX2's sixteen fit
-//! only 2 x 4; each loaded vector then feeds four multiply-adds instead of two or three.
+//! only 2 x 4: two multiply-adds per load instead of 1.33, on twice the lanes. The tile's sixteen
+//! horizontal sums come out of one transpose of adds ([`sums`]), already in row order, so each
+//! row's four results leave in one 128-bit store.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -32,6 +34,8 @@ pub unsafe fn skinny_columns(
     tiles: Range<usize>,
     accumulate: bool,
 ) {
+    // SAFETY (every block below): tile columns are below `n` and rows below `m`, so each pointer
+    // stays within the operands the caller vouched for.
     for c0 in tiles.map(|t| t * TILE) {
         let width = TILE.min(n - c0);
         // A ragged last tile repeats its last row of `b` and drops the repeated results.

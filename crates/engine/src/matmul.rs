@@ -203,8 +203,8 @@ pub fn skinny_nt_with(
     }
     let out = DisjointPtr::new(&mut out[..m * n]);
     let columns = |tiles: Range<usize>| match tile {
-        // SAFETY: the operands hold m*k, n*k and m*n elements (asserted), `Tile::best` chose
-        // this variant on a CPU with AVX-512F, and this task alone writes the columns of `tiles`.
+        // SAFETY: the operands hold m*k, n*k and m*n elements and the CPU has AVX-512F (both
+        // asserted above), and this task alone writes the columns of `tiles`.
         #[cfg(target_arch = "x86_64")]
         Tile::Avx512 => unsafe {
             crate::avx512::skinny_columns(out.ptr(0), a.as_ptr(), b.as_ptr(), m, k, n, tiles, accumulate)
