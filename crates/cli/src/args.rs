@@ -378,14 +378,10 @@ pub struct BenchSkinnyArgs {
 }
 
 fn parse_shape(s: &str) -> Result<[usize; 3], String> {
-    let dims: Vec<usize> = s
-        .split(',')
-        .map(|d| d.trim().parse::<usize>())
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    match dims[..] {
-        [m, k, n] if m > 0 && k > 0 && n > 0 => Ok([m, k, n]),
-        _ => Err(format!("{s:?} is not M,K,N with three positive sizes")),
+    let dims: Option<Vec<usize>> = s.split(',').map(|d| d.trim().parse().ok()).collect();
+    match dims.as_deref() {
+        Some(&[m, k, n]) if m > 0 && k > 0 && n > 0 => Ok([m, k, n]),
+        _ => Err(format!("{s:?} is not M,K,N: three positive sizes")),
     }
 }
 

@@ -309,7 +309,10 @@ pub fn skinny(args: &BenchSkinnyArgs) -> anyhow::Result<()> {
                 });
                 best = best.min(start.elapsed().as_secs_f64() / calls as f64);
             }
-            results.insert(format!("{tile:?}_gflops"), (2.0 * (m * n * k) as f64 / best / 1e9).into());
+            results.insert(
+                format!("{tile:?}_gflops").to_lowercase(),
+                (2.0 * (m * n * k) as f64 / best / 1e9).into(),
+            );
             seconds.push(best);
         }
         let mut line = json!({"m": m, "k": k, "n": n, "threads": threads, "weights_mib": (copies * n * k * 4) as f64 / (1 << 20) as f64});

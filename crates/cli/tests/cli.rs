@@ -159,6 +159,20 @@ fn bench_moe_prints_ratio() {
 }
 
 #[test]
+fn bench_skinny_times_every_tile_and_rejects_bad_shapes() {
+    let line = json_line(&run(&mut truthgpt(&["bench", "skinny", "--shape", "5,33,9", "--threads", "1"])));
+    assert_eq!([&line["m"], &line["k"], &line["n"]], [5, 33, 9], "{line}");
+    assert!(line["lanes8_gflops"].as_f64().is_some_and(|g| g > 0.0), "{line}");
+    // A CPU with AVX-512F times that tile too, against the portable one.
+    let avx512 = line["avx512_gflops"].as_f64();
+    assert_eq!(avx512.is_some(), line["speedup_vs_lanes8"].as_f64().is_some(), "{line}");
+    for bad in ["0,4,4", "4,4", "4,x,4"] {
+        let err = assert_fails_cleanly(&run(&mut truthgpt(&["bench", "skinny", "--shape", bad])));
+        assert!(err.contains("M,K,N"), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn bench_moe_rejects_top_k_above_experts() {
     let args =
         ["bench", "moe", "--tokens", "8", "--d-model", "8", "--d-ff", "8", "--experts", "2", "--top-k", "3"];
