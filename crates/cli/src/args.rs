@@ -93,7 +93,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub queue: Option<usize>,
     /// Key/value pool size in blocks of 16 positions [default: enough for --max-batch sequences
-    /// of the model's whole context].
+    /// of the model's whole context]. The pool can grow to this size and keeps freed blocks as a
+    /// prefix cache; a size larger than the machine's memory is refused at start.
     #[arg(long)]
     pub kv_blocks: Option<usize>,
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C [default: 30].

@@ -122,6 +122,11 @@ impl KvPool {
         self.max_blocks - self.holders.len() + self.idle.len()
     }
 
+    /// Bytes of key/value memory one block takes, over every layer.
+    pub fn block_bytes(&self) -> usize {
+        2 * std::mem::size_of::<f32>() * self.layers.len() * self.block_size * self.width
+    }
+
     /// Bytes of key/value memory allocated.
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(|l| 4 * (l.k.len() + l.v.len())).sum()

@@ -62,6 +62,54 @@ pub struct SchedulerConfig {
     pub kv_blocks: Option<usize>,
 }
 
+impl SchedulerConfig {
+    /// Blocks in the key/value pool for a model of `max_seq_len` positions: `kv_blocks`, or
+    /// `max_batch` whole contexts.
+    pub fn pool_blocks(&self, max_seq_len: usize) -> usize {
+        let whole_contexts = self.max_batch.saturating_mul(max_seq_len.div_ceil(self.block_size));
+        self.kv_blocks.unwrap_or(whole_contexts).max(1)
+    }
+
+    /// The pool's blocks for `model`, if it can have them. The pool grows block by block up to
+    /// its capacity and keeps freed blocks as a prefix cache, so under load its capacity is the
+    /// memory it comes to hold: a capacity the machine cannot back is refused here, at start,
+    /// instead of aborting the server when an allocation fails later.
+    pub fn check_pool(&self, model: &Model) -> Result<usize, String> {
+        let blocks = self.pool_blocks(model.config.max_seq_len);
+        // Block ids are u32.
+        if blocks > u32::MAX as usize {
+            return Err(format!("kv_blocks is {blocks}; the pool holds at most {} blocks", u32::MAX));
+        }
+        let block_bytes = model.new_pool(self.block_size, 1).block_bytes();
+        let too_much = |bytes: f64, memory: &str| {
+            format!(
+                "a key/value pool of {blocks} blocks of {} positions could grow to {:.1} GiB, more than \
+                 {memory}: lower kv_blocks (or max_batch, which sizes the default)",
+                self.block_size,
+                bytes / GIB
+            )
+        };
+        let Some(bytes) = blocks.checked_mul(block_bytes) else {
+            return Err(too_much(blocks as f64 * block_bytes as f64, "any machine has"));
+        };
+        match physical_memory() {
+            Some(memory) if bytes as u64 > memory => {
+                Err(too_much(bytes as f64, &format!("this machine's {:.1} GiB", memory as f64 / GIB)))
+            }
+            _ => Ok(blocks),
+        }
+    }
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Bytes of physical memory, where the OS says (Linux: `MemTotal` in /proc/meminfo).
+fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = info.lines().find_map(|line| line.strip_prefix("MemTotal:"))?.trim().strip_suffix("kB")?;
+    kib.trim().parse::<u64>().ok()?.checked_mul(1024)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
     #[error("the server is at capacity; retry shortly")]
@@ -90,8 +138,7 @@ impl Scheduler {
         crate::telemetry::handle();
         let (queue, incoming) = mpsc::channel(config.queue.max(1));
         let max_seq_len = model.config.max_seq_len;
-        let kv_blocks =
-            config.kv_blocks.unwrap_or(config.max_batch * max_seq_len.div_ceil(config.block_size)).max(1);
+        let kv_blocks = config.pool_blocks(max_seq_len);
         let thread = std::thread::Builder::new()
             .name("truthgpt-scheduler".into())
             .spawn(move || run(model, &tokenizer, incoming, config, kv_blocks))

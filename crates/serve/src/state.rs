@@ -54,6 +54,7 @@ impl Served {
     /// Loads the model, run or Hugging Face directory `dir` (blocking: call it off the runtime).
     pub fn load(dir: &Path, config: SchedulerConfig) -> Result<Self, String> {
         let saved = checkpoint::load_model(dir).map_err(|e| e.to_string())?;
+        config.check_pool(&saved.model)?;
         let tokenizer = saved.tokenizer().map_err(|e| e.to_string())?.clone();
         let chat = ChatFormat::for_model(&saved.dir)?;
         let fingerprint = fingerprint(&saved.dir);

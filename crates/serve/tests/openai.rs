@@ -449,3 +449,29 @@ async fn a_client_that_leaves_mid_stream_is_billed_for_what_was_generated() {
     let completion = usage["completion_tokens"].as_u64().unwrap();
     assert!((text_chunks as u64..=40).contains(&completion), "{usage} after {text_chunks} text chunks");
 }
+
+/// The pool's capacity is the memory it can come to hold: one no machine can back is refused
+/// with the sizes, not found later as an aborting allocation; the default is `max_batch` whole
+/// contexts.
+#[test]
+fn a_pool_larger_than_memory_is_refused_at_start() {
+    let (model, _) = model_and_tokenizer();
+    // 2 layers x 2 heads x 8 dims x 8 positions x (key, value) x 4 bytes.
+    assert_eq!(model.new_pool(8, 1).block_bytes(), 2 * 2 * 8 * 8 * 2 * 4);
+    assert_eq!(scheduler_config(2).check_pool(&model), Ok(256));
+    let default = SchedulerConfig { kv_blocks: None, ..scheduler_config(3) };
+    assert_eq!(default.check_pool(&model), Ok(3 * 128 / 8));
+    let blocks = |n: usize| SchedulerConfig { kv_blocks: Some(n), ..scheduler_config(2) }.check_pool(&model);
+    let err = blocks(u32::MAX as usize + 1).unwrap_err();
+    assert!(err.contains("kv_blocks") && err.contains("at most 4294967295 blocks"), "{err}");
+    let huge_default = SchedulerConfig { kv_blocks: None, max_batch: usize::MAX, ..scheduler_config(2) };
+    assert!(huge_default.check_pool(&model).unwrap_err().contains("at most"));
+    // 8 TiB of blocks, against the memory Linux reports.
+    if cfg!(target_os = "linux") {
+        let err = blocks(u32::MAX as usize).unwrap_err();
+        assert!(
+            err.contains("8192.0 GiB, more than this machine's") && err.contains("lower kv_blocks"),
+            "{err}"
+        );
+    }
+}
