@@ -443,9 +443,13 @@ impl Generation {
                     received: std::time::Instant::now(),
                     progress: progress.clone(),
                 };
-                slot.submit(job);
-                // Dropping this stream (the client left) drops the receiver, which cancels the job.
-                stream::unfold(receiver, |mut r| async move { r.recv().await.map(|e| (e, r)) }).boxed()
+                let waiting = slot.submit(job);
+                // Dropping this stream (the client left) drops the receiver, which cancels the job,
+                // and `waiting`, which gives back its queue place if it is still queued.
+                stream::unfold((receiver, waiting), |(mut r, waiting)| async move {
+                    r.recv().await.map(|e| (e, (r, waiting)))
+                })
+                .boxed()
             }
         };
         let id = format!(

@@ -8,10 +8,11 @@
 //! Each admitted request reserves the blocks its prompt plus `max_tokens` could need, so a step
 //! never runs out of pool; shared prompt prefixes only make the reservation generous.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use truthgpt_data::{StopText, TextDecoder, Tokenizer};
 use truthgpt_model::{DecodeWork, FinishReason, Model, Sampler, Sampling, SeqKv};
 
@@ -121,10 +122,30 @@ pub enum SubmitError {
 /// The handle requests are submitted through.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
-    queue: mpsc::Sender<Job>,
+    queue: mpsc::UnboundedSender<Queued>,
+    /// One permit per place in the queue (`SchedulerConfig::queue`).
+    places: Arc<Semaphore>,
     pub max_seq_len: usize,
     /// Blocks in the key/value pool.
     pub kv_blocks: usize,
+}
+
+/// A job on its way to the batch, with the place it holds in the queue.
+struct Queued {
+    job: Job,
+    place: Arc<Place>,
+}
+
+/// A request's place in the queue. It is given back when the scheduler admits the request or
+/// when its client leaves, whichever comes first: a client that gives up while queued frees
+/// its place at once, not when the scheduler reaches its job.
+#[derive(Debug)]
+struct Place(Mutex<Option<OwnedSemaphorePermit>>);
+
+impl Place {
+    fn release(&self) {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+    }
 }
 
 impl Scheduler {
@@ -136,23 +157,31 @@ impl Scheduler {
     ) -> (Self, std::thread::JoinHandle<()>) {
         // The thread makes its metric handles once; made before the recorder, they would be no-ops.
         crate::telemetry::handle();
-        let (queue, incoming) = mpsc::channel(config.queue.max(1));
         let max_seq_len = model.config.max_seq_len;
         let kv_blocks = config.pool_blocks(max_seq_len);
+        let (scheduler, incoming) = Scheduler::new(config.queue, max_seq_len, kv_blocks);
         let thread = std::thread::Builder::new()
             .name("truthgpt-scheduler".into())
             .spawn(move || run(model, &tokenizer, incoming, config, kv_blocks))
             .expect("spawning the scheduler thread");
-        (Scheduler { queue, max_seq_len, kv_blocks }, thread)
+        (scheduler, thread)
+    }
+
+    /// The handle, and the end of its queue that the scheduler thread reads.
+    fn new(queue: usize, max_seq_len: usize, kv_blocks: usize) -> (Self, mpsc::UnboundedReceiver<Queued>) {
+        let (sender, incoming) = mpsc::unbounded_channel();
+        let places = Arc::new(Semaphore::new(queue.max(1)));
+        (Scheduler { queue: sender, places, max_seq_len, kv_blocks }, incoming)
     }
 
     /// A place in the queue, or why there is none at once: a full queue is [`SubmitError::Busy`].
     /// Taken before a request is charged, so a request refused for capacity costs nothing.
     pub fn reserve(&self) -> Result<Slot, SubmitError> {
-        self.queue.clone().try_reserve_owned().map(Slot).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
-            mpsc::error::TrySendError::Closed(_) => SubmitError::Stopped,
-        })
+        if self.queue.is_closed() {
+            return Err(SubmitError::Stopped);
+        }
+        let permit = self.places.clone().try_acquire_owned().map_err(|_| SubmitError::Busy)?;
+        Ok(Slot { permit, queue: self.queue.clone() })
     }
 
     /// Whether the scheduler thread still takes requests.
@@ -162,11 +191,30 @@ impl Scheduler {
 }
 
 /// A reserved place in the scheduler's queue; dropped unused, it is given back.
-pub struct Slot(mpsc::OwnedPermit<Job>);
+pub struct Slot {
+    permit: OwnedSemaphorePermit,
+    queue: mpsc::UnboundedSender<Queued>,
+}
 
 impl Slot {
-    pub fn submit(self, job: Job) {
-        self.0.send(job);
+    /// Queues `job`. The request keeps its place until the scheduler admits it or the returned
+    /// [`Waiting`] is dropped (the client left). Should the scheduler have stopped, the job is
+    /// dropped, and its stream ends without a `Finished`.
+    pub fn submit(self, job: Job) -> Waiting {
+        let place = Arc::new(Place(Mutex::new(Some(self.permit))));
+        let _ = self.queue.send(Queued { job, place: place.clone() });
+        Waiting(place)
+    }
+}
+
+/// Held by a queued request's handler: dropping it gives back the request's queue place.
+#[derive(Debug)]
+#[must_use = "dropping it gives the queue place back at once"]
+pub struct Waiting(Arc<Place>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 
@@ -198,7 +246,7 @@ impl Active<'_> {
 fn run(
     mut model: Model,
     tokenizer: &Tokenizer,
-    mut incoming: mpsc::Receiver<Job>,
+    mut incoming: mpsc::UnboundedReceiver<Queued>,
     config: SchedulerConfig,
     kv_blocks: usize,
 ) {
@@ -209,7 +257,8 @@ fn run(
     let mut work = DecodeWork::default();
     let mut active: Vec<Active> = Vec::new();
     let mut reserved = 0;
-    let mut waiting: Option<Job> = None;
+    // Submitted jobs in order: the front waits when the pool cannot take it yet.
+    let mut pending: VecDeque<Queued> = VecDeque::new();
     // Counters made once (for MoE models): a labelled lookup per step would cost more than
     // the increments.
     let mut expert_tokens: Vec<metrics::Counter> = Vec::new();
@@ -220,37 +269,34 @@ fn run(
     let tokens_per_second = metrics::gauge!("generated_tokens_per_second");
     let mut window = (std::time::Instant::now(), 0u64);
     loop {
-        while active.len() < config.max_batch {
-            let job = match waiting.take() {
-                Some(job) => job,
-                None if active.is_empty() => {
-                    // Idle until a request comes: nothing is being generated meanwhile.
-                    tokens_per_second.set(0.0);
-                    window = (std::time::Instant::now(), 0);
-                    match incoming.blocking_recv() {
-                        Some(job) => job,
-                        None => return,
-                    }
-                }
-                None => match incoming.try_recv() {
-                    Ok(job) => job,
-                    Err(_) => break,
-                },
-            };
-            if job.events.is_closed() {
-                continue;
+        if active.is_empty() && pending.is_empty() {
+            // Idle until a request comes: nothing is being generated meanwhile.
+            tokens_per_second.set(0.0);
+            window = (std::time::Instant::now(), 0);
+            match incoming.blocking_recv() {
+                Some(queued) => pending.push_back(queued),
+                None => return,
             }
+        }
+        while let Ok(queued) = incoming.try_recv() {
+            pending.push_back(queued);
+        }
+        // Jobs whose clients left are dropped unrun (their places were given back as they left).
+        pending.retain(|queued| !queued.job.events.is_closed());
+        while active.len() < config.max_batch {
+            let Some(Queued { job, .. }) = pending.front() else { break };
             let need = (job.prompt.len() + job.max_tokens).min(max_seq_len).div_ceil(config.block_size);
+            if need <= pool.capacity() && reserved + need > pool.capacity() {
+                break; // it waits, first in line, for blocks to come back
+            }
+            let Queued { job, place } = pending.pop_front().expect("the front was just seen");
+            place.release();
             if need > pool.capacity() {
                 let _ = job.events.send(Event::Failed(ApiError::invalid(format!(
                     "prompt and max_tokens need {need} key/value blocks; the pool has {}",
                     pool.capacity()
                 ))));
                 continue;
-            }
-            if reserved + need > pool.capacity() {
-                waiting = Some(job);
-                break;
             }
             let sampler = match Sampler::new(job.sampling.clone()) {
                 Ok(sampler) => sampler,
@@ -284,7 +330,7 @@ fn run(
             !gone
         });
         batch_size.set(active.len() as f64);
-        queue_depth.set((incoming.len() + usize::from(waiting.is_some())) as f64);
+        queue_depth.set(pending.len() as f64);
         if active.is_empty() {
             continue;
         }
@@ -382,5 +428,55 @@ fn run(
         }
         metrics::gauge!("kv_blocks_used").set(pool.used_blocks() as f64);
         metrics::gauge!("kv_blocks_total").set(pool.capacity() as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> (Job, mpsc::UnboundedReceiver<Event>) {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let job = Job {
+            prompt: vec![1],
+            max_tokens: 1,
+            sampling: Sampling::greedy(),
+            stop: vec![],
+            events,
+            received: std::time::Instant::now(),
+            progress: Arc::default(),
+        };
+        (job, receiver)
+    }
+
+    /// Without the scheduler thread, so nothing is admitted unless the test does it.
+    #[test]
+    fn a_queue_place_comes_back_when_its_client_leaves_or_its_job_is_admitted() {
+        let (scheduler, mut incoming) = Scheduler::new(2, 64, 8);
+        let free = || scheduler.places.available_permits();
+        let (first, _first_client) = job();
+        let first_waits = scheduler.reserve().unwrap().submit(first);
+        let (second, second_client) = job();
+        let second_waits = scheduler.reserve().unwrap().submit(second);
+        assert!(matches!(scheduler.reserve(), Err(SubmitError::Busy)));
+
+        // The second client leaves while its job is still in the channel.
+        drop((second_client, second_waits));
+        assert_eq!(free(), 1);
+        drop(scheduler.reserve().expect("the place the second client left"));
+        assert_eq!(free(), 1, "an unused slot is given back");
+
+        // Admitting the first job gives its place back while its client still waits for text.
+        let admitted = incoming.try_recv().unwrap();
+        admitted.place.release();
+        assert_eq!(free(), 2);
+        // The client's own release, later, is a no-op.
+        drop(first_waits);
+        assert_eq!(free(), 2);
+        // The dead job is still in the channel, for the scheduler to drop unrun.
+        assert!(incoming.try_recv().unwrap().job.events.is_closed());
+
+        drop(incoming);
+        assert!(matches!(scheduler.reserve(), Err(SubmitError::Stopped)));
     }
 }
