@@ -19,6 +19,10 @@ pub fn available() -> bool {
 /// `out (M, N) [+]= a (M, K) @ b (N, K)^T` over the output columns of `tiles` (tile `t` is
 /// columns `4t..4t + 4`), for [`crate::matmul::skinny_nt`].
 ///
+/// The column loop mirrors the 8-lane one in `matmul.rs` on purpose: it must sit inside this
+/// `target_feature` function for the tile to inline. Called through a loop shared with the 8-lane
+/// tile, the tile returned its sums through memory and half the time went to that glue.
+///
 /// # Safety
 /// The CPU must have AVX-512F; `a`, `b` and `out` must hold `m * k`, `n * k` and `m * n`
 /// elements, and no other thread may access `out`'s columns of `tiles` during the call.
