@@ -126,7 +126,7 @@ pub fn backward_inplace(act: Activation, dout_dinp: &mut [f32], inp: &[f32]) {
 pub fn gated_forward(act: Activation, out: &mut [f32], h: &[f32], f: usize) {
     with_activation!(act, |apply, _df| crate::par::for_each_row(out, f, |row, o| {
         let (gate, up) = h[row * 2 * f..(row + 1) * 2 * f].split_at(f);
-        // Zipped, not indexed: no bounds checks, so the loop vectorises.
+        // Zipped, not indexed: the loop carries no bounds checks.
         for ((o, &gate), &up) in o.iter_mut().zip(gate).zip(up) {
             *o = apply(gate) * up;
         }
