@@ -475,3 +475,70 @@ fn a_pool_larger_than_memory_is_refused_at_start() {
         );
     }
 }
+
+/// A client that leaves stops its generation: the scheduler drops the job at its next step. The
+/// same greedy job run to the end first shows it would not have stopped early on its own.
+#[test]
+fn a_client_that_leaves_stops_its_generation() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use truthgpt_serve::scheduler::{Event, Job};
+
+    let (_, tokenizer) = model_and_tokenizer();
+    let config = ModelConfig {
+        vocab_size: 300,
+        d_model: 16,
+        n_layers: 1,
+        n_heads: 2,
+        n_kv_heads: 1,
+        d_ff: 32,
+        max_seq_len: 4096,
+        positional: Positional::Rope,
+        init_std: 0.3,
+        ..ModelConfig::default()
+    };
+    let (scheduler, _thread) = truthgpt_serve::Scheduler::start(
+        Model::new(&config, 7),
+        Arc::new(tokenizer),
+        SchedulerConfig { max_batch: 1, queue: 1, block_size: 16, kv_blocks: None },
+    );
+    // Long enough (tens of milliseconds at least) that the test thread, even descheduled,
+    // drops the stream while the job still has most of its tokens to go.
+    let max_tokens = 4000;
+    let submit = || {
+        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let progress = Arc::new(AtomicUsize::new(0));
+        let job = Job {
+            prompt: vec![5, 6, 7],
+            max_tokens,
+            sampling: Sampling::greedy(),
+            stop: vec![],
+            events,
+            received: std::time::Instant::now(),
+            progress: progress.clone(),
+        };
+        (scheduler.reserve().unwrap().submit(job), receiver, progress)
+    };
+
+    let (_waiting, mut receiver, _) = submit();
+    let usage = loop {
+        match receiver.blocking_recv().expect("the job ends with Finished") {
+            Event::Finished(usage) => break usage,
+            Event::Failed(e) => panic!("{e:?}"),
+            Event::Text(_) => {}
+        }
+    };
+    assert_eq!(usage.completion_tokens, max_tokens, "the job must run to max_tokens, not stop at EOS");
+
+    let (waiting, mut receiver, progress) = submit();
+    assert!(matches!(receiver.blocking_recv(), Some(Event::Text(_))), "a first piece of text");
+    drop((waiting, receiver));
+    // The scheduler holds the job's clone of `progress` until it drops the job.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Arc::strong_count(&progress) > 1 {
+        assert!(std::time::Instant::now() < deadline, "the job was never dropped");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let generated = progress.load(Ordering::Relaxed);
+    assert!(generated < max_tokens / 2, "{generated} of {max_tokens} tokens generated after the client left");
+}
