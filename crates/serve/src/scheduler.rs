@@ -150,21 +150,22 @@ impl Place {
 
 impl Scheduler {
     /// Starts the scheduler thread; it ends when every handle is dropped and the batch is done.
+    /// Fails if the machine cannot back the pool ([`SchedulerConfig::check_pool`]).
     pub fn start(
         model: Model,
         tokenizer: Arc<Tokenizer>,
         config: SchedulerConfig,
-    ) -> (Self, std::thread::JoinHandle<()>) {
+    ) -> Result<(Self, std::thread::JoinHandle<()>), String> {
+        let kv_blocks = config.check_pool(&model)?;
         // The thread makes its metric handles once; made before the recorder, they would be no-ops.
         crate::telemetry::handle();
         let max_seq_len = model.config.max_seq_len;
-        let kv_blocks = config.pool_blocks(max_seq_len);
         let (scheduler, incoming) = Scheduler::new(config.queue, max_seq_len, kv_blocks);
         let thread = std::thread::Builder::new()
             .name("truthgpt-scheduler".into())
             .spawn(move || run(model, &tokenizer, incoming, config, kv_blocks))
-            .expect("spawning the scheduler thread");
-        (scheduler, thread)
+            .map_err(|e| format!("starting the scheduler thread: {e}"))?;
+        Ok((scheduler, thread))
     }
 
     /// The handle, and the end of its queue that the scheduler thread reads.

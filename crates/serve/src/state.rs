@@ -42,23 +42,22 @@ impl Served {
         dir: PathBuf,
         fingerprint: String,
         config: SchedulerConfig,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let tokenizer = Arc::new(tokenizer);
-        let (scheduler, _thread) = Scheduler::start(model, tokenizer.clone(), config);
+        let (scheduler, _thread) = Scheduler::start(model, tokenizer.clone(), config)?;
         let model_id =
             dir.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Served { scheduler, tokenizer, chat, model_id, created, fingerprint, dir }
+        Ok(Served { scheduler, tokenizer, chat, model_id, created, fingerprint, dir })
     }
 
     /// Loads the model, run or Hugging Face directory `dir` (blocking: call it off the runtime).
     pub fn load(dir: &Path, config: SchedulerConfig) -> Result<Self, String> {
         let saved = checkpoint::load_model(dir).map_err(|e| e.to_string())?;
-        config.check_pool(&saved.model)?;
         let tokenizer = saved.tokenizer().map_err(|e| e.to_string())?.clone();
         let chat = ChatFormat::for_model(&saved.dir)?;
         let fingerprint = fingerprint(&saved.dir);
-        Ok(Served::start(saved.model, tokenizer, chat, dir.to_path_buf(), fingerprint, config))
+        Served::start(saved.model, tokenizer, chat, dir.to_path_buf(), fingerprint, config)
     }
 }
 

@@ -78,7 +78,8 @@ fn options() -> Options {
 
 fn app() -> axum::Router {
     let (_, model, tokenizer) = model_and_tokenizer(3);
-    let served = Served::start(model, tokenizer, ChatFormat::Default, "tiny".into(), "fp".into(), SCHEDULER);
+    let served =
+        Served::start(model, tokenizer, ChatFormat::Default, "tiny".into(), "fp".into(), SCHEDULER).unwrap();
     router(AppState::new(served, SCHEDULER, options()))
 }
 
@@ -336,7 +337,8 @@ async fn reload_swaps_the_model_and_empties_the_cache() {
 #[tokio::test]
 async fn oversize_bodies_get_413() {
     let (_, model, tokenizer) = model_and_tokenizer(3);
-    let served = Served::start(model, tokenizer, ChatFormat::Default, "tiny".into(), "fp".into(), SCHEDULER);
+    let served =
+        Served::start(model, tokenizer, ChatFormat::Default, "tiny".into(), "fp".into(), SCHEDULER).unwrap();
     let app =
         router(AppState::new(served, SCHEDULER, Options { max_body_bytes: 1024, ..Options::default() }));
     let (status, body) =

@@ -50,6 +50,7 @@ fn served(max_batch: usize) -> Served {
         "fp".into(),
         scheduler_config(max_batch),
     )
+    .unwrap()
 }
 
 fn app(max_batch: usize) -> axum::Router {
@@ -330,7 +331,8 @@ async fn cached_answers_are_not_charged_tokens() {
 async fn a_request_larger_than_the_pool_is_a_400() {
     let (model, tokenizer) = model_and_tokenizer();
     let config = SchedulerConfig { max_batch: 1, queue: 4, block_size: 8, kv_blocks: Some(1) };
-    let served = Served::start(model, tokenizer, ChatFormat::Default, "tiny".into(), "fp".into(), config);
+    let served =
+        Served::start(model, tokenizer, ChatFormat::Default, "tiny".into(), "fp".into(), config).unwrap();
     let app = router(AppState::new(served, config, Options::default()));
     let ask = json!({"prompt": "To be", "max_tokens": 20});
     let (status, body) = post(&app, "/v1/completions", ask.clone()).await;
@@ -474,6 +476,11 @@ fn a_pool_larger_than_memory_is_refused_at_start() {
             "{err}"
         );
     }
+    // Starting a scheduler checks it too, not only loading a directory.
+    let (model, tokenizer) = model_and_tokenizer();
+    let config = SchedulerConfig { kv_blocks: Some(u32::MAX as usize + 1), ..scheduler_config(2) };
+    let refused = Served::start(model, tokenizer, ChatFormat::Default, "tiny".into(), "fp".into(), config);
+    assert!(refused.is_err_and(|e| e.contains("kv_blocks")));
 }
 
 /// A client that leaves stops its generation: the scheduler drops the job at its next step. The
@@ -501,7 +508,8 @@ fn a_client_that_leaves_stops_its_generation() {
         Model::new(&config, 7),
         Arc::new(tokenizer),
         SchedulerConfig { max_batch: 1, queue: 1, block_size: 16, kv_blocks: None },
-    );
+    )
+    .unwrap();
     // Long enough (tens of milliseconds at least) that the test thread, even descheduled,
     // drops the stream while the job still has most of its tokens to go.
     let max_tokens = 4000;
