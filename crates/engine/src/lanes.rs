@@ -10,9 +10,8 @@ mod imp {
     #[derive(Clone, Copy)]
     pub struct F8(__m256);
 
-    // The intrinsics are safe to call where the target features are enabled (Rust 1.87+); the
-    // `unsafe` blocks serve older compilers.
-    #[allow(unused_unsafe)]
+    // Even the intrinsics without pointers need `unsafe` here: the build enables AVX2 and FMA,
+    // but a safe call needs `#[target_feature]` on the caller, which `#[inline(always)]` excludes.
     impl F8 {
         #[inline(always)]
         pub fn zero() -> Self {
