@@ -8,8 +8,8 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-/// Rows of `a` and of `b` per register tile.
-const TILE: usize = 4;
+/// Rows of `a` and of `b` per register tile; also the columns per tile `skinny_nt` splits by.
+pub(crate) const TILE: usize = 4;
 
 /// Whether this CPU has AVX-512F (std caches the answer after the first call).
 pub fn available() -> bool {

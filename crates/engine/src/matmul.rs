@@ -134,11 +134,14 @@ pub fn matmul(out: &mut [f32], a: Op, b: Op, m: usize, k: usize, n: usize, accum
 /// (from 2: one row is a matrix-vector product, which `gemm` does without packing, and faster).
 pub const SKINNY_ROWS: usize = 32;
 
-/// Weight rows and input rows per register tile of [`skinny_nt`]'s AVX2 kernel: 8 eight-lane
-/// accumulators.
+/// Weight rows and input rows per register tile of [`skinny_nt`]'s 8-lane kernel: 8 eight-lane
+/// accumulators. `TILE_OC` is also the column span the threads split by, which the AVX-512
+/// kernel reads as its own tile.
 const TILE_OC: usize = 4;
 const TILE_M: usize = 2;
 const _: () = assert!(TILE_M * TILE_OC <= 8);
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(crate::avx512::TILE == TILE_OC);
 
 /// A register tile of [`skinny_nt`]: it runs [`Tile::best`]; [`skinny_nt_with`] takes any of
 /// [`Tile::available`] (benchmarks and tests compare them).
