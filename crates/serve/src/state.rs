@@ -34,7 +34,7 @@ pub struct Served {
 }
 
 impl Served {
-    /// Starts a scheduler for `model`.
+    /// Starts a scheduler for `model`; fails if the machine cannot back its key/value pool.
     pub fn start(
         model: Model,
         tokenizer: Tokenizer,
