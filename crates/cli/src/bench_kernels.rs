@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use truthgpt_engine::activation::{self, Activation};
 use truthgpt_engine::attention::{self, AttentionShape, ScoreBias};
+use truthgpt_engine::close::max_rel_diff;
 use truthgpt_engine::cuda::{CudaSlice, Gpu, GpuOp};
 use truthgpt_engine::device::Device;
 use truthgpt_engine::matmul::{self, Op};
@@ -73,13 +74,8 @@ impl Bench<'_> {
     }
 }
 
-/// The largest `|a - b| / (1 + |b|)`.
-fn max_error(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs() / (1.0 + (y as f64).abs())).fold(0.0, f64::max)
-}
-
 fn agree(gpu: &Gpu, kernel: &str, got: &CudaSlice<f32>, want: &[f32], bound: f64) -> anyhow::Result<()> {
-    let error = max_error(&gpu.download(got)?, want);
+    let error = max_rel_diff(&gpu.download(got)?, want);
     if error.is_nan() || error > bound {
         bail!("{kernel}: the GPU differs from the CPU by {error:.2e} (bound {bound:.0e})");
     }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use common::{assert_fails_cleanly, run, stdout, truthgpt};
 use safetensors::SafeTensors;
+use truthgpt_engine::close::max_abs_diff;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../interop/tests/fixtures/hf").join(name)
@@ -37,7 +38,7 @@ fn logits_of_a_hugging_face_directory_match_transformers() {
     assert_eq!(rows.len(), ids.len());
     let got: Vec<f32> = rows.concat();
     assert_eq!(got.len(), want.len(), "one row of the whole vocabulary per position");
-    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let diff = max_abs_diff(&got, &want);
     assert!(diff <= 1e-4, "max diff {diff:e}");
 }
 

@@ -611,6 +611,7 @@ pub fn relative_buckets(max_t: usize, buckets: usize, max_distance: usize) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::close::{max_abs_diff, nan_max};
     use crate::rng::Rng;
 
     /// ALiBi slopes and a T5 table (8 buckets) for 4 heads, over up to 600 positions.
@@ -669,7 +670,7 @@ mod tests {
                             dot * scale + bias.at(h, nh, i - j) as f64
                         })
                         .collect();
-                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, nan_max);
                     let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
                     let p: Vec<f64> = scores.iter().map(|s| (s - max).exp() / total).collect();
                     let o = (bi * t + i) * nh * hs + h * hs;
@@ -734,9 +735,8 @@ mod tests {
             for (name, got, want) in
                 [("out", &out, &want_out), ("dqkv", &dqkv, &want_dqkv), ("dtable", &dtable, &want_dtable)]
             {
-                let max_diff =
-                    got.iter().zip(want.iter()).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);
-                assert!(max_diff < 2e-4, "{s:?} {name}: max diff {max_diff:e}");
+                let max_diff = max_abs_diff(got, want);
+                assert!(max_diff <= 2e-4, "{s:?} {name}: max diff {max_diff:e}");
             }
         }
     }
@@ -781,13 +781,9 @@ mod tests {
             let row = s.nh * s.hs;
             let chunks = [(0, 7), (7, 1), (8, 120), (128, 1), (299, 1)];
             let check = |got: &[f32], start: usize, n: usize| {
-                let max_diff = got
-                    .iter()
-                    .zip(&want[start * row..(start + n) * row])
-                    .map(|(g, w)| (g - w).abs())
-                    .fold(0.0, f32::max);
+                let max_diff = max_abs_diff(got, &want[start * row..(start + n) * row]);
                 assert!(
-                    max_diff < 1e-5,
+                    max_diff <= 1e-5,
                     "kvh {kvh} {window:?} blocks of {block_size}, start {start} n {n}: max diff {max_diff:e}"
                 );
             };

@@ -15,6 +15,7 @@ pub mod activation;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod close;
 pub mod cuda;
 pub mod device;
 pub mod embedding;

@@ -11,6 +11,7 @@ use truthgpt_config::{
     Balancing, ExpertKind, FfnKind, ModelConfig, NormKind, Positional, RopeScaling, RopeScalingKind,
 };
 use truthgpt_data::Tokenizer;
+use truthgpt_engine::close::max_abs_diff;
 use truthgpt_interop::gguf::{self, GgufDtype};
 use truthgpt_interop::InteropError;
 use truthgpt_model::Model;
@@ -582,7 +583,7 @@ fn check_tensors(g: &Gguf, model: &Model, dtype: GgufDtype, arch: &str) {
                         assert!((g - w).abs() <= tol, "{name} block {bi}: {g} vs {w} (tol {tol})");
                     }
                 }
-                let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                let max_err = max_abs_diff(&got, &want);
                 assert!(max_err > 0.0, "{name}: q8_0 should round something");
             }
             other => panic!("{name}: type {other}"),

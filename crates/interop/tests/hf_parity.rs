@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{expected, fixture, max_abs_diff};
+use common::{expected, fixture};
+use truthgpt_engine::close::max_abs_diff;
 use truthgpt_interop::hf::{self, Family};
 
 /// Each fixture, its family, and what it exercises.

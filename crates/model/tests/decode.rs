@@ -2,6 +2,7 @@
 //! generating, never its numbers.
 
 use truthgpt_config::{Config, FfnKind, ModelConfig, NormPosition, Positional, TrainConfig};
+use truthgpt_engine::close::max_abs_diff;
 use truthgpt_engine::rng::Rng;
 use truthgpt_model::generate::argmax;
 use truthgpt_model::{FinishReason, Generator, Model, ModelError, Sampler, Sampling};
@@ -75,8 +76,8 @@ fn cached_logits_equal_full_recomputation() {
             let logits = model.forward_cached(&mut cache, &tokens[at..at + chunk]).unwrap();
             at += chunk;
             let want = &full[(at - 1) * v..at * v];
-            let diff = logits.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-            assert!(diff < 1e-4, "{name}: position {}: max diff {diff:e}", at - 1);
+            let diff = max_abs_diff(logits, want);
+            assert!(diff <= 1e-4, "{name}: position {}: max diff {diff:e}", at - 1);
         }
         assert_eq!(at, T);
         assert_eq!(cache.len(), T);
@@ -228,7 +229,7 @@ fn rope_beyond_the_precomputed_positions() {
     for (i, &token) in tokens.iter().enumerate().skip(4090) {
         let got = model.forward_cached(&mut cache, &[token]).unwrap();
         let want = &full[i * vocab..(i + 1) * vocab];
-        let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        assert!(diff < 1e-4, "position {i}: cached logits differ by {diff:e}");
+        let diff = max_abs_diff(got, want);
+        assert!(diff <= 1e-4, "position {i}: cached logits differ by {diff:e}");
     }
 }

@@ -86,7 +86,9 @@ fn check(name: &str, config: ModelConfig, dropout_seed: Option<u64>) {
             model.params[range.clone()].copy_from_slice(&saved);
             // f32 forward passes round the objective at ~1e-6, which a small step amplifies.
             let tolerance = 2e-3 + 2e-6 / eps + 3e-2 * analytic.abs().max(numeric.abs());
-            if (analytic - numeric).abs() > tolerance {
+            // NaN on either side fails: the comparison is the one that must hold.
+            let agrees = (analytic - numeric).abs() <= tolerance;
+            if !agrees {
                 failures.push(format!(
                     "{} ({label}): analytic {analytic:.6e}, numeric {numeric:.6e}, step {eps:.1e}",
                     spec.name

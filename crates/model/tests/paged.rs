@@ -3,6 +3,7 @@
 //! and a full pool must refuse work without corrupting anything.
 
 use truthgpt_config::{Config, FfnKind, ModelConfig, Positional, TrainConfig};
+use truthgpt_engine::close::max_abs_diff;
 use truthgpt_engine::rng::Rng;
 use truthgpt_model::generate::argmax;
 use truthgpt_model::{DecodeWork, Model, ModelError, SeqKv};
@@ -42,10 +43,6 @@ fn model(config: &ModelConfig) -> Model {
 fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut rng = Rng::new(seed);
     (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Greedy continuation of `prompt` by one sequence alone: the logits of every step.
@@ -95,8 +92,8 @@ fn a_batch_gives_each_sequence_its_own_logits() {
             let logits = model.forward_paged(&mut pool, &mut work, &mut batch).unwrap().to_vec();
             for ((k, &i), seq) in active.iter().enumerate().zip(taken) {
                 let got = &logits[k * vocab..(k + 1) * vocab];
-                let diff = max_diff(got, &want[i][done[i]]);
-                assert!(diff < 1e-4, "{name}: sequence {i} forward {} differs by {diff:e}", done[i]);
+                let diff = max_abs_diff(got, &want[i][done[i]]);
+                assert!(diff <= 1e-4, "{name}: sequence {i} forward {} differs by {diff:e}", done[i]);
                 next[i] = argmax(got);
                 done[i] += 1;
                 seqs[i] = seq;
@@ -133,7 +130,7 @@ fn shared_prompt_prefixes_are_computed_once() {
     let got = model.forward_paged(&mut pool, &mut work, &mut [(&mut b, &second[12..])]).unwrap().to_vec();
     assert_eq!(pool.used_blocks(), used + 2, "only the new positions took blocks");
     let want = alone(&mut model, &second, 0);
-    assert!(max_diff(&got, &want[0]) < 1e-5);
+    assert!(max_abs_diff(&got, &want[0]) <= 1e-5);
 
     // Released blocks stay cached: the same prompt again finds its prefix.
     pool.release(a);
@@ -165,7 +162,7 @@ fn a_full_pool_refuses_work_and_recycles_blocks() {
 
     pool.release(a);
     let got = model.forward_paged(&mut pool, &mut work, &mut [(&mut b, &q[..])]).unwrap().to_vec();
-    assert!(max_diff(&got, &alone(&mut model, &q, 0)[0]) < 1e-5);
+    assert!(max_abs_diff(&got, &alone(&mut model, &q, 0)[0]) <= 1e-5);
     // `p`'s first blocks were recycled for `q`: its prefix is no longer found.
     assert!(pool.start(&p).1 < 12);
 }

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 
 use safetensors::SafeTensors;
 use truthgpt_config::{ModelConfig, TrainConfig};
+use truthgpt_engine::close;
 use truthgpt_model::io::f32_values;
 use truthgpt_model::{Batch, Model, Trainer};
 
-const TOLERANCE: f32 = 1e-4;
+const TOLERANCE: f64 = 1e-4;
 
 struct Fixture {
     bytes: Vec<u8>,
@@ -58,16 +59,9 @@ impl Fixture {
     }
 }
 
-/// Asserts `|got - want| <= TOLERANCE * max(1, |want|)` everywhere and returns the max abs diff.
-fn assert_close(what: &str, got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut max_diff = 0.0f32;
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let diff = (g - w).abs();
-        max_diff = max_diff.max(diff);
-        assert!(diff <= TOLERANCE * w.abs().max(1.0), "{what}[{i}]: ours {g}, torch {w}, diff {diff:e}");
-    }
-    max_diff
+/// Asserts `|got - want| / (1 + |want|) <= TOLERANCE` everywhere; returns the largest.
+fn assert_close(what: &str, got: &[f32], want: &[f32]) -> f64 {
+    close::assert_close(what, got, want, TOLERANCE)
 }
 
 const B: usize = 2;

@@ -5,13 +5,15 @@
 use super::{Gpu, GpuOp, Result};
 use crate::activation::{self, Activation};
 use crate::attention::{self, AttentionShape, ScoreBias};
+use crate::close::max_rel_diff;
 use crate::matmul::{self, Op};
 use crate::optim::{self, AdamW};
 use crate::rng::Rng;
 use crate::rope::{self, RopeTable};
 use crate::{embedding, loss, norm};
 
-/// One comparison: the largest `|gpu - cpu| / (1 + |cpu|)` over a buffer, and its bound.
+/// One comparison: the largest `|gpu - cpu| / (1 + |cpu|)` over a buffer (NaN if either has
+/// one, infinite if their lengths differ), and its bound.
 #[derive(Debug, Clone)]
 pub struct Check {
     pub name: String,
@@ -46,21 +48,7 @@ impl Checker<'_> {
     }
 
     fn compare(&mut self, name: String, gpu: &[f32], cpu: &[f32], tolerance: f64) {
-        let max_error = if gpu.len() != cpu.len() {
-            f64::INFINITY
-        } else {
-            gpu.iter()
-                .zip(cpu)
-                .map(|(&g, &c)| {
-                    let e = (g as f64 - c as f64).abs() / (1.0 + (c as f64).abs());
-                    if e.is_nan() {
-                        f64::INFINITY
-                    } else {
-                        e
-                    }
-                })
-                .fold(0.0, f64::max)
-        };
+        let max_error = max_rel_diff(gpu, cpu);
         self.checks.push(Check { name, max_error, tolerance });
     }
 

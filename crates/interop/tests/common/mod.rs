@@ -26,8 +26,3 @@ pub fn expected(dir: &Path) -> (Vec<u32>, Vec<f32>) {
     let logits = logits.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
     (int_tensor(dir, "ids"), logits)
 }
-
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
