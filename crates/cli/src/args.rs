@@ -352,6 +352,10 @@ pub enum BenchCommand {
     /// this CPU has (AVX-512 where present, against the portable 8-lane tile); one JSON line per
     /// shape.
     Skinny(BenchSkinnyArgs),
+    /// Time each GEMM kernel this CPU runs (our packed AVX-512 kernel where present, against the
+    /// `gemm` crate) on the twelve products of a `torch-tiny-reference` training step,
+    /// alternated round by round; one JSON line per product and their geometric means.
+    Gemm(BenchGemmArgs),
     /// Time each CUDA kernel against its CPU twin at GPT-2 small's sizes (outputs compared
     /// first); one JSON line per kernel with both times, the speed-up and the GPU's TFLOP/s.
     Kernels(BenchKernelsArgs),
@@ -363,6 +367,16 @@ pub struct BenchKernelsArgs {
     #[arg(long, default_value = "cuda")]
     pub device: truthgpt_engine::device::Device,
     /// Size of the CPU side's rayon pool; default: one per logical CPU.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchGemmArgs {
+    /// Rounds; each times every kernel once, and the medians are reported.
+    #[arg(long, default_value_t = 7)]
+    pub rounds: usize,
+    /// Size of the rayon pool; default: one per logical CPU.
     #[arg(long)]
     pub threads: Option<usize>,
 }

@@ -385,7 +385,7 @@ fn random_tokens(rng: &mut Rng, len: usize, vocab: usize) -> Vec<u32> {
 }
 
 /// Median of a non-empty sample (the mean of the middle two for even lengths).
-fn median(values: &mut [f64]) -> f64 {
+pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
     if values.len().is_multiple_of(2) {

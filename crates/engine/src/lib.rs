@@ -26,6 +26,8 @@ pub mod matmul;
 pub mod memory;
 pub mod norm;
 pub mod optim;
+#[cfg(target_arch = "x86_64")]
+mod packed;
 pub mod par;
 pub mod rng;
 pub mod rope;

@@ -58,6 +58,37 @@ pub struct Strided {
 unsafe impl Send for Strided {}
 unsafe impl Sync for Strided {}
 
+/// Which kernel runs the products that are neither few-row nor matrix-vector: [`Gemm::best`],
+/// unless a benchmark or test asks for another of [`Gemm::available`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Gemm {
+    /// The `gemm` crate (its AVX2 tile on the workspace's x86-64-v3 target).
+    Crate,
+    /// [`crate::packed`]: packed panels and a 12 x 32 AVX-512 tile, one block per thread.
+    #[cfg(target_arch = "x86_64")]
+    Packed,
+}
+
+impl Gemm {
+    /// The fastest kernel this CPU runs.
+    pub fn best() -> Gemm {
+        #[cfg(target_arch = "x86_64")]
+        if crate::packed::available() {
+            return Gemm::Packed;
+        }
+        Gemm::Crate
+    }
+
+    /// Every kernel this CPU runs, the `gemm` crate first.
+    pub fn available() -> Vec<Gemm> {
+        let mut kernels = vec![Gemm::Crate];
+        if Gemm::best() != Gemm::Crate {
+            kernels.push(Gemm::best());
+        }
+        kernels
+    }
+}
+
 /// `dst (m, n; row stride dst_rs, unit column stride) [+]= scale * lhs (m, k) @ rhs (k, n)`.
 ///
 /// # Safety
@@ -76,8 +107,38 @@ pub unsafe fn gemm_strided(
     scale: f32,
     parallel: bool,
 ) {
+    unsafe { gemm_strided_with(Gemm::best(), m, n, k, dst, dst_rs, accumulate, lhs, rhs, scale, parallel) }
+}
+
+/// [`gemm_strided`] with a given kernel, one of [`Gemm::available`].
+///
+/// # Safety
+/// As for [`gemm_strided`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_strided_with(
+    kernel: Gemm,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Strided,
+    rhs: Strided,
+    scale: f32,
+    parallel: bool,
+) {
     IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
     let threads = if parallel && m * n * k >= PARALLEL_THRESHOLD { rayon::current_num_threads() } else { 1 };
+    // Matrix-vector products stay with `gemm`, which runs them without packing.
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Gemm::Packed && m > 1 && n > 1 {
+        assert!(crate::packed::available(), "gemm: this CPU has no AVX-512F");
+        // SAFETY: the caller's contract is `packed::gemm`'s, and the CPU has AVX-512F.
+        unsafe { crate::packed::gemm(m, n, k, dst, dst_rs, accumulate, lhs, rhs, scale, threads) };
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
     let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     gemm::gemm(
         m,
@@ -105,6 +166,21 @@ pub unsafe fn gemm_strided(
 
 /// `out (M, N) = a (M, K) @ b (K, N)`, or `+=` when `accumulate`.
 pub fn matmul(out: &mut [f32], a: Op, b: Op, m: usize, k: usize, n: usize, accumulate: bool) {
+    matmul_with(Gemm::best(), out, a, b, m, k, n, accumulate);
+}
+
+/// [`matmul`] with a given kernel for its general products, one of [`Gemm::available`].
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with(
+    kernel: Gemm,
+    out: &mut [f32],
+    a: Op,
+    b: Op,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
     assert!(out.len() >= m * n, "matmul: out has {} elements, needs {m}x{n}", out.len());
     assert!(a.data().len() >= m * k, "matmul: lhs has {} elements, needs {m}x{k}", a.data().len());
     assert!(b.data().len() >= k * n, "matmul: rhs has {} elements, needs {k}x{n}", b.data().len());
@@ -127,7 +203,7 @@ pub fn matmul(out: &mut [f32], a: Op, b: Op, m: usize, k: usize, n: usize, accum
     let rhs = Strided { ptr: b.data().as_ptr(), rs: b_rs, cs: b_cs };
     // SAFETY: the asserts above bound every index the strides can reach; `out` does not alias the
     // inputs because it is borrowed mutably.
-    unsafe { gemm_strided(m, n, k, out.as_mut_ptr(), n, accumulate, lhs, rhs, 1.0, true) };
+    unsafe { gemm_strided_with(kernel, m, n, k, out.as_mut_ptr(), n, accumulate, lhs, rhs, 1.0, true) };
 }
 
 /// Rows up to which `a (M, K) @ b (N, K)^T` (the linear layer's forward) takes [`skinny_nt`]
@@ -376,24 +452,76 @@ mod tests {
         t
     }
 
+    /// Every kernel, every transpose combination, written and accumulated, on shapes that cross
+    /// each blocking boundary of the packed kernel (its depth, row and column blocks, partial
+    /// tiles), split over threads by rows and by columns, and the matrix-vector cases. Inputs
+    /// are small integers, so every sum is exact and the comparison is equality.
     #[test]
-    fn every_transpose_combination_matches_naive() {
-        let (m, k, n) = (37, 53, 29);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+    fn every_kernel_and_transpose_combination_matches_naive() {
+        let shapes =
+            [(37, 53, 29), (300, 600, 1100), (20, 300, 1100), (145, 257, 33), (1, 70, 90), (90, 70, 1)];
+        for kernel in Gemm::available() {
+            for (m, k, n) in shapes {
+                let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+                let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+                let want = naive(&a, &b, m, k, n);
+                let (at, bt) = (transpose(&a, m, k), transpose(&b, k, n));
+                for (lhs, rhs) in [
+                    (Op::N(&a), Op::N(&b)),
+                    (Op::T(&at), Op::N(&b)),
+                    (Op::N(&a), Op::T(&bt)),
+                    (Op::T(&at), Op::T(&bt)),
+                ] {
+                    let mut out = vec![f32::NAN; m * n];
+                    matmul_with(kernel, &mut out, lhs, rhs, m, k, n, false);
+                    assert!(out == want, "{kernel:?} m {m} k {k} n {n}");
+                    matmul_with(kernel, &mut out, lhs, rhs, m, k, n, true);
+                    assert!(
+                        out.iter().zip(&want).all(|(o, w)| *o == 2.0 * w),
+                        "{kernel:?} += m {m} k {k} n {n}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A scale and an output row stride wider than the product (attention's score tiles), on
+    /// one thread and split: the columns past `n` are never touched.
+    #[test]
+    fn scaled_products_into_strided_rows() {
+        let (m, k, n, stride) = (50, 40, 70, 75);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 3) % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 9) as f32 - 4.0).collect();
         let want = naive(&a, &b, m, k, n);
-        let (at, bt) = (transpose(&a, m, k), transpose(&b, k, n));
-        for (lhs, rhs) in [
-            (Op::N(&a), Op::N(&b)),
-            (Op::T(&at), Op::N(&b)),
-            (Op::N(&a), Op::T(&bt)),
-            (Op::T(&at), Op::T(&bt)),
-        ] {
-            let mut out = vec![1.0; m * n];
-            matmul(&mut out, lhs, rhs, m, k, n, false);
-            assert_eq!(out, want);
-            matmul(&mut out, lhs, rhs, m, k, n, true);
-            assert_eq!(out, want.iter().map(|x| 2.0 * x).collect::<Vec<_>>());
+        let lhs = Strided { ptr: a.as_ptr(), rs: k as isize, cs: 1 };
+        let rhs = Strided { ptr: b.as_ptr(), rs: n as isize, cs: 1 };
+        for kernel in Gemm::available() {
+            for parallel in [false, true] {
+                let mut out = vec![f32::NAN; m * stride];
+                // SAFETY: `out` holds `m` rows of `stride`; the operands are dense.
+                unsafe {
+                    gemm_strided_with(
+                        kernel,
+                        m,
+                        n,
+                        k,
+                        out.as_mut_ptr(),
+                        stride,
+                        false,
+                        lhs,
+                        rhs,
+                        0.5,
+                        parallel,
+                    )
+                };
+                for (i, row) in out.chunks_exact(stride).enumerate() {
+                    assert!(
+                        row[..n].iter().zip(&want[i * n..]).all(|(o, w)| *o == 0.5 * w),
+                        "{kernel:?} row {i}"
+                    );
+                    assert!(row[n..].iter().all(|x| x.is_nan()), "{kernel:?} wrote past the row");
+                }
+            }
         }
     }
 

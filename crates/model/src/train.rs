@@ -62,6 +62,13 @@ impl Trainer {
     /// One optimiser step over `micro_batches` (their gradients are averaged). Every batch is
     /// checked before any work, so a bad one leaves the model and optimiser untouched.
     pub fn step(&mut self, micro_batches: &[Batch]) -> Result<StepStats> {
+        // On a pool thread, so that each parallel kernel and product forks from a worker (its
+        // halves pushed to the local deque) instead of being injected from outside, and the
+        // pool stays awake between them.
+        rayon::scope(|_| self.step_on_pool(micro_batches))
+    }
+
+    fn step_on_pool(&mut self, micro_batches: &[Batch]) -> Result<StepStats> {
         if micro_batches.is_empty() {
             return Err(ModelError::EmptyBatch { b: 0, t: 0 });
         }
