@@ -21,14 +21,7 @@ use utoipa::ToSchema;
 
 use crate::config::{JwtConfig, KeyConfig};
 use crate::error::ApiError;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Readonly,
-    User,
-    Admin,
-}
+use crate::types::Role;
 
 /// The caller of one request, put in its extensions by [`authenticate`].
 #[derive(Debug, Clone, PartialEq, Eq)]

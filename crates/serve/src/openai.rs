@@ -28,6 +28,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::limits::Budget;
 use crate::scheduler::{Event, Job, SubmitError, Usage};
 use crate::state::{AppState, Served, TenantUsage};
+use crate::types::Message;
 
 /// `stop` takes up to this many strings (as OpenAI's API), each at most `MAX_STOP_BYTES` long.
 const MAX_STOP_STRINGS: usize = 4;
@@ -92,12 +93,6 @@ pub struct CompletionRequest {
     pub prompt: String,
     #[serde(flatten)]
     pub params: Params,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
