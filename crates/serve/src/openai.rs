@@ -26,7 +26,7 @@ use utoipa::ToSchema;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::limits::Budget;
-use crate::scheduler::{Event, Job, SubmitError, Usage};
+use crate::scheduler::{Event, Job, SchedulerError, Usage};
 use crate::state::{AppState, Served, TenantUsage};
 use crate::types::Message;
 
@@ -421,10 +421,7 @@ impl Generation {
             }
             None => {
                 // A miss takes its place in the queue before it pays: a 503 spends no tokens.
-                let slot = served.scheduler.reserve().map_err(|e| match e {
-                    SubmitError::Busy => ApiError::busy(),
-                    SubmitError::Stopped => ApiError::internal(e.to_string()),
-                })?;
+                let slot = served.scheduler.reserve()?;
                 if let Some(Extension(budget)) = &budget {
                     budget.spend(needed).await?;
                 }
@@ -508,7 +505,7 @@ impl Generation {
                         }
                         Some((chunks, None))
                     }
-                    Some(Event::Failed(error)) => Some((vec![error.body()], None)),
+                    Some(Event::Failed(error)) => Some((vec![ApiError::from(error).body()], None)),
                     None => Some((vec![ApiError::internal("the scheduler stopped").body()], None)),
                 }
             }
@@ -526,9 +523,21 @@ impl Generation {
                     self.finish.done(&text, &usage).await;
                     return Ok(self.reply.whole(text, &usage));
                 }
-                Some(Event::Failed(error)) => return Err(error),
+                Some(Event::Failed(error)) => return Err(error.into()),
                 None => return Err(ApiError::internal("the scheduler stopped")),
             }
+        }
+    }
+}
+
+/// The one place the scheduler's errors become HTTP: what the request asked for is a 400, a
+/// full queue a 503 with `Retry-After`, and what went wrong in the server a 500.
+impl From<SchedulerError> for ApiError {
+    fn from(error: SchedulerError) -> Self {
+        match error {
+            SchedulerError::Busy => ApiError::busy(),
+            SchedulerError::TooLarge { .. } | SchedulerError::Sampling(_) => ApiError::invalid(error.to_string()),
+            SchedulerError::Stopped | SchedulerError::Generation(_) => ApiError::internal(error.to_string()),
         }
     }
 }

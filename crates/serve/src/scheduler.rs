@@ -16,8 +16,6 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use truthgpt_data::{StopText, TextDecoder, Tokenizer};
 use truthgpt_model::{DecodeWork, FinishReason, Model, Sampler, Sampling, SeqKv};
 
-use crate::error::ApiError;
-
 /// One generation to run.
 #[derive(Debug)]
 pub struct Job {
@@ -34,13 +32,12 @@ pub struct Job {
     pub progress: Arc<AtomicUsize>,
 }
 
-/// What a job's stream receives: text pieces, then one `Finished` (or `Failed`: a 400 for what
-/// the request asked, a 500 for what went wrong in the server).
+/// What a job's stream receives: text pieces, then one `Finished` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Text(String),
     Finished(Usage),
-    Failed(ApiError),
+    Failed(SchedulerError),
 }
 
 /// Why and after how many tokens a generation ended.
@@ -55,7 +52,7 @@ pub struct Usage {
 pub struct SchedulerConfig {
     /// Most sequences in one forward.
     pub max_batch: usize,
-    /// Most requests waiting for a place in the batch; beyond it, [`SubmitError::Busy`].
+    /// Most requests waiting for a place in the batch; beyond it, [`SchedulerError::Busy`].
     pub queue: usize,
     /// Positions per key/value block.
     pub block_size: usize,
@@ -111,12 +108,21 @@ fn physical_memory() -> Option<u64> {
     kib.trim().parse::<u64>().ok()?.checked_mul(1024)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SubmitError {
+/// Why the scheduler refused or failed a job. The first three are about the request (it can be
+/// retried, or must change); the last two went wrong in the server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedulerError {
     #[error("the server is at capacity; retry shortly")]
     Busy,
+    #[error("prompt and max_tokens need {needed} key/value blocks; the pool has {capacity}")]
+    TooLarge { needed: usize, capacity: usize },
+    #[error("{0}")]
+    Sampling(String),
     #[error("the scheduler has stopped")]
     Stopped,
+    /// The forward or the detokenizer failed.
+    #[error("{0}")]
+    Generation(String),
 }
 
 /// The handle requests are submitted through.
@@ -175,13 +181,13 @@ impl Scheduler {
         (Scheduler { queue: sender, places, max_seq_len, kv_blocks }, incoming)
     }
 
-    /// A place in the queue, or why there is none at once: a full queue is [`SubmitError::Busy`].
+    /// A place in the queue, or why there is none at once: a full queue is [`SchedulerError::Busy`].
     /// Taken before a request is charged, so a request refused for capacity costs nothing.
-    pub fn reserve(&self) -> Result<Slot, SubmitError> {
+    pub fn reserve(&self) -> Result<Slot, SchedulerError> {
         if self.queue.is_closed() {
-            return Err(SubmitError::Stopped);
+            return Err(SchedulerError::Stopped);
         }
-        let permit = self.places.clone().try_acquire_owned().map_err(|_| SubmitError::Busy)?;
+        let permit = self.places.clone().try_acquire_owned().map_err(|_| SchedulerError::Busy)?;
         Ok(Slot { permit, queue: self.queue.clone() })
     }
 
@@ -293,16 +299,14 @@ fn run(
             let Queued { job, place } = pending.pop_front().expect("the front was just seen");
             place.release();
             if need > pool.capacity() {
-                let _ = job.events.send(Event::Failed(ApiError::invalid(format!(
-                    "prompt and max_tokens need {need} key/value blocks; the pool has {}",
-                    pool.capacity()
-                ))));
+                let too_large = SchedulerError::TooLarge { needed: need, capacity: pool.capacity() };
+                let _ = job.events.send(Event::Failed(too_large));
                 continue;
             }
             let sampler = match Sampler::new(job.sampling.clone()) {
                 Ok(sampler) => sampler,
                 Err(e) => {
-                    let _ = job.events.send(Event::Failed(ApiError::invalid(e.to_string())));
+                    let _ = job.events.send(Event::Failed(SchedulerError::Sampling(e.to_string())));
                     continue;
                 }
             };
@@ -343,7 +347,7 @@ fn run(
             Ok(logits) => logits,
             Err(e) => {
                 for a in active.drain(..) {
-                    a.send(Event::Failed(ApiError::internal(e.to_string())));
+                    a.send(Event::Failed(SchedulerError::Generation(e.to_string())));
                     pool.release(a.seq);
                 }
                 reserved = 0;
@@ -378,7 +382,7 @@ fn run(
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        a.send(Event::Failed(ApiError::internal(e.to_string())));
+                        a.send(Event::Failed(SchedulerError::Generation(e.to_string())));
                         reason = Some(FinishReason::Stop);
                     }
                 }
@@ -459,7 +463,7 @@ mod tests {
         let first_waits = scheduler.reserve().unwrap().submit(first);
         let (second, second_client) = job();
         let second_waits = scheduler.reserve().unwrap().submit(second);
-        assert!(matches!(scheduler.reserve(), Err(SubmitError::Busy)));
+        assert!(matches!(scheduler.reserve(), Err(SchedulerError::Busy)));
 
         // The second client leaves while its job is still in the channel.
         drop((second_client, second_waits));
@@ -478,6 +482,6 @@ mod tests {
         assert!(incoming.try_recv().unwrap().job.events.is_closed());
 
         drop(incoming);
-        assert!(matches!(scheduler.reserve(), Err(SubmitError::Stopped)));
+        assert!(matches!(scheduler.reserve(), Err(SchedulerError::Stopped)));
     }
 }
