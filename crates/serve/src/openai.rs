@@ -536,7 +536,9 @@ impl From<SchedulerError> for ApiError {
     fn from(error: SchedulerError) -> Self {
         match error {
             SchedulerError::Busy => ApiError::busy(),
-            SchedulerError::TooLarge { .. } | SchedulerError::Sampling(_) => ApiError::invalid(error.to_string()),
+            SchedulerError::TooLarge { .. } | SchedulerError::Sampling(_) => {
+                ApiError::invalid(error.to_string())
+            }
             SchedulerError::Stopped | SchedulerError::Generation(_) => ApiError::internal(error.to_string()),
         }
     }

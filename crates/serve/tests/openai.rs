@@ -147,10 +147,7 @@ async fn chat_completions_whole_and_streamed() {
     let app = app(4);
     let messages = json!([{"role": "user", "content": "whether 'tis nobler"}]);
     let prompt = ChatFormat::Default
-        .render(&[truthgpt_serve::Message {
-            role: "user".into(),
-            content: "whether 'tis nobler".into(),
-        }])
+        .render(&[truthgpt_serve::Message { role: "user".into(), content: "whether 'tis nobler".into() }])
         .unwrap();
     let want = expected(&prompt, 12);
     let request = json!({"messages": messages, "max_tokens": 12, "temperature": 0});
