@@ -20,13 +20,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use truthgpt_model::{FinishReason, Sampling};
+use truthgpt_model::{FinishReason, Sampling, Usage};
 use utoipa::ToSchema;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::limits::Budget;
-use crate::scheduler::{Event, Job, SchedulerError, Usage};
+use crate::scheduler::{Event, Job, SchedulerError};
 use crate::state::{AppState, Served, TenantUsage};
 use crate::types::Message;
 

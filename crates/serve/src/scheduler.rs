@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use truthgpt_data::{StopText, TextDecoder, Tokenizer};
-use truthgpt_model::{DecodeWork, FinishReason, Model, Sampler, Sampling, SeqKv};
+use truthgpt_data::Tokenizer;
+use truthgpt_model::{DecodeWork, Limits, Model, Sampler, Sampling, SeqKv, Sequence, Usage};
 
 /// One generation to run.
 #[derive(Debug)]
@@ -38,14 +38,6 @@ pub enum Event {
     Text(String),
     Finished(Usage),
     Failed(SchedulerError),
-}
-
-/// Why and after how many tokens a generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    pub finish_reason: FinishReason,
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -234,9 +226,8 @@ struct Active<'t> {
     /// Prompt and generated tokens, for the repetition penalty.
     history: Vec<u32>,
     sampler: Sampler,
-    decoder: TextDecoder<'t>,
-    stop: StopText,
-    generated: usize,
+    /// Stop token and strings, text, limits and usage: the same rules as the CLI's generator.
+    sequence: Sequence<'t>,
     /// Blocks reserved for the whole generation.
     reserved: usize,
     /// Whether text has been sent yet (time to first token is recorded once).
@@ -310,6 +301,13 @@ fn run(
                     continue;
                 }
             };
+            let limits = Limits { max_tokens: job.max_tokens, max_seq_len };
+            let sequence = Sequence::new(job.prompt.len(), limits, eos.into_iter().collect())
+                .with_text(tokenizer.text_decoder(), &job.stop);
+            if let Some(usage) = sequence.usage() {
+                let _ = job.events.send(Event::Finished(usage)); // nothing to generate
+                continue;
+            }
             reserved += need;
             let (seq, cached) = pool.start(&job.prompt);
             active.push(Active {
@@ -317,9 +315,7 @@ fn run(
                 history: job.prompt.clone(),
                 seq,
                 sampler,
-                decoder: tokenizer.text_decoder(),
-                stop: StopText::new(&job.stop),
-                generated: 0,
+                sequence,
                 reserved: need,
                 started: false,
                 job,
@@ -360,48 +356,26 @@ fn run(
             a.history.push(token);
             a.input.clear();
             a.input.push(token);
-            a.generated += 1;
-            a.job.progress.store(a.generated, Ordering::Relaxed);
-            let mut reason = None;
-            if Some(token) == eos {
-                reason = Some(FinishReason::Stop);
-            } else {
-                match a.decoder.push(token) {
-                    Ok(Some(text)) => {
-                        if let Some(ready) = a.stop.push(&text) {
-                            if !a.started {
-                                a.started = true;
-                                let waited = a.job.received.elapsed().as_secs_f64();
-                                metrics::histogram!("time_to_first_token_seconds").record(waited);
-                            }
-                            a.send(Event::Text(ready));
+            match a.sequence.push(token) {
+                Ok(step) => {
+                    a.job.progress.store(a.sequence.completion_tokens(), Ordering::Relaxed);
+                    if let Some(text) = step.text {
+                        if !a.started {
+                            a.started = true;
+                            let waited = a.job.received.elapsed().as_secs_f64();
+                            metrics::histogram!("time_to_first_token_seconds").record(waited);
                         }
-                        if a.stop.stopped() {
-                            reason = Some(FinishReason::Stop);
-                        }
+                        a.send(Event::Text(text));
                     }
-                    Ok(None) => {}
-                    Err(e) => {
-                        a.send(Event::Failed(SchedulerError::Generation(e.to_string())));
-                        reason = Some(FinishReason::Stop);
+                    if let Some(usage) = step.finished {
+                        a.send(Event::Finished(usage));
+                        finished.push(i);
                     }
                 }
-            }
-            if reason.is_none() && (a.generated >= a.job.max_tokens || a.history.len() >= max_seq_len) {
-                reason = Some(FinishReason::Length);
-            }
-            if let Some(finish_reason) = reason {
-                if let Some(rest) = a.stop.finish() {
-                    a.send(Event::Text(rest));
+                Err(e) => {
+                    a.send(Event::Failed(SchedulerError::Generation(e.to_string())));
+                    finished.push(i);
                 }
-                let completion_tokens =
-                    a.generated - usize::from(finish_reason == FinishReason::Stop && Some(token) == eos);
-                a.send(Event::Finished(Usage {
-                    finish_reason,
-                    prompt_tokens: a.job.prompt.len(),
-                    completion_tokens,
-                }));
-                finished.push(i);
             }
         }
         step_seconds.record(step.elapsed().as_secs_f64());
