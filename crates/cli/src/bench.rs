@@ -13,7 +13,7 @@ use truthgpt_model::ffn::Ffn;
 use truthgpt_model::generate::argmax;
 use truthgpt_model::moe::Moe;
 use truthgpt_model::params::ParamBuilder;
-use truthgpt_model::{Batch, DecodeWork, Generator, Model, Sampling, SeqKv, Trainer};
+use truthgpt_model::{Batch, DecodeWork, Generator, Mode, Model, Sampling, SeqKv, Trainer};
 use truthgpt_train::checkpoint;
 
 use crate::args::{BenchGenerateArgs, BenchLoadArgs, BenchMoeArgs, BenchSkinnyArgs, BenchTrainArgs};
@@ -83,20 +83,7 @@ pub fn moe(args: &BenchMoeArgs) -> anyhow::Result<()> {
         "--top-k {k} must be between 1 and min(--experts, {MAX_TOP_K})"
     );
     let threads = init_threads(threads)?;
-    let m = ModelConfig {
-        d_model: c,
-        d_ff: f,
-        bias: false,
-        ffn: FfnKind::Moe,
-        moe: MoeConfig {
-            n_experts: e,
-            top_k: k,
-            expert: ExpertKind::Swiglu,
-            dropless: true,
-            ..MoeConfig::default()
-        },
-        ..ModelConfig::default()
-    };
+    let m = dropless_swiglu_moe(c, f, e, k);
     let groups = m.expert_groups().context("ffn: moe has expert groups")?;
     let seed = 1337;
 
@@ -126,7 +113,9 @@ pub fn moe(args: &BenchMoeArgs) -> anyhow::Result<()> {
     let (mut moe_ms, mut dense_ms) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
     for round in 0..=iters {
         let start = Instant::now();
-        moe.forward(&moe_params, &mut acts, &mut y, &x, n, true);
+        // As in training: the forward counts its routing, which the load imbalance reads.
+        moe.forward(&moe_params, &mut acts, &mut y, &x, n);
+        moe.count(&acts, n);
         moe.backward(&moe_params, &mut moe_grads, &mut scratch, &acts, &mut dx, &dy, &x, n, 1.0);
         let moe_time = start.elapsed().as_secs_f64() * 1e3;
 
@@ -162,7 +151,26 @@ pub fn moe(args: &BenchMoeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the global rayon pool when asked to, and returns its size.
+/// The layer `bench moe` times: `e` SwiGLU experts of width `f` over `c`, `k` per token,
+/// without capacity drops or biases.
+fn dropless_swiglu_moe(c: usize, f: usize, e: usize, k: usize) -> ModelConfig {
+    ModelConfig {
+        d_model: c,
+        d_ff: f,
+        bias: false,
+        ffn: FfnKind::Moe,
+        moe: MoeConfig {
+            n_experts: e,
+            top_k: k,
+            expert: ExpertKind::Swiglu,
+            dropless: true,
+            ..MoeConfig::default()
+        },
+        ..ModelConfig::default()
+    }
+}
+
+/// Where a benchmark's config came from: the preset, the file, or both.
 fn describe_source(preset: Option<&str>, file: Option<&std::path::Path>) -> String {
     match (preset, file) {
         (Some(preset), Some(file)) => format!("{preset} + {}", file.display()),
@@ -201,7 +209,7 @@ pub fn generate(args: &BenchGenerateArgs) -> anyhow::Result<()> {
     let mut sequence = prompt.clone();
     for _ in 0..args.tokens {
         let t = sequence.len();
-        let logits = model.forward(&sequence, 1, t)?;
+        let logits = model.forward(&sequence, 1, t, Mode::Eval)?;
         let last = &logits[(t - 1) * config.model.vocab_size..];
         sequence.push(argmax(last));
     }
@@ -369,6 +377,7 @@ pub fn load(args: &BenchLoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds the global rayon pool when asked to, and returns its size.
 pub fn init_threads(threads: Option<usize>) -> anyhow::Result<usize> {
     if let Some(n) = threads {
         ensure!(n > 0, "--threads must be at least 1");

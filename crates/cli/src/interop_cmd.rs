@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use truthgpt_interop::gguf::{self, GgufDtype};
 use truthgpt_interop::hf;
+use truthgpt_model::Mode;
 use truthgpt_train::checkpoint;
 
 use crate::args::{GgufDtypeArg, LogitsArgs};
@@ -89,7 +90,7 @@ pub fn export_gguf(model: &Path, out: &Path, dtype: GgufDtypeArg) -> anyhow::Res
 pub fn logits(args: &LogitsArgs) -> anyhow::Result<()> {
     let mut saved = checkpoint::load_model(&args.model)?;
     let vocab = saved.model.config.vocab_size;
-    let logits = saved.model.forward(&args.ids, 1, args.ids.len())?;
+    let logits = saved.model.forward(&args.ids, 1, args.ids.len(), Mode::Eval)?;
     let rows: Vec<&[f32]> = logits.chunks_exact(vocab).collect();
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     // serde_json writes each f32 in the shortest form that parses back to the same f32.

@@ -2,7 +2,6 @@
 //!
 //! - [`tokenizer`]: byte-level BPE training and any `tokenizer.json`, via the `tokenizers` crate,
 //!   plus a streaming decoder for generated ids;
-//! - [`text`]: generated text cut at stop strings as it streams;
 //! - [`corpus`]: documents from text files, JSONL files and directories of them;
 //! - [`shards`]: `truthgpt data prepare`'s memory-mapped token shards with a checksummed manifest,
 //!   and in-memory token streams, each split into train and validation;
@@ -16,10 +15,8 @@ pub mod fsio;
 pub mod sampler;
 pub mod shards;
 pub mod stats;
-pub mod text;
 pub mod tokenizer;
 
 pub use error::DataError;
 pub use shards::{TokenDataset, TokenStream};
-pub use text::StopText;
 pub use tokenizer::{TextDecoder, Tokenizer};

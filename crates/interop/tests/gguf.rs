@@ -14,7 +14,7 @@ use truthgpt_data::Tokenizer;
 use truthgpt_engine::close::max_abs_diff;
 use truthgpt_interop::gguf::{self, GgufDtype};
 use truthgpt_interop::InteropError;
-use truthgpt_model::Model;
+use truthgpt_model::{Mode, Model};
 
 // ---------------------------------------------------------------------------------------------
 // A GGUF reader, written from the spec (github.com/ggml-org/ggml/blob/master/docs/gguf.md).
@@ -789,9 +789,8 @@ fn routers_with_balancing_biases_are_refused() {
     let mut m = mixtral_config();
     m.moe.balancing = Balancing::Bias;
     let mut model = Model::new(&m, 9);
-    model.set_training(true);
     let ids: Vec<u32> = (0..32).map(|i| (i * 7 % 300) as u32).collect();
-    model.forward(&ids, 1, 32).unwrap();
+    model.forward(&ids, 1, 32, Mode::Train { dropout_seed: 0 }).unwrap();
     model.update_selection_bias();
     assert!(model.moe_layers().any(|moe| moe.selection_bias.iter().any(|&b| b != 0.0)));
     let why = no_target(export_err(&model, &tokenizer()));

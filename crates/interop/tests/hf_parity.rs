@@ -6,6 +6,7 @@ mod common;
 use common::{expected, fixture};
 use truthgpt_engine::close::max_abs_diff;
 use truthgpt_interop::hf::{self, Family};
+use truthgpt_model::Mode;
 
 /// Each fixture, its family, and what it exercises.
 const FIXTURES: [(&str, Family); 9] = [
@@ -27,7 +28,7 @@ fn every_family_matches_transformers_logits() {
         let mut loaded = hf::load(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(loaded.family, family, "{name}");
         let (ids, want) = expected(&dir);
-        let got = loaded.model.forward(&ids, 1, ids.len()).unwrap();
+        let got = loaded.model.forward(&ids, 1, ids.len(), Mode::Eval).unwrap();
         let diff = max_abs_diff(got, &want);
         println!("{name:>18}: max |ours - transformers| = {diff:.2e} over {} logits", want.len());
         assert!(diff <= 1e-4, "{name}: logits differ from transformers by {diff:e}");

@@ -7,7 +7,7 @@ use truthgpt_config::{
 };
 use truthgpt_data::Tokenizer;
 use truthgpt_interop::hf::{self, Family};
-use truthgpt_model::Model;
+use truthgpt_model::{Mode, Model};
 
 fn llama() -> ModelConfig {
     ModelConfig {
@@ -133,9 +133,8 @@ fn models_without_a_hugging_face_equivalent_are_refused_with_reasons() {
     let mut moe = ModelConfig { ffn: FfnKind::Moe, ..llama() };
     moe.moe.balancing = Balancing::Bias;
     let mut model = Model::new(&moe, 1);
-    model.set_training(true);
     let tokens: Vec<u32> = (0..32).map(|i| i % 7).collect();
-    model.forward(&tokens, 1, 32).unwrap();
+    model.forward(&tokens, 1, 32, Mode::Train { dropout_seed: 0 }).unwrap();
     model.update_selection_bias();
     let err = hf::export(&model, None, None, &dir.path().join("out")).unwrap_err().to_string();
     assert!(err.contains("aux-free balancing"), "{err}");

@@ -91,6 +91,21 @@ pub struct DropoutSeeds {
     pub ffn: u64,
 }
 
+/// What one block forward is for: it decides dropout, MoE counting and the key/value cache.
+#[derive(Debug)]
+pub enum Pass<'a> {
+    /// Training: dropout with `seeds` (none when the model has no dropout), MoE routing counted.
+    Train { seeds: Option<DropoutSeeds> },
+    /// A training forward run again in backward, under gradient checkpointing: the same
+    /// dropout, and routing not counted twice.
+    Recompute { seeds: Option<DropoutSeeds> },
+    /// No dropout, nothing counted.
+    Eval,
+    /// Incremental decoding: the rows continue sequences from their key/value cache (see
+    /// [`Cached`]); no dropout, nothing counted.
+    Decode(Cached<'a>),
+}
+
 impl Block {
     pub fn new(pb: &mut ParamBuilder, m: &ModelConfig) -> Self {
         // GPT-2: projections into the residual stream start smaller, by 1/sqrt(2 * layers).
@@ -144,18 +159,10 @@ impl Block {
         BlockScratch { d1: vec![0.0; n * c], d2: vec![0.0; n * c], attn: self.attn.scratch(b, t), ffn }
     }
 
-    fn ffn_forward(
-        &mut self,
-        params: &[f32],
-        acts: &mut FfnActs,
-        y: &mut [f32],
-        x: &[f32],
-        n: usize,
-        record: bool,
-    ) {
-        match (&mut self.ffn, acts) {
+    fn ffn_forward(&self, params: &[f32], acts: &mut FfnActs, y: &mut [f32], x: &[f32], n: usize) {
+        match (&self.ffn, acts) {
             (FeedForward::Dense(f), FfnActs::Dense { h, a }) => f.forward(params, h, a, y, x, n),
-            (FeedForward::Moe(moe), FfnActs::Moe(acts)) => moe.forward(params, acts, y, x, n, record),
+            (FeedForward::Moe(moe), FfnActs::Moe(acts)) => moe.forward(params, acts, y, x, n),
             _ => unreachable!("activations are built by this block"),
         }
     }
@@ -184,8 +191,7 @@ impl Block {
         }
     }
 
-    /// `y = block(x)`, both (N, C). `record` is false when recomputing under checkpointing and
-    /// when decoding; `cached` continues a sequence from its key/value cache (see [`Cached`]).
+    /// `y = block(x)`, both (N, C), for the purpose `pass` names.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &mut self,
@@ -195,10 +201,14 @@ impl Block {
         x: &[f32],
         b: usize,
         t: usize,
-        seeds: Option<DropoutSeeds>,
-        record: bool,
-        cached: Option<Cached>,
+        pass: Pass,
     ) {
+        let counted = matches!(pass, Pass::Train { .. });
+        let (seeds, cached) = match pass {
+            Pass::Train { seeds } | Pass::Recompute { seeds } => (seeds, None),
+            Pass::Eval => (None, None),
+            Pass::Decode(cached) => (None, Some(cached)),
+        };
         let n = b * t;
         let nc = n * self.norm1.c;
         let (x, y) = (&x[..nc], &mut y[..nc]);
@@ -215,7 +225,7 @@ impl Block {
                 drop(&mut acts.branch[..nc], seeds.map(|s| s.attn));
                 add(&mut acts.mid[..nc], x, &acts.branch);
                 self.norm2.forward(params, &mut acts.sum_or_norm2, &mut acts.norm2, &acts.mid, n);
-                self.ffn_forward(params, &mut acts.ffn, &mut acts.branch, &acts.sum_or_norm2, n, record);
+                self.ffn_forward(params, &mut acts.ffn, &mut acts.branch, &acts.sum_or_norm2, n);
                 drop(&mut acts.branch[..nc], seeds.map(|s| s.ffn));
                 add(y, &acts.mid, &acts.branch);
             }
@@ -224,11 +234,14 @@ impl Block {
                 drop(&mut acts.branch[..nc], seeds.map(|s| s.attn));
                 add(&mut acts.sum_or_norm1[..nc], x, &acts.branch);
                 self.norm1.forward(params, &mut acts.mid, &mut acts.norm1, &acts.sum_or_norm1, n);
-                self.ffn_forward(params, &mut acts.ffn, &mut acts.branch, &acts.mid, n, record);
+                self.ffn_forward(params, &mut acts.ffn, &mut acts.branch, &acts.mid, n);
                 drop(&mut acts.branch[..nc], seeds.map(|s| s.ffn));
                 add(&mut acts.sum_or_norm2[..nc], &acts.mid, &acts.branch);
                 self.norm2.forward(params, y, &mut acts.norm2, &acts.sum_or_norm2, n);
             }
+        }
+        if let (true, FeedForward::Moe(moe), FfnActs::Moe(moe_acts)) = (counted, &mut self.ffn, &acts.ffn) {
+            moe.count(moe_acts, n);
         }
     }
 

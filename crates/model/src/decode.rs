@@ -9,7 +9,7 @@
 use truthgpt_engine::embedding;
 
 use crate::attention::{is_fresh_prompt, Cached, Segment};
-use crate::block::BlockActs;
+use crate::block::{BlockActs, Pass};
 use crate::error::{ModelError, Result};
 use crate::linear::NormSaved;
 use crate::model::Model;
@@ -43,6 +43,28 @@ impl DecodeWork {
     /// dense models. Servers export it as expert load.
     pub fn expert_load(&self) -> &[usize] {
         &self.expert_load
+    }
+
+    /// Buffers for a step of `rows` rows over `sequences` sequences of `model`, kept if the last
+    /// step had the same shape.
+    fn fit(&mut self, model: &Model, rows: usize, sequences: usize) {
+        if self.acts.is_some() && self.rows == rows && self.sequences == sequences {
+            return;
+        }
+        let (c, vocab) = (model.config.d_model, model.config.vocab_size);
+        *self = DecodeWork {
+            rows,
+            sequences,
+            acts: Some(model.block(0).acts(1, rows)),
+            x: vec![0.0; rows * c],
+            y: vec![0.0; rows * c],
+            tokens: Vec::with_capacity(rows),
+            last: vec![0.0; sequences * c],
+            head_in: vec![0.0; sequences * c],
+            final_norm: NormSaved::new(sequences),
+            logits: vec![0.0; sequences * vocab],
+            expert_load: std::mem::take(&mut self.expert_load),
+        };
     }
 }
 
@@ -125,12 +147,9 @@ impl Model {
         rayon::scope(|_| self.step_paged(pool, work, batch))
     }
 
-    fn step_paged<'w>(
-        &mut self,
-        pool: &mut KvPool,
-        work: &'w mut DecodeWork,
-        batch: &mut [(&mut SeqKv, &[u32])],
-    ) -> Result<&'w [f32]> {
+    /// Checks that every sequence of `batch` fits (in `max_seq_len` and in `pool`) before any
+    /// is written.
+    fn check_step(&self, pool: &KvPool, batch: &[(&mut SeqKv, &[u32])]) -> Result<()> {
         let (vocab, max) = (self.config.vocab_size, self.config.max_seq_len);
         let width = self.config.n_kv_heads * self.config.head_dim();
         if pool.layers.len() != self.config.n_layers || pool.width() != width {
@@ -139,7 +158,7 @@ impl Model {
         if batch.is_empty() {
             return Err(ModelError::EmptyBatch { b: 0, t: 0 });
         }
-        for (seq, tokens) in batch.iter() {
+        for (seq, tokens) in batch {
             if tokens.is_empty() {
                 return Err(ModelError::EmptyBatch { b: 1, t: 0 });
             }
@@ -158,27 +177,23 @@ impl Model {
                 capacity: pool.capacity(),
             });
         }
+        Ok(())
+    }
+
+    fn step_paged<'w>(
+        &mut self,
+        pool: &mut KvPool,
+        work: &'w mut DecodeWork,
+        batch: &mut [(&mut SeqKv, &[u32])],
+    ) -> Result<&'w [f32]> {
+        self.check_step(pool, batch)?;
         for (seq, tokens) in batch.iter_mut() {
             pool.reserve(seq, tokens.len())?;
         }
 
         let (rows, sequences) = (batch.iter().map(|(_, t)| t.len()).sum::<usize>(), batch.len());
         let c = self.config.d_model;
-        if work.acts.is_none() || work.rows != rows || work.sequences != sequences {
-            *work = DecodeWork {
-                rows,
-                sequences,
-                acts: Some(self.block(0).acts(1, rows)),
-                x: vec![0.0; rows * c],
-                y: vec![0.0; rows * c],
-                tokens: Vec::with_capacity(rows),
-                last: vec![0.0; sequences * c],
-                head_in: vec![0.0; sequences * c],
-                final_norm: NormSaved::new(sequences),
-                logits: vec![0.0; sequences * vocab],
-                expert_load: std::mem::take(&mut work.expert_load),
-            };
-        }
+        work.fit(self, rows, sequences);
         work.tokens.clear();
         batch.iter().for_each(|(_, tokens)| work.tokens.extend_from_slice(tokens));
         let mut row = 0;
@@ -202,18 +217,8 @@ impl Model {
         let block_size = pool.block_size();
         let layers = pool.layers.len();
         for (layer, kv) in pool.layers.iter_mut().enumerate() {
-            let cached = Cached { kv, block_size, segments: &segments, decoding: &decoding };
-            blocks[layer % unique].forward(
-                params,
-                acts,
-                &mut work.y,
-                &work.x,
-                1,
-                rows,
-                None,
-                false,
-                Some(cached),
-            );
+            let pass = Pass::Decode(Cached { kv, block_size, segments: &segments, decoding: &decoding });
+            blocks[layer % unique].forward(params, acts, &mut work.y, &work.x, 1, rows, pass);
             std::mem::swap(&mut work.x, &mut work.y);
             if let Some(expert_rows) = acts.expert_rows() {
                 let e = expert_rows.len();

@@ -23,6 +23,9 @@ pub enum ModelError {
     Tensor { name: String, problem: String },
     #[error("safetensors: {0}")]
     SafeTensors(#[from] safetensors::SafeTensorError),
+    /// Turning generated ids into text failed.
+    #[error(transparent)]
+    Data(#[from] truthgpt_data::DataError),
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -1,11 +1,14 @@
-//! Sampling and the token stream that generation is built on: [`Generator`] is an iterator of
-//! token ids over a [`KvCache`], which the CLI prints and the server streams.
+//! Sampling, and the generation of one sequence: [`Generator`] runs the model over a
+//! [`KvCache`] and leaves the sequence's rules (stop tokens and strings, text, limits, usage) to
+//! its [`Sequence`], the same state the server's scheduler keeps for each request.
 
+use truthgpt_data::TextDecoder;
 use truthgpt_engine::rng::Rng;
 
 use crate::decode::KvCache;
 use crate::error::{ModelError, Result};
 use crate::model::Model;
+use crate::sequence::{FinishReason, Limits, Sequence, Step};
 
 /// How the next token is chosen from the logits.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,15 +49,6 @@ impl Sampling {
         }
         Ok(())
     }
-}
-
-/// Why a [`Generator`] stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// It produced a stop token (not yielded).
-    Stop,
-    /// It produced `max_tokens`, or the sequence reached `max_seq_len`.
-    Length,
 }
 
 /// Turns logits into a token id; owns its random state and scratch.
@@ -144,53 +138,54 @@ pub fn argmax(logits: &[f32]) -> u32 {
     (0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best }) as u32
 }
 
-/// Generated token ids, one per `next()`: the prompt is run on the first call, then one cached
-/// step per token. Stops after `max_tokens`, at a stop token, or at `max_seq_len`.
-pub struct Generator<'m> {
-    model: &'m mut Model,
+/// One sequence generated from a prompt: the prompt is run on the first step, then one cached
+/// step per token. As an iterator it yields token ids (a stop token ends it unyielded); with
+/// [`Generator::with_text`], [`Generator::step`] also gives the text.
+pub struct Generator<'a> {
+    model: &'a mut Model,
     cache: KvCache,
     sampler: Sampler,
     /// Prompt then generated tokens.
     history: Vec<u32>,
     /// Tokens to run next: the prompt, then the last sampled token.
     pending: std::ops::Range<usize>,
-    remaining: usize,
-    stop_tokens: Vec<u32>,
-    finish: Option<FinishReason>,
+    sequence: Sequence<'a>,
 }
 
-impl<'m> Generator<'m> {
+impl<'a> Generator<'a> {
     /// Checks the prompt (non-empty, in vocabulary, shorter than `max_seq_len`) and the sampling
-    /// settings before any work.
+    /// settings before any work. Any of `stop_tokens` ends the sequence.
     pub fn new(
-        model: &'m mut Model,
+        model: &'a mut Model,
         prompt: &[u32],
         max_tokens: usize,
         sampling: Sampling,
         stop_tokens: Vec<u32>,
     ) -> Result<Self> {
-        let max = model.config.max_seq_len;
-        if prompt.len() >= max {
-            return Err(ModelError::PromptTooLong { tokens: prompt.len(), max });
+        let max_seq_len = model.config.max_seq_len;
+        if prompt.len() >= max_seq_len {
+            return Err(ModelError::PromptTooLong { tokens: prompt.len(), max: max_seq_len });
         }
         model.check_batch(prompt, 1, prompt.len())?;
         let sampler = Sampler::new(sampling)?;
         let cache = model.new_cache();
-        Ok(Generator {
-            model,
-            cache,
-            sampler,
-            history: prompt.to_vec(),
-            pending: 0..prompt.len(),
-            remaining: max_tokens,
-            stop_tokens,
-            finish: None,
-        })
+        let sequence = Sequence::new(prompt.len(), Limits { max_tokens, max_seq_len }, stop_tokens);
+        Ok(Generator { model, cache, sampler, history: prompt.to_vec(), pending: 0..prompt.len(), sequence })
     }
 
-    /// Why generation ended, once `next()` has returned `None`.
+    /// Also decodes the tokens into text with `decoder`, cut before the first of `stop`.
+    pub fn with_text(self, decoder: TextDecoder<'a>, stop: &[String]) -> Self {
+        Generator { sequence: self.sequence.with_text(decoder, stop), ..self }
+    }
+
+    /// Why generation ended, once it has.
     pub fn finish_reason(&self) -> Option<FinishReason> {
-        self.finish
+        self.sequence.finish_reason()
+    }
+
+    /// The sequence's counts and limits.
+    pub fn sequence(&self) -> &Sequence<'a> {
+        &self.sequence
     }
 
     /// The prompt and every token generated so far.
@@ -198,24 +193,18 @@ impl<'m> Generator<'m> {
         &self.history
     }
 
-    fn step(&mut self) -> Result<Option<u32>> {
-        if self.finish.is_some() {
-            return Ok(None);
-        }
-        if self.remaining == 0 || self.history.len() >= self.cache.capacity() {
-            self.finish = Some(FinishReason::Length);
+    /// Samples one more token; `None` once the sequence has ended.
+    pub fn step(&mut self) -> Result<Option<Step>> {
+        if self.sequence.finish_reason().is_some() {
             return Ok(None);
         }
         let logits = self.model.forward_cached(&mut self.cache, &self.history[self.pending.clone()])?;
-        let token = self.sampler.sample(logits, &self.history);
-        if self.stop_tokens.contains(&token) {
-            self.finish = Some(FinishReason::Stop);
-            return Ok(None);
+        let step = self.sequence.push(self.sampler.sample(logits, &self.history))?;
+        if let Some(token) = step.token {
+            self.history.push(token);
+            self.pending = self.history.len() - 1..self.history.len();
         }
-        self.remaining -= 1;
-        self.history.push(token);
-        self.pending = self.history.len() - 1..self.history.len();
-        Ok(Some(token))
+        Ok(Some(step))
     }
 }
 
@@ -223,6 +212,10 @@ impl Iterator for Generator<'_> {
     type Item = Result<u32>;
 
     fn next(&mut self) -> Option<Result<u32>> {
-        self.step().transpose()
+        match self.step() {
+            // A step without a token was a stop token, and the sequence has ended.
+            Ok(step) => step.and_then(|step| step.token).map(Ok),
+            Err(e) => Some(Err(e)),
+        }
     }
 }

@@ -9,7 +9,9 @@
 //! - [`block`], [`model`]: pre/post-norm blocks, embeddings and head, gradient checkpointing;
 //! - [`decode`], [`paged`]: incremental decoding, one sequence or a batch, over a paged
 //!   key/value pool whose prompt-prefix blocks are shared;
-//! - [`generate`]: sampling, and the token stream generation is built on;
+//! - [`generate`]: sampling, and the generation of one sequence;
+//! - [`sequence`]: one generated sequence's rules (stop tokens and strings, streamed text,
+//!   limits, usage), shared by [`Generator`] and the server's scheduler;
 //! - [`train`]: the optimiser step.
 
 pub mod attention;
@@ -24,11 +26,13 @@ pub mod model;
 pub mod moe;
 pub mod paged;
 pub mod params;
+pub mod sequence;
 pub mod train;
 
 pub use decode::{DecodeWork, KvCache};
 pub use error::{ModelError, Result};
-pub use generate::{FinishReason, Generator, Sampler, Sampling};
-pub use model::Model;
+pub use generate::{Generator, Sampler, Sampling};
+pub use model::{Mode, Model};
 pub use paged::{KvPool, SeqKv};
+pub use sequence::{FinishReason, Limits, Sequence, Step, Usage};
 pub use train::{Batch, StepStats, Trainer};

@@ -2,13 +2,14 @@
 //! buffers of one (B, T) shape allocated once and reused by every step.
 //!
 //! `forward` -> `loss_and_grad` (fused softmax cross-entropy, writes dlogits over the logits) ->
-//! `backward`. With gradient checkpointing only the residual stream between blocks is kept; each
+//! `backward`. A forward's [`Mode`] decides dropout and whether MoE routing is counted; backward
+//! replays the dropout of the forward before it. With gradient checkpointing only the residual stream between blocks is kept; each
 //! block's internals are recomputed, one block at a time, in backward.
 
 use truthgpt_config::{ModelConfig, NormPosition, Positional};
 use truthgpt_engine::{embedding, loss, rng::dropout_inplace};
 
-use crate::block::{Block, BlockActs, BlockScratch, DropoutSeeds, FeedForward};
+use crate::block::{Block, BlockActs, BlockScratch, DropoutSeeds, FeedForward, Pass};
 use crate::error::{ModelError, Result};
 use crate::linear::{Linear, Norm, NormSaved};
 use crate::moe::Moe;
@@ -34,6 +35,16 @@ impl PositionTable {
     }
 }
 
+/// What a forward is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A training step: dropout masks drawn from `dropout_seed` (when the config has dropout),
+    /// and the MoE token counters and aux-free balancing see the batch.
+    Train { dropout_seed: u64 },
+    /// Evaluation: no dropout, nothing counted.
+    Eval,
+}
+
 #[derive(Debug, Clone)]
 pub struct Model {
     pub config: ModelConfig,
@@ -47,9 +58,6 @@ pub struct Model {
     pub(crate) final_norm: Option<Norm>,
     pub(crate) head: Linear,
     checkpointing: bool,
-    /// Training forwards count MoE routing (token counters, aux-free balancing); eval ones do not.
-    training: bool,
-    dropout_seed: Option<u64>,
     state: Option<State>,
 }
 
@@ -77,6 +85,8 @@ struct State {
     dhead_in: Vec<f32>,
     logits_are_grads: bool,
     router_losses: (f32, f32),
+    /// The last forward's dropout seed (`None`: no dropout), which its backward replays.
+    dropout_seed: Option<u64>,
 }
 
 impl Model {
@@ -129,8 +139,6 @@ impl Model {
             final_norm,
             head,
             checkpointing: false,
-            training: false,
-            dropout_seed: None,
             state: None,
         }
     }
@@ -145,17 +153,6 @@ impl Model {
             self.checkpointing = on;
             self.state = None;
         }
-    }
-
-    /// In training mode forwards update the MoE token counters and balancing state; the
-    /// [`crate::Trainer`] turns it on for its steps only. Dropout is separate ([`Model::set_dropout_seed`]).
-    pub fn set_training(&mut self, on: bool) {
-        self.training = on;
-    }
-
-    /// Dropout for the next forward/backward pair uses `seed`; `None` turns dropout off (eval).
-    pub fn set_dropout_seed(&mut self, seed: Option<u64>) {
-        self.dropout_seed = seed.filter(|_| self.config.dropout > 0.0);
     }
 
     pub fn zero_grad(&mut self) {
@@ -205,6 +202,7 @@ impl Model {
             dhead_in: vec![0.0; n * c],
             logits_are_grads: false,
             router_losses: (0.0, 0.0),
+            dropout_seed: None,
         });
     }
 
@@ -251,29 +249,22 @@ impl Model {
     }
 
     /// Runs the model on `tokens (B, T)` and returns the logits (B*T, V).
-    pub fn forward(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<&[f32]> {
+    pub fn forward(&mut self, tokens: &[u32], b: usize, t: usize, mode: Mode) -> Result<&[f32]> {
         self.check_batch(tokens, b, t)?;
         self.ensure_state(b, t);
         let (n, c, layers) = (b * t, self.config.d_model, self.config.n_layers);
         let dropout = self.config.dropout;
-        let Model {
-            params,
-            blocks,
-            state,
-            positions,
-            wte,
-            final_norm,
-            head,
-            checkpointing,
-            training,
-            dropout_seed,
-            ..
-        } = self;
+        let dropout_seed = match mode {
+            Mode::Train { dropout_seed } if dropout > 0.0 => Some(dropout_seed),
+            Mode::Train { .. } | Mode::Eval => None,
+        };
+        let Model { params, blocks, state, positions, wte, final_norm, head, checkpointing, .. } = self;
         let s = state.as_mut().expect("state was just ensured");
         s.tokens.copy_from_slice(tokens);
         s.logits_are_grads = false;
+        s.dropout_seed = dropout_seed;
         embedding::forward(&mut s.residual[..n * c], tokens, wte.of(params), positions.table(params), t, c);
-        if let Some(seed) = *dropout_seed {
+        if let Some(seed) = dropout_seed {
             dropout_inplace(&mut s.residual[..n * c], dropout, seed ^ EMBEDDING_DROPOUT);
         }
         let mut router_losses = (0.0, 0.0);
@@ -281,18 +272,11 @@ impl Model {
             let (x, y) = s.residual.split_at_mut((layer + 1) * n * c);
             let acts = &mut s.acts[if *checkpointing { 0 } else { layer }];
             let unique = blocks.len();
-            let seeds = dropout_seeds(*dropout_seed, layer);
-            blocks[layer % unique].forward(
-                params,
-                acts,
-                y,
-                &x[layer * n * c..],
-                b,
-                t,
-                seeds,
-                *training,
-                None,
-            );
+            let pass = match mode {
+                Mode::Train { .. } => Pass::Train { seeds: dropout_seeds(dropout_seed, layer) },
+                Mode::Eval => Pass::Eval,
+            };
+            blocks[layer % unique].forward(params, acts, y, &x[layer * n * c..], b, t, pass);
             let (aux, z) = Block::router_losses(acts);
             router_losses = (router_losses.0 + aux, router_losses.1 + z);
         }
@@ -376,19 +360,8 @@ impl Model {
         }
         let (c, layers) = (self.config.d_model, self.config.n_layers);
         let dropout = self.config.dropout;
-        let Model {
-            params,
-            grads,
-            blocks,
-            state,
-            positions,
-            wte,
-            final_norm,
-            head,
-            checkpointing,
-            dropout_seed,
-            ..
-        } = self;
+        let Model { params, grads, blocks, state, positions, wte, final_norm, head, checkpointing, .. } =
+            self;
         let s = state.as_mut().expect("checked");
         let (b, t) = (s.b, s.t);
         let n = b * t;
@@ -400,24 +373,15 @@ impl Model {
         }
         let unique = blocks.len();
         for layer in (0..layers).rev() {
-            let seeds = dropout_seeds(*dropout_seed, layer);
+            let seeds = dropout_seeds(s.dropout_seed, layer);
             let (x, y) = s.residual.split_at_mut((layer + 1) * n * c);
             let x = &x[layer * n * c..];
             let acts = if *checkpointing {
                 // Recompute this block's internals; its output is already in the residual stream.
                 // The last block's are still in the shared buffer from the forward pass.
                 if layer + 1 < layers {
-                    blocks[layer % unique].forward(
-                        params,
-                        &mut s.acts[0],
-                        &mut y[..n * c],
-                        x,
-                        b,
-                        t,
-                        seeds,
-                        false,
-                        None,
-                    );
+                    let pass = Pass::Recompute { seeds };
+                    blocks[layer % unique].forward(params, &mut s.acts[0], &mut y[..n * c], x, b, t, pass);
                 }
                 &s.acts[0]
             } else {
@@ -436,7 +400,7 @@ impl Model {
                 loss_scale,
             );
         }
-        if let Some(seed) = *dropout_seed {
+        if let Some(seed) = s.dropout_seed {
             dropout_inplace(&mut s.dres, dropout, seed ^ EMBEDDING_DROPOUT);
         }
         // With a tied head, `wte`'s gradient already holds the head's part; the lookup adds to it.

@@ -235,17 +235,8 @@ impl Moe {
         }
     }
 
-    /// `y (N, C)` is written. With `record`, the token counters and the bias balancer see this
-    /// batch; a checkpointing recompute passes `false` so nothing is counted twice.
-    pub fn forward(
-        &mut self,
-        params: &[f32],
-        acts: &mut MoeActs,
-        y: &mut [f32],
-        x: &[f32],
-        n: usize,
-        record: bool,
-    ) {
+    /// `y (N, C)` is written. Counting the routing is [`Moe::count`]'s, for training forwards.
+    pub fn forward(&self, params: &[f32], acts: &mut MoeActs, y: &mut [f32], x: &[f32], n: usize) {
         let (e, k, c) = (self.n_experts(), self.top_k, self.router.inp);
         self.router.forward(params, &mut acts.logits, x, n);
         self.route(acts, n);
@@ -276,13 +267,17 @@ impl Moe {
             }
         }
         self.losses(acts, n);
-        if record {
-            for i in 0..e {
-                self.stats.tokens[i] += acts.rows[i] as u64;
-                self.pending_load[i] += acts.chosen[i] as u64;
-            }
-            self.stats.dropped += acts.slot[..n * k].iter().filter(|&&s| s == DROPPED).count() as u64;
+    }
+
+    /// Adds the routing of the forward that filled `acts` (`n` tokens) to the token counters and
+    /// the bias balancer. Training forwards only: an evaluation, a decode step or a checkpointing
+    /// recompute must not move the balancing.
+    pub fn count(&mut self, acts: &MoeActs, n: usize) {
+        for i in 0..self.n_experts() {
+            self.stats.tokens[i] += acts.rows[i] as u64;
+            self.pending_load[i] += acts.chosen[i] as u64;
         }
+        self.stats.dropped += acts.slot[..n * self.top_k].iter().filter(|&&s| s == DROPPED).count() as u64;
     }
 
     /// Runs experts `range` on their gathered rows, the two halves of the range in parallel:

@@ -5,7 +5,7 @@ use truthgpt_config::TrainConfig;
 use truthgpt_engine::optim::{self, AdamW};
 
 use crate::error::{ModelError, Result};
-use crate::model::Model;
+use crate::model::{Mode, Model};
 
 /// One micro-batch: `tokens` and next-token `targets`, both (B, T) row-major.
 #[derive(Debug, Clone, Copy)]
@@ -78,11 +78,7 @@ impl Trainer {
         }
         let scale = 1.0 / micro_batches.len() as f32;
         self.model.zero_grad();
-        self.model.set_training(true);
-        let result = self.accumulate(micro_batches, scale);
-        self.model.set_training(false);
-        self.model.set_dropout_seed(None);
-        let (loss, aux, z) = result?;
+        let (loss, aux, z) = self.accumulate(micro_batches, scale)?;
         let grad_norm = optim::sum_of_squares(&self.model.grads).sqrt() as f32;
         let clip = optim::clip_factor(grad_norm, self.config.grad_clip);
         let lr = self.config.lr_at(self.step as usize);
@@ -114,8 +110,8 @@ impl Trainer {
         let (mut loss, mut aux, mut z) = (0.0, 0.0, 0.0);
         for (micro, batch) in micro_batches.iter().enumerate() {
             let seed = self.config.seed ^ (self.step << 16) ^ micro as u64;
-            self.model.set_dropout_seed(Some(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-            self.model.forward(batch.tokens, batch.b, batch.t)?;
+            let dropout_seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            self.model.forward(batch.tokens, batch.b, batch.t, Mode::Train { dropout_seed })?;
             loss += self.model.loss_and_grad(batch.targets, scale)? * scale;
             let (a, zl) = self.model.router_losses();
             (aux, z) = (aux + a * scale, z + zl * scale);

@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 use truthgpt_config::Config;
-use truthgpt_model::{Model, ModelError};
+use truthgpt_model::{Mode, Model, ModelError};
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
@@ -15,7 +15,7 @@ proptest! {
     ) {
         let config = Config::preset("tiny").unwrap();
         let mut model = Model::new(&config.model, 0);
-        match model.forward(&tokens, b, t) {
+        match model.forward(&tokens, b, t, Mode::Eval) {
             Ok(logits) => {
                 prop_assert_eq!(logits.len(), b * t * 256);
                 prop_assert!(tokens.iter().all(|&id| id < 256) && t <= 64 && tokens.len() == b * t && b * t > 0);
@@ -41,7 +41,7 @@ fn backward_before_forward_is_an_error() {
 fn targets_are_checked_like_tokens() {
     let config = Config::preset("tiny").unwrap();
     let mut model = Model::new(&config.model, 0);
-    model.forward(&[1, 2, 3, 4], 1, 4).unwrap();
+    model.forward(&[1, 2, 3, 4], 1, 4, Mode::Eval).unwrap();
     let err = model.loss_and_grad(&[1, 2, 3, 999], 1.0).unwrap_err();
     assert!(err.to_string().contains("token id 999 at position 3"), "{err}");
     assert!(matches!(model.loss_and_grad(&[1, 2], 1.0), Err(ModelError::BatchShape { .. })));

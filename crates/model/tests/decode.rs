@@ -5,7 +5,7 @@ use truthgpt_config::{Config, FfnKind, ModelConfig, NormPosition, Positional, Tr
 use truthgpt_engine::close::max_abs_diff;
 use truthgpt_engine::rng::Rng;
 use truthgpt_model::generate::argmax;
-use truthgpt_model::{FinishReason, Generator, Model, ModelError, Sampler, Sampling};
+use truthgpt_model::{FinishReason, Generator, Mode, Model, ModelError, Sampler, Sampling};
 
 const T: usize = 40;
 
@@ -69,7 +69,7 @@ fn cached_logits_equal_full_recomputation() {
         let mut model = model(&config);
         let tokens = random_tokens(T, config.vocab_size, 5);
         let v = config.vocab_size;
-        let full = model.forward(&tokens, 1, T).unwrap().to_vec();
+        let full = model.forward(&tokens, 1, T, Mode::Eval).unwrap().to_vec();
         let mut cache = model.new_cache();
         let mut at = 0;
         for chunk in [10, 1, 1, 6, 1, 21] {
@@ -98,7 +98,7 @@ fn greedy_generation_equals_recomputation() {
         let mut sequence = prompt.clone();
         for _ in 0..25 {
             let t = sequence.len();
-            let logits = model.forward(&sequence, 1, t).unwrap();
+            let logits = model.forward(&sequence, 1, t, Mode::Eval).unwrap();
             let last = &logits[(t - 1) * config.vocab_size..];
             sequence.push(argmax(last));
         }
@@ -223,7 +223,7 @@ fn rope_beyond_the_precomputed_positions() {
     let mut model = model(&config);
     let tokens = random_tokens(4150, config.vocab_size, 9);
     let vocab = config.vocab_size;
-    let full = model.forward(&tokens, 1, tokens.len()).unwrap().to_vec();
+    let full = model.forward(&tokens, 1, tokens.len(), Mode::Eval).unwrap().to_vec();
     let mut cache = model.new_cache();
     model.forward_cached(&mut cache, &tokens[..4090]).unwrap();
     for (i, &token) in tokens.iter().enumerate().skip(4090) {

@@ -10,7 +10,7 @@ use truthgpt_config::{
     NormPosition, Positional, RopeScaling, RopeScalingKind, TrainConfig,
 };
 use truthgpt_engine::rng::Rng;
-use truthgpt_model::Model;
+use truthgpt_model::{Mode, Model};
 
 const B: usize = 2;
 const T: usize = 8;
@@ -31,24 +31,24 @@ fn base() -> ModelConfig {
     }
 }
 
-fn objective(model: &mut Model, tokens: &[u32], targets: &[u32]) -> f64 {
-    model.forward(tokens, B, T).unwrap();
+fn objective(model: &mut Model, tokens: &[u32], targets: &[u32], mode: Mode) -> f64 {
+    model.forward(tokens, B, T, mode).unwrap();
     let (aux, z) = model.router_losses();
     model.loss(targets).unwrap() as f64 + aux as f64 + z as f64
 }
 
-fn check(name: &str, config: ModelConfig, dropout_seed: Option<u64>) {
+/// Every forward runs in `mode`: training with a fixed dropout seed keeps one mask throughout.
+fn check(name: &str, config: ModelConfig, mode: Mode) {
     let train = TrainConfig { seq_len: T, ..TrainConfig::default() };
     Config { model: config.clone(), train, ..Config::default() }.validate().unwrap();
     let mut model = Model::new(&config, 7);
-    model.set_dropout_seed(dropout_seed);
     let mut rng = Rng::new(11);
     let mut draw =
         |n: usize| (0..n).map(|_| (rng.next_u64() % config.vocab_size as u64) as u32).collect::<Vec<_>>();
     let (tokens, targets) = (draw(B * T), draw(B * T));
 
     model.zero_grad();
-    model.forward(&tokens, B, T).unwrap();
+    model.forward(&tokens, B, T, mode).unwrap();
     model.loss_and_grad(&targets, 1.0).unwrap();
     model.backward(1.0).unwrap();
     let grads = model.grads.clone();
@@ -70,7 +70,7 @@ fn check(name: &str, config: ModelConfig, dropout_seed: Option<u64>) {
                 for ((p, s), d) in model.params[range.clone()].iter_mut().zip(&saved).zip(&dir) {
                     *p = (*s as f64 + eps * d) as f32;
                 }
-                let loss = objective(model, &tokens, &targets);
+                let loss = objective(model, &tokens, &targets, mode);
                 (loss, model.routing().concat())
             };
             // Top-k routing is piecewise: shrink the step until both sides route like the base point.
@@ -108,7 +108,7 @@ fn positional_schemes() {
         Positional::Alibi,
         Positional::Relative,
     ] {
-        check(&format!("{positional:?}"), ModelConfig { positional, ..base() }, None);
+        check(&format!("{positional:?}"), ModelConfig { positional, ..base() }, Mode::Eval);
     }
 }
 
@@ -120,7 +120,7 @@ fn rope_scaling() {
     {
         let scaling = RopeScaling { original_max_seq_len: Some(4), ..RopeScaling::new(kind, 4.0) };
         let config = ModelConfig { positional: Positional::Rope, rope_scaling: Some(scaling), ..base() };
-        check(&format!("rope {kind:?}"), config, None);
+        check(&format!("rope {kind:?}"), config, Mode::Eval);
     }
 }
 
@@ -131,7 +131,7 @@ fn norms_and_their_position() {
             check(
                 &format!("{norm:?} {norm_position:?}"),
                 ModelConfig { norm, norm_position, ..base() },
-                None,
+                Mode::Eval,
             );
         }
     }
@@ -141,7 +141,7 @@ fn norms_and_their_position() {
 fn grouped_and_multi_query_attention() {
     for n_kv_heads in [2, 1] {
         let config = ModelConfig { n_kv_heads, positional: Positional::Rope, ..base() };
-        check(&format!("kv heads {n_kv_heads}"), config, None);
+        check(&format!("kv heads {n_kv_heads}"), config, Mode::Eval);
     }
 }
 
@@ -156,18 +156,18 @@ fn sliding_window_and_qkv_bias() {
             positional: Positional::Rope,
             ..base()
         };
-        check(&format!("window {sliding_window}"), config, None);
+        check(&format!("window {sliding_window}"), config, Mode::Eval);
     }
 }
 
 #[test]
 fn dense_feed_forwards() {
     for ffn in [FfnKind::Mlp, FfnKind::Geglu, FfnKind::Swiglu] {
-        check(&format!("{ffn:?}"), ModelConfig { ffn, ..base() }, None);
+        check(&format!("{ffn:?}"), ModelConfig { ffn, ..base() }, Mode::Eval);
     }
     for ffn in [FfnKind::Mlp, FfnKind::Geglu] {
         let config = ModelConfig { ffn, gelu_approximate: GeluApproximate::Tanh, ..base() };
-        check(&format!("{ffn:?} tanh"), config, None);
+        check(&format!("{ffn:?} tanh"), config, Mode::Eval);
     }
 }
 
@@ -185,24 +185,24 @@ fn moe(top_k: usize, dropless: bool, balancing: Balancing) -> ModelConfig {
 
 #[test]
 fn moe_top2_with_aux_and_z_losses() {
-    check("moe top-2", moe(2, true, Balancing::Aux), None);
+    check("moe top-2", moe(2, true, Balancing::Aux), Mode::Eval);
 }
 
 #[test]
 fn moe_top1_switch_gate() {
-    check("moe top-1", moe(1, true, Balancing::Aux), None);
+    check("moe top-1", moe(1, true, Balancing::Aux), Mode::Eval);
 }
 
 #[test]
 fn moe_with_capacity_drops() {
-    check("moe capacity 1.0", moe(2, false, Balancing::Aux), None);
+    check("moe capacity 1.0", moe(2, false, Balancing::Aux), Mode::Eval);
 }
 
 #[test]
 fn moe_with_aux_free_bias_balancing() {
     let mut config = moe(2, true, Balancing::Bias);
     config.moe.expert = ExpertKind::Geglu;
-    check("moe bias balancing", config, None);
+    check("moe bias balancing", config, Mode::Eval);
 }
 
 #[test]
@@ -214,19 +214,19 @@ fn pimoe_typed_experts() {
         ExpertGroup { name: "reasoning".into(), kind: ExpertKind::Swiglu, count: 2, width: 24 },
         ExpertGroup { name: "computation".into(), kind: ExpertKind::Mlp, count: 3, width: 8 },
     ];
-    check("pimoe", config, None);
+    check("pimoe", config, Mode::Eval);
 }
 
 #[test]
 fn tied_embeddings_shared_layers_and_no_bias() {
-    check("tied", ModelConfig { tie_embeddings: true, ..base() }, None);
-    check("shared layers", ModelConfig { share_layers: true, ..base() }, None);
-    check("no bias", ModelConfig { bias: false, ..base() }, None);
+    check("tied", ModelConfig { tie_embeddings: true, ..base() }, Mode::Eval);
+    check("shared layers", ModelConfig { share_layers: true, ..base() }, Mode::Eval);
+    check("no bias", ModelConfig { bias: false, ..base() }, Mode::Eval);
 }
 
 #[test]
 fn dropout_with_a_fixed_mask() {
-    check("dropout", ModelConfig { dropout: 0.2, ..base() }, Some(42));
+    check("dropout", ModelConfig { dropout: 0.2, ..base() }, Mode::Train { dropout_seed: 42 });
 }
 
 /// Checkpointing must change memory, not numbers: gradients are bit-identical.
@@ -239,9 +239,7 @@ fn gradient_checkpointing_gives_identical_gradients() {
         let grads = |checkpointing: bool| {
             let mut model = Model::new(&config, 7);
             model.set_gradient_checkpointing(checkpointing);
-            model.set_training(true);
-            model.set_dropout_seed(Some(9));
-            model.forward(&tokens, B, T).unwrap();
+            model.forward(&tokens, B, T, Mode::Train { dropout_seed: 9 }).unwrap();
             model.loss_and_grad(&targets, 1.0).unwrap();
             model.backward(1.0).unwrap();
             let stats: Vec<_> = model.moe_layers().map(|m| m.stats.clone()).collect();

@@ -2,7 +2,7 @@
 //! buffers, so activation memory falls by more than half once a model has a few layers.
 
 use truthgpt_config::Config;
-use truthgpt_model::Model;
+use truthgpt_model::{Mode, Model};
 
 fn activation_bytes(checkpointing: bool) -> usize {
     let mut config = Config::preset("gpt2-small").unwrap();
@@ -16,7 +16,7 @@ fn activation_bytes(checkpointing: bool) -> usize {
     let mut model = Model::new(&config.model, 0);
     model.set_gradient_checkpointing(checkpointing);
     let tokens = vec![1u32; 256];
-    model.forward(&tokens, 1, 256).unwrap();
+    model.forward(&tokens, 1, 256, Mode::Eval).unwrap();
     model.activation_bytes()
 }
 

@@ -3,7 +3,7 @@
 
 use truthgpt_config::{Config, FfnKind};
 use truthgpt_engine::rng::Rng;
-use truthgpt_model::{Batch, Model, Trainer};
+use truthgpt_model::{Batch, Mode, Model, Trainer};
 
 fn memorise(ffn: FfnKind) -> f32 {
     let mut config = Config::preset("tiny").unwrap();
@@ -71,7 +71,7 @@ fn eval_forwards_do_not_count_routing() {
     let (mut trainer, config, tokens) = one_step(FfnKind::Moe);
     let (b, t) = (config.train.batch_size, config.train.seq_len);
     let counted: Vec<_> = trainer.model.moe_layers().map(|m| m.stats.clone()).collect();
-    trainer.model.forward(&tokens, b, t).unwrap();
+    trainer.model.forward(&tokens, b, t, Mode::Eval).unwrap();
     trainer.model.loss(&tokens).unwrap();
     assert_eq!(trainer.model.moe_layers().map(|m| m.stats.clone()).collect::<Vec<_>>(), counted);
 }

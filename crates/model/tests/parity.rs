@@ -8,7 +8,7 @@ use safetensors::SafeTensors;
 use truthgpt_config::{ModelConfig, TrainConfig};
 use truthgpt_engine::close;
 use truthgpt_model::io::f32_values;
-use truthgpt_model::{Batch, Model, Trainer};
+use truthgpt_model::{Batch, Mode, Model, Trainer};
 
 const TOLERANCE: f64 = 1e-4;
 
@@ -71,7 +71,7 @@ const T: usize = 16;
 fn check_forward_backward(case: &str) {
     let fixture = Fixture::open(case);
     let (mut model, tokens, targets) = fixture.model();
-    let logits = model.forward(&tokens, B, T).unwrap().to_vec();
+    let logits = model.forward(&tokens, B, T, Mode::Eval).unwrap().to_vec();
     let mut report = vec![format!("logits {:.1e}", assert_close("logits", &logits, &fixture.f32s("logits")))];
     let (aux, z) = model.router_losses();
     assert_close("aux_loss", &[aux], &fixture.f32s("aux_loss"));

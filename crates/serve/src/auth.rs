@@ -21,14 +21,7 @@ use utoipa::ToSchema;
 
 use crate::config::{JwtConfig, KeyConfig};
 use crate::error::ApiError;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Readonly,
-    User,
-    Admin,
-}
+use crate::types::Role;
 
 /// The caller of one request, put in its extensions by [`authenticate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,15 +32,17 @@ pub struct Principal {
     pub tenant: Arc<str>,
     pub role: Role,
     /// When its credential stops being valid (a JWT's `exp` plus the leeway), in Unix seconds;
-    /// checked again before each generation on a long-lived WebSocket.
+    /// checked again before each generation on a long-lived WebSocket
+    /// ([`Authenticator::has_expired`]).
     pub expires_at: Option<u64>,
 }
 
-impl Principal {
-    pub fn has_expired(&self) -> bool {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        self.expires_at.is_some_and(|at| now.as_secs() > at)
-    }
+/// The time in Unix seconds. Production reads the system clock; tests build the authenticator
+/// with one they move ([`Authenticator::with_clock`]), so expiry needs no waiting.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+fn system_clock() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// One configured key: its digest and whose it is.
@@ -90,11 +85,14 @@ struct Jwt {
     leeway: u64,
 }
 
-/// The claims we read; `exp` and `aud` are checked by the validation itself.
+/// The claims we read; `aud` is checked by the validation itself, `exp` and `nbf` against the
+/// authenticator's clock.
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
     exp: u64,
+    #[serde(default)]
+    nbf: Option<u64>,
     #[serde(default)]
     tenant: Option<String>,
     role: Role,
@@ -105,6 +103,7 @@ struct Claims {
 pub struct Authenticator {
     keys: Vec<Key>,
     jwt: Option<Jwt>,
+    clock: Clock,
 }
 
 impl Authenticator {
@@ -128,7 +127,17 @@ impl Authenticator {
             parsed.push(Key { digest, principal });
         }
         let jwt = jwt.map(Jwt::new).transpose()?;
-        Ok(Authenticator { keys: parsed, jwt })
+        Ok(Authenticator { keys: parsed, jwt, clock: Arc::new(system_clock) })
+    }
+
+    /// The same credentials, with time read from `clock` instead of the system's.
+    pub fn with_clock(self, clock: Clock) -> Self {
+        Authenticator { clock, ..self }
+    }
+
+    /// Whether `principal`'s credential has expired since it was checked.
+    pub fn has_expired(&self, principal: &Principal) -> bool {
+        principal.expires_at.is_some_and(|at| (self.clock)() > at)
     }
 
     /// Plain keys, as `--api-key` gives them: see [`KeyConfig::plain`].
@@ -167,7 +176,7 @@ impl Authenticator {
             return Ok(principal.clone());
         }
         match &self.jwt {
-            Some(jwt) if credential.split('.').count() == 3 => jwt.verify(credential),
+            Some(jwt) if credential.split('.').count() == 3 => jwt.verify(credential, (self.clock)()),
             _ => Err("the API key is not valid"),
         }
     }
@@ -203,7 +212,8 @@ impl Jwt {
         })
     }
 
-    fn verify(&self, token: &str) -> Result<Principal, &'static str> {
+    /// The token's caller at Unix time `now`.
+    fn verify(&self, token: &str, now: u64) -> Result<Principal, &'static str> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| "the token is not a valid JWT")?;
         // The key is chosen by the algorithm we configured for it, never by the token alone.
         let key = match header.alg {
@@ -215,29 +225,35 @@ impl Jwt {
         let mut validation = Validation::new(header.alg);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = self.leeway;
+        // Times are checked below, on our clock: jsonwebtoken's is always the system's.
+        validation.validate_exp = false;
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);
         }
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
-                ErrorKind::ExpiredSignature => "the token has expired",
-                ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
                 ErrorKind::InvalidAudience => "the token is for another audience",
                 ErrorKind::InvalidIssuer => "the token is from another issuer",
                 ErrorKind::InvalidSignature => "the token's signature is not valid",
                 _ => "the token is not valid",
             }
         })?;
-        let Claims { sub, exp, tenant, role } = data.claims;
+        let Claims { sub, exp, nbf, tenant, role } = data.claims;
+        // The leeway allows for clock skew both ways, as jsonwebtoken's own checks would.
+        let expires_at = exp.saturating_add(self.leeway);
+        if now > expires_at {
+            return Err("the token has expired");
+        }
+        if nbf.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
+            return Err("the token is not valid yet (nbf)");
+        }
         let tenant = tenant.unwrap_or_else(|| sub.clone());
         Ok(Principal {
             id: format!("jwt:{sub}").into(),
             tenant: tenant.into(),
             role,
-            expires_at: Some(exp.saturating_add(self.leeway)),
+            expires_at: Some(expires_at),
         })
     }
 }

@@ -8,7 +8,8 @@
 //! - [`limits`]: requests and tokens per minute per caller, in process or in Redis;
 //! - [`telemetry`]: Prometheus metrics as a layer, and `/metrics`;
 //! - [`template`]: chat templates; [`store`]: memory or Redis key-value store; [`state`]: what
-//!   the handlers share; [`config`]: the server's settings; [`error`]: OpenAI-shaped errors.
+//!   the handlers share; [`config`]: the server's settings; [`error`]: OpenAI-shaped errors;
+//!   [`types`]: the vocabulary several of them speak (roles, chat messages).
 //!
 //! Open routes: `/health`, `/ready` and `/openapi.json`. Everything else needs credentials, and
 //! each route group a role: `readonly` reads, `user` generates, `admin` administers.
@@ -24,6 +25,7 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod template;
+pub mod types;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -43,12 +45,13 @@ use utoipa_axum::routes;
 
 use error::ApiError;
 
-pub use auth::{Authenticator, Role};
+pub use auth::Authenticator;
 pub use config::ServeConfig;
 pub use limits::RateLimits;
 pub use scheduler::{Scheduler, SchedulerConfig};
 pub use state::{AppState, Options, Served};
 pub use store::Store;
+pub use types::{Message, Role};
 
 #[derive(OpenApi)]
 #[openapi(

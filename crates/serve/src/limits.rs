@@ -10,11 +10,11 @@
 //! 429 with `Retry-After`.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
@@ -64,6 +64,11 @@ impl Bucket {
 
     fn policy(&self) -> String {
         format!("\"{}\";q={};w=60", self.name, self.per_minute)
+    }
+
+    /// This bucket refusing a draw that fits in `wait`.
+    fn refusal(&self, wait: Duration) -> Refusal {
+        Refusal { bucket: self.name, per_minute: self.per_minute, retry_secs: wait.as_secs() + 1 }
     }
 }
 
@@ -139,7 +144,6 @@ impl RateLimits {
         }
     }
 
-    /// Spends `tokens` of `caller`'s tokens-per-minute budget.
     /// A request that needs more tokens than a whole minute's budget can never run: 400.
     fn fits(&self, tokens: usize) -> Result<(), ApiError> {
         match &self.tokens {
@@ -151,37 +155,45 @@ impl RateLimits {
         }
     }
 
-    pub async fn spend_tokens(&self, caller: &Arc<str>, tokens: usize) -> Result<(), ApiError> {
-        self.fits(tokens)?;
-        self.spend(self.tokens.as_ref(), caller, tokens as u32).await
-    }
-
-    /// Spends `cost` from `bucket` (none: no limit), or 429.
-    async fn spend(&self, bucket: Option<&Bucket>, caller: &Arc<str>, cost: u32) -> Result<(), ApiError> {
+    /// Spends `cost` from `bucket` (none: no limit), or says which bucket refused and for how long.
+    async fn spend(&self, bucket: Option<&Bucket>, caller: &Arc<str>, cost: u32) -> Result<(), Refusal> {
         let Some(bucket) = bucket else { return Ok(()) };
         let decision = self.draw(bucket, caller, cost).await;
         if decision.allowed {
             Ok(())
         } else {
-            Err(too_many(bucket, decision.retry_after))
+            Err(bucket.refusal(decision.retry_after))
         }
     }
 }
 
-fn too_many(bucket: &Bucket, wait: Duration) -> ApiError {
-    let secs = wait.as_secs() + 1;
-    ApiError::rate_limited(
-        format!("rate limit of {} {} per minute reached; retry in {secs}s", bucket.per_minute, bucket.name),
-        secs,
-    )
+/// A bucket that refused a draw: a 429, and the `RateLimit` header's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refusal {
+    bucket: &'static str,
+    per_minute: NonZeroU32,
+    /// Whole seconds until the draw would fit, rounded up (`Retry-After`).
+    retry_secs: u64,
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let message = format!(
+            "rate limit of {} {} per minute reached; retry in {}s",
+            r.per_minute, r.bucket, r.retry_secs
+        );
+        ApiError::rate_limited(message, r.retry_secs)
+    }
 }
 
 /// The caller's budgets, for handlers that spend beyond the one request the layer drew: tokens
-/// for each generation, and a request for each further generation on a WebSocket.
+/// for each generation, and a request for each further generation on a WebSocket. It keeps the
+/// last refusal, for the layer's `RateLimit` header.
 #[derive(Clone)]
 pub struct Budget {
     limits: Arc<RateLimits>,
     caller: Arc<str>,
+    refused: Arc<Mutex<Option<Refusal>>>,
 }
 
 impl Budget {
@@ -190,13 +202,27 @@ impl Budget {
         self.limits.fits(tokens)
     }
 
+    /// Spends `tokens` of the caller's tokens-per-minute budget, or 429 (400 if they never fit).
     pub async fn spend(&self, tokens: usize) -> Result<(), ApiError> {
-        self.limits.spend_tokens(&self.caller, tokens).await
+        self.fits(tokens)?;
+        self.draw(self.limits.tokens.as_ref(), tokens as u32).await
     }
 
     /// One more request from the caller's requests/min bucket, or 429.
     pub async fn spend_request(&self) -> Result<(), ApiError> {
-        self.limits.spend(self.limits.requests.as_ref(), &self.caller, 1).await
+        self.draw(self.limits.requests.as_ref(), 1).await
+    }
+
+    async fn draw(&self, bucket: Option<&Bucket>, cost: u32) -> Result<(), ApiError> {
+        let refusal = self.limits.spend(bucket, &self.caller, cost).await.err();
+        if refusal.is_some() {
+            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = refusal;
+        }
+        refusal.map_or(Ok(()), |r| Err(r.into()))
+    }
+
+    fn last_refusal(&self) -> Option<Refusal> {
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -230,22 +256,66 @@ pub async fn limit(
     };
     if !decision.allowed {
         let bucket = limits.requests.as_ref().expect("only a bucket refuses");
-        let secs = decision.retry_after.as_secs() + 1;
-        let mut response = too_many(bucket, decision.retry_after).into_response();
-        set_headers(response.headers_mut(), &limits, Some(("requests", 0, secs)));
+        let refusal = bucket.refusal(decision.retry_after);
+        let mut response = ApiError::from(refusal).into_response();
+        set_headers(response.headers_mut(), &limits, Some((refusal.bucket, 0, refusal.retry_secs)));
         return response;
     }
-    request.extensions_mut().insert(Budget { limits: limits.clone(), caller });
+    let budget = Budget { limits: limits.clone(), caller, refused: Arc::default() };
+    request.extensions_mut().insert(budget.clone());
     let mut response = next.run(request).await;
-    // A 429 from the handler is the tokens bucket's (the requests bucket let this one through).
-    let refused_for_tokens = (response.status() == StatusCode::TOO_MANY_REQUESTS)
-        .then(|| response.headers().get(header::RETRY_AFTER))
-        .flatten()
-        .map(|retry| retry.to_str().ok().and_then(|s| s.parse().ok()).unwrap_or(60));
-    let state = match refused_for_tokens {
-        Some(reset) => Some(("tokens", 0, reset)),
+    let state = match budget.last_refusal() {
+        Some(refusal) => Some((refusal.bucket, 0, refusal.retry_secs)),
         None => limits.requests.is_some().then_some(("requests", decision.remaining, 60)),
     };
     set_headers(response.headers_mut(), &limits, state);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use axum::{middleware, Extension, Router};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::types::Role;
+
+    /// The `RateLimit` header names the bucket the budget saw refuse, not whatever bucket a 429
+    /// suggests: a handler's own 429 leaves it on the requests bucket.
+    #[tokio::test]
+    async fn the_header_names_the_bucket_that_refused() {
+        let limits = Arc::new(RateLimits::new(10, 5).unwrap());
+        let app = |handler_spends: usize| {
+            let handler = move |Extension(budget): Extension<Budget>| async move {
+                match handler_spends {
+                    0 => ApiError::rate_limited("busy elsewhere".into(), 7).into_response(),
+                    tokens => budget
+                        .spend(tokens)
+                        .await
+                        .map_or_else(IntoResponse::into_response, |()| "ok".into_response()),
+                }
+            };
+            let caller =
+                Principal { id: "key:a".into(), tenant: "a".into(), role: Role::User, expires_at: None };
+            Router::new()
+                .route("/", get(handler))
+                .route_layer(middleware::from_fn_with_state(Some(limits.clone()), limit))
+                .layer(Extension(caller))
+        };
+        let call = |handler_spends| async move {
+            let response =
+                app(handler_spends).oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+            (response.status(), response.headers()["ratelimit"].to_str().unwrap().to_string())
+        };
+        let (status, state) = call(0).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(state.starts_with("\"requests\";r=9;"), "{state}");
+        assert_eq!(call(5).await, (StatusCode::OK, "\"requests\";r=8;t=60".to_string()));
+        let (status, state) = call(5).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(state.starts_with("\"tokens\";r=0;t="), "{state}");
+    }
 }

@@ -20,14 +20,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use truthgpt_model::{FinishReason, Sampling};
+use truthgpt_model::{FinishReason, Sampling, Usage};
 use utoipa::ToSchema;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::limits::Budget;
-use crate::scheduler::{Event, Job, SubmitError, Usage};
+use crate::scheduler::{Event, Job, SchedulerError, Slot};
 use crate::state::{AppState, Served, TenantUsage};
+use crate::types::Message;
 
 /// `stop` takes up to this many strings (as OpenAI's API), each at most `MAX_STOP_BYTES` long.
 const MAX_STOP_STRINGS: usize = 4;
@@ -92,12 +93,6 @@ pub struct CompletionRequest {
     pub prompt: String,
     #[serde(flatten)]
     pub params: Params,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -352,61 +347,16 @@ impl Generation {
         let served = state.served();
         let (kind, prompt, conversation) = prompt_of(state, &served, caller, input).await?;
         let ids = served.tokenizer.encode(&prompt).map_err(|e| ApiError::invalid(e.to_string()))?;
-        let max_seq_len = served.scheduler.max_seq_len;
-        if ids.is_empty() {
-            return Err(ApiError::invalid("the prompt is empty"));
-        }
-        if ids.len() >= max_seq_len {
-            return Err(ApiError::invalid(format!(
-                "the prompt has {} tokens; this model's context is {max_seq_len}",
-                ids.len()
-            )));
-        }
-        let max_tokens = params.max_tokens.unwrap_or(16).min(max_seq_len - ids.len());
-        if max_tokens == 0 {
-            return Err(ApiError::invalid("`max_tokens` must be at least 1"));
-        }
-        let temperature = params.temperature.unwrap_or(1.0);
-        let sampling = Sampling {
-            temperature,
-            top_p: params.top_p.map_or(1.0, |p| {
-                if p > 0.0 {
-                    (p as f32).max(f32::MIN_POSITIVE)
-                } else {
-                    p as f32
-                }
-            }),
-            seed: params.seed.unwrap_or_else(rand_seed),
-            ..Sampling::default()
-        };
-        sampling.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
-        let stop = match params.stop {
-            None => vec![],
-            Some(Stop::One(s)) => vec![s],
-            Some(Stop::Many(v)) => v,
-        };
-        // Every generated token is matched against every stop string, on the scheduler's thread.
-        if stop.len() > MAX_STOP_STRINGS {
-            return Err(ApiError::invalid(format!("`stop` takes at most {MAX_STOP_STRINGS} strings")));
-        }
-        if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
-            return Err(ApiError::invalid(format!(
-                "a `stop` string is {} bytes; the limit is {MAX_STOP_BYTES}",
-                long.len()
-            )));
-        }
+        let asked = Asked::check(params, &ids, served.scheduler.max_seq_len)?;
         // Tokens/min pay for generation: charged on a cache miss only, but a request too large
         // for any minute's budget is refused either way.
-        let needed = ids.len() + max_tokens;
+        let needed = ids.len() + asked.max_tokens;
         if let Some(Extension(budget)) = &budget {
             budget.fits(needed)?;
         }
-
-        let deterministic = temperature == 0.0 || params.seed.is_some();
+        let deterministic = asked.sampling.temperature == 0.0 || asked.seed.is_some();
         let cache_key = match &state.cache {
-            Some(_) if deterministic => {
-                Some(cache_key(&served, &caller.tenant, &ids, max_tokens, &sampling, params.seed, &stop))
-            }
+            Some(_) if deterministic => Some(cache_key(&served, &caller.tenant, &ids, &asked)),
             _ => None,
         };
         let hit = match &cache_key {
@@ -416,40 +366,14 @@ impl Generation {
         let cached = hit.is_some();
         let (prompt_tokens, progress) = (ids.len(), Arc::new(AtomicUsize::new(0)));
         let events = match hit {
-            Some(answer) => {
-                let usage = Usage {
-                    finish_reason: if answer.stopped { FinishReason::Stop } else { FinishReason::Length },
-                    prompt_tokens: answer.prompt_tokens,
-                    completion_tokens: answer.completion_tokens,
-                };
-                stream::iter([Event::Text(answer.text), Event::Finished(usage)]).boxed()
-            }
+            Some(answer) => answer.events(),
             None => {
                 // A miss takes its place in the queue before it pays: a 503 spends no tokens.
-                let slot = served.scheduler.reserve().map_err(|e| match e {
-                    SubmitError::Busy => ApiError::busy(),
-                    SubmitError::Stopped => ApiError::internal(e.to_string()),
-                })?;
+                let slot = served.scheduler.reserve()?;
                 if let Some(Extension(budget)) = &budget {
                     budget.spend(needed).await?;
                 }
-                let (events, receiver) = mpsc::unbounded_channel();
-                let job = Job {
-                    prompt: ids,
-                    max_tokens,
-                    sampling,
-                    stop,
-                    events,
-                    received: std::time::Instant::now(),
-                    progress: progress.clone(),
-                };
-                let waiting = slot.submit(job);
-                // Dropping this stream (the client left) drops the receiver, which cancels the job,
-                // and `waiting`, which gives back its queue place if it is still queued.
-                stream::unfold((receiver, waiting), |(mut r, waiting)| async move {
-                    r.recv().await.map(|e| (e, (r, waiting)))
-                })
-                .boxed()
+                queue(slot, ids, asked, progress.clone())
             }
         };
         let id = format!(
@@ -513,7 +437,7 @@ impl Generation {
                         }
                         Some((chunks, None))
                     }
-                    Some(Event::Failed(error)) => Some((vec![error.body()], None)),
+                    Some(Event::Failed(error)) => Some((vec![ApiError::from(error).body()], None)),
                     None => Some((vec![ApiError::internal("the scheduler stopped").body()], None)),
                 }
             }
@@ -531,9 +455,110 @@ impl Generation {
                     self.finish.done(&text, &usage).await;
                     return Ok(self.reply.whole(text, &usage));
                 }
-                Some(Event::Failed(error)) => return Err(error),
+                Some(Event::Failed(error)) => return Err(error.into()),
                 None => return Err(ApiError::internal("the scheduler stopped")),
             }
+        }
+    }
+}
+
+/// What a request asks the scheduler for, checked against the prompt and the model.
+struct Asked {
+    max_tokens: usize,
+    sampling: Sampling,
+    stop: Vec<String>,
+    /// The request's own seed: greedy requests without one draw a random seed they never use.
+    seed: Option<u64>,
+}
+
+impl Asked {
+    fn check(params: Params, ids: &[u32], max_seq_len: usize) -> Result<Self, ApiError> {
+        if ids.is_empty() {
+            return Err(ApiError::invalid("the prompt is empty"));
+        }
+        if ids.len() >= max_seq_len {
+            return Err(ApiError::invalid(format!(
+                "the prompt has {} tokens; this model's context is {max_seq_len}",
+                ids.len()
+            )));
+        }
+        let max_tokens = params.max_tokens.unwrap_or(16).min(max_seq_len - ids.len());
+        if max_tokens == 0 {
+            return Err(ApiError::invalid("`max_tokens` must be at least 1"));
+        }
+        let sampling = Sampling {
+            temperature: params.temperature.unwrap_or(1.0),
+            top_p: params.top_p.map_or(1.0, |p| {
+                if p > 0.0 {
+                    (p as f32).max(f32::MIN_POSITIVE)
+                } else {
+                    p as f32
+                }
+            }),
+            seed: params.seed.unwrap_or_else(rand_seed),
+            ..Sampling::default()
+        };
+        sampling.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
+        let stop = match params.stop {
+            None => vec![],
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        };
+        // Every generated token is matched against every stop string, on the scheduler's thread.
+        if stop.len() > MAX_STOP_STRINGS {
+            return Err(ApiError::invalid(format!("`stop` takes at most {MAX_STOP_STRINGS} strings")));
+        }
+        if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid(format!(
+                "a `stop` string is {} bytes; the limit is {MAX_STOP_BYTES}",
+                long.len()
+            )));
+        }
+        Ok(Asked { max_tokens, sampling, stop, seed: params.seed })
+    }
+}
+
+/// Submits the job to the place `slot` holds; its events, as the scheduler sends them.
+fn queue(
+    slot: Slot,
+    prompt: Vec<u32>,
+    asked: Asked,
+    progress: Arc<AtomicUsize>,
+) -> BoxStream<'static, Event> {
+    let (events, receiver) = mpsc::unbounded_channel();
+    let Asked { max_tokens, sampling, stop, .. } = asked;
+    let received = std::time::Instant::now();
+    let waiting = slot.submit(Job { prompt, max_tokens, sampling, stop, events, received, progress });
+    // Dropping this stream (the client left) drops the receiver, which cancels the job, and
+    // `waiting`, which gives back its queue place if it is still queued.
+    stream::unfold((receiver, waiting), |(mut r, waiting)| async move {
+        r.recv().await.map(|e| (e, (r, waiting)))
+    })
+    .boxed()
+}
+
+impl CachedAnswer {
+    /// The answer as the scheduler would have sent it.
+    fn events(self) -> BoxStream<'static, Event> {
+        let usage = Usage {
+            finish_reason: if self.stopped { FinishReason::Stop } else { FinishReason::Length },
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+        };
+        stream::iter([Event::Text(self.text), Event::Finished(usage)]).boxed()
+    }
+}
+
+/// The one place the scheduler's errors become HTTP: what the request asked for is a 400, a
+/// full queue a 503 with `Retry-After`, and what went wrong in the server a 500.
+impl From<SchedulerError> for ApiError {
+    fn from(error: SchedulerError) -> Self {
+        match error {
+            SchedulerError::Busy => ApiError::busy(),
+            SchedulerError::TooLarge { .. } | SchedulerError::Sampling(_) => {
+                ApiError::invalid(error.to_string())
+            }
+            SchedulerError::Stopped | SchedulerError::Generation(_) => ApiError::internal(error.to_string()),
         }
     }
 }
@@ -587,19 +612,11 @@ async fn lookup(state: &AppState, key: &str) -> Option<CachedAnswer> {
 }
 
 /// The cache key: the model's fingerprint, the tenant, and everything that decides the text.
-/// The seed is the request's: greedy requests without one draw a random seed they never use.
-fn cache_key(
-    served: &Served,
-    tenant: &str,
-    ids: &[u32],
-    max_tokens: usize,
-    sampling: &Sampling,
-    seed: Option<u64>,
-    stop: &[String],
-) -> String {
+/// The seed is the request's, not the one drawn for it.
+fn cache_key(served: &Served, tenant: &str, ids: &[u32], asked: &Asked) -> String {
     let request = json!({
-        "tenant": tenant, "ids": ids, "max_tokens": max_tokens, "temperature": sampling.temperature,
-        "top_p": sampling.top_p, "seed": seed, "stop": stop,
+        "tenant": tenant, "ids": ids, "max_tokens": asked.max_tokens, "temperature": asked.sampling.temperature,
+        "top_p": asked.sampling.top_p, "seed": asked.seed, "stop": asked.stop,
     });
     let digest = Sha256::digest(request.to_string().as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();

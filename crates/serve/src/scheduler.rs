@@ -13,10 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use truthgpt_data::{StopText, TextDecoder, Tokenizer};
-use truthgpt_model::{DecodeWork, FinishReason, Model, Sampler, Sampling, SeqKv};
-
-use crate::error::ApiError;
+use truthgpt_data::Tokenizer;
+use truthgpt_model::{DecodeWork, KvPool, Limits, Model, Sampler, Sampling, SeqKv, Sequence, Usage};
 
 /// One generation to run.
 #[derive(Debug)]
@@ -34,28 +32,19 @@ pub struct Job {
     pub progress: Arc<AtomicUsize>,
 }
 
-/// What a job's stream receives: text pieces, then one `Finished` (or `Failed`: a 400 for what
-/// the request asked, a 500 for what went wrong in the server).
+/// What a job's stream receives: text pieces, then one `Finished` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Text(String),
     Finished(Usage),
-    Failed(ApiError),
-}
-
-/// Why and after how many tokens a generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    pub finish_reason: FinishReason,
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
+    Failed(SchedulerError),
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct SchedulerConfig {
     /// Most sequences in one forward.
     pub max_batch: usize,
-    /// Most requests waiting for a place in the batch; beyond it, [`SubmitError::Busy`].
+    /// Most requests waiting for a place in the batch; beyond it, [`SchedulerError::Busy`].
     pub queue: usize,
     /// Positions per key/value block.
     pub block_size: usize,
@@ -111,12 +100,21 @@ fn physical_memory() -> Option<u64> {
     kib.trim().parse::<u64>().ok()?.checked_mul(1024)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SubmitError {
+/// Why the scheduler refused or failed a job. The first three are about the request (it can be
+/// retried, or must change); the last two went wrong in the server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedulerError {
     #[error("the server is at capacity; retry shortly")]
     Busy,
+    #[error("prompt and max_tokens need {needed} key/value blocks; the pool has {capacity}")]
+    TooLarge { needed: usize, capacity: usize },
+    #[error("{0}")]
+    Sampling(String),
     #[error("the scheduler has stopped")]
     Stopped,
+    /// The forward or the detokenizer failed.
+    #[error("{0}")]
+    Generation(String),
 }
 
 /// The handle requests are submitted through.
@@ -175,13 +173,13 @@ impl Scheduler {
         (Scheduler { queue: sender, places, max_seq_len, kv_blocks }, incoming)
     }
 
-    /// A place in the queue, or why there is none at once: a full queue is [`SubmitError::Busy`].
+    /// A place in the queue, or why there is none at once: a full queue is [`SchedulerError::Busy`].
     /// Taken before a request is charged, so a request refused for capacity costs nothing.
-    pub fn reserve(&self) -> Result<Slot, SubmitError> {
+    pub fn reserve(&self) -> Result<Slot, SchedulerError> {
         if self.queue.is_closed() {
-            return Err(SubmitError::Stopped);
+            return Err(SchedulerError::Stopped);
         }
-        let permit = self.places.clone().try_acquire_owned().map_err(|_| SubmitError::Busy)?;
+        let permit = self.places.clone().try_acquire_owned().map_err(|_| SchedulerError::Busy)?;
         Ok(Slot { permit, queue: self.queue.clone() })
     }
 
@@ -228,9 +226,8 @@ struct Active<'t> {
     /// Prompt and generated tokens, for the repetition penalty.
     history: Vec<u32>,
     sampler: Sampler,
-    decoder: TextDecoder<'t>,
-    stop: StopText,
-    generated: usize,
+    /// Stop token and strings, text, limits and usage: the same rules as the CLI's generator.
+    sequence: Sequence<'t>,
     /// Blocks reserved for the whole generation.
     reserved: usize,
     /// Whether text has been sent yet (time to first token is recorded once).
@@ -242,193 +239,273 @@ impl Active<'_> {
         // A closed stream means the client left; the job is dropped at the next step.
         let _ = self.job.events.send(event);
     }
+
+    /// Samples the next token from `logits` and sends the text it makes ready (and, if it ends
+    /// the job, the usage). Returns whether the job has ended.
+    fn advance(&mut self, logits: &[f32]) -> bool {
+        let token = self.sampler.sample(logits, &self.history);
+        self.history.push(token);
+        self.input.clear();
+        self.input.push(token);
+        let step = match self.sequence.push(token) {
+            Ok(step) => step,
+            Err(e) => {
+                self.send(Event::Failed(SchedulerError::Generation(e.to_string())));
+                return true;
+            }
+        };
+        self.job.progress.store(self.sequence.completion_tokens(), Ordering::Relaxed);
+        if let Some(text) = step.text {
+            if !std::mem::replace(&mut self.started, true) {
+                let waited = self.job.received.elapsed().as_secs_f64();
+                metrics::histogram!("time_to_first_token_seconds").record(waited);
+            }
+            self.send(Event::Text(text));
+        }
+        if let Some(usage) = step.finished {
+            self.send(Event::Finished(usage));
+        }
+        step.finished.is_some()
+    }
 }
 
 fn run(
-    mut model: Model,
+    model: Model,
     tokenizer: &Tokenizer,
     mut incoming: mpsc::UnboundedReceiver<Queued>,
     config: SchedulerConfig,
     kv_blocks: usize,
 ) {
-    let vocab = model.config.vocab_size;
-    let max_seq_len = model.config.max_seq_len;
-    let eos = tokenizer.eos_id();
-    let mut pool = model.new_pool(config.block_size, kv_blocks);
-    let mut work = DecodeWork::default();
-    let mut active: Vec<Active> = Vec::new();
-    let mut reserved = 0;
-    // Submitted jobs in order: the front waits when the pool cannot take it yet.
-    let mut pending: VecDeque<Queued> = VecDeque::new();
-    // Counters made once (for MoE models): a labelled lookup per step would cost more than
-    // the increments.
-    let mut expert_tokens: Vec<metrics::Counter> = Vec::new();
-    let tokens_total = metrics::counter!("generated_tokens_total");
-    // One step: the forward, sampling, detokenising and sending for the whole batch.
-    let step_seconds = metrics::histogram!("decode_step_seconds");
-    let (batch_size, queue_depth) = (metrics::gauge!("batch_size"), metrics::gauge!("queue_depth"));
-    let tokens_per_second = metrics::gauge!("generated_tokens_per_second");
-    let mut window = (std::time::Instant::now(), 0u64);
-    loop {
-        if active.is_empty() && pending.is_empty() {
-            // Idle until a request comes: nothing is being generated meanwhile.
-            tokens_per_second.set(0.0);
-            window = (std::time::Instant::now(), 0);
+    let mut batcher = Batcher {
+        pool: model.new_pool(config.block_size, kv_blocks),
+        model,
+        tokenizer,
+        config,
+        work: DecodeWork::default(),
+        active: Vec::new(),
+        pending: VecDeque::new(),
+        reserved: 0,
+        figures: Figures::new(),
+    };
+    while batcher.receive(&mut incoming) {
+        batcher.admit();
+        batcher.drop_departed();
+        batcher.figures.batch(batcher.active.len(), batcher.pending.len());
+        if !batcher.active.is_empty() {
+            batcher.step();
+        }
+    }
+}
+
+/// What the scheduler thread owns: the model and its pool, the running batch and the queue.
+struct Batcher<'t> {
+    model: Model,
+    tokenizer: &'t Tokenizer,
+    config: SchedulerConfig,
+    pool: KvPool,
+    work: DecodeWork,
+    active: Vec<Active<'t>>,
+    /// Submitted jobs in order: the front waits when the pool cannot take it yet.
+    pending: VecDeque<Queued>,
+    /// Blocks reserved by the active jobs.
+    reserved: usize,
+    figures: Figures,
+}
+
+impl<'t> Batcher<'t> {
+    /// Takes in what was submitted, first waiting for it if there is nothing to do. False once
+    /// every handle is gone and nothing is left to run.
+    fn receive(&mut self, incoming: &mut mpsc::UnboundedReceiver<Queued>) -> bool {
+        if self.active.is_empty() && self.pending.is_empty() {
+            self.figures.idle();
             match incoming.blocking_recv() {
-                Some(queued) => pending.push_back(queued),
-                None => return,
+                Some(queued) => self.pending.push_back(queued),
+                None => return false,
             }
         }
         while let Ok(queued) = incoming.try_recv() {
-            pending.push_back(queued);
+            self.pending.push_back(queued);
         }
         // Jobs whose clients left are dropped unrun (their places were given back as they left).
-        pending.retain(|queued| !queued.job.events.is_closed());
-        while active.len() < config.max_batch {
-            let Some(Queued { job, .. }) = pending.front() else { break };
-            let need = (job.prompt.len() + job.max_tokens).min(max_seq_len).div_ceil(config.block_size);
-            if need <= pool.capacity() && reserved + need > pool.capacity() {
+        self.pending.retain(|queued| !queued.job.events.is_closed());
+        true
+    }
+
+    /// Moves queued jobs into the batch, in order, while the batch and the pool have room.
+    fn admit(&mut self) {
+        while self.active.len() < self.config.max_batch {
+            let Some(Queued { job, .. }) = self.pending.front() else { break };
+            let max_seq_len = self.model.config.max_seq_len;
+            let need = (job.prompt.len() + job.max_tokens).min(max_seq_len).div_ceil(self.config.block_size);
+            if need <= self.pool.capacity() && self.reserved + need > self.pool.capacity() {
                 break; // it waits, first in line, for blocks to come back
             }
-            let Queued { job, place } = pending.pop_front().expect("the front was just seen");
+            let Queued { job, place } = self.pending.pop_front().expect("the front was just seen");
             place.release();
-            if need > pool.capacity() {
-                let _ = job.events.send(Event::Failed(ApiError::invalid(format!(
-                    "prompt and max_tokens need {need} key/value blocks; the pool has {}",
-                    pool.capacity()
-                ))));
-                continue;
-            }
-            let sampler = match Sampler::new(job.sampling.clone()) {
-                Ok(sampler) => sampler,
-                Err(e) => {
-                    let _ = job.events.send(Event::Failed(ApiError::invalid(e.to_string())));
-                    continue;
+            match self.prepare(&job, need) {
+                Ok((sampler, sequence)) => {
+                    self.reserved += need;
+                    let (seq, cached) = self.pool.start(&job.prompt);
+                    self.active.push(Active {
+                        input: job.prompt[cached..].to_vec(),
+                        history: job.prompt.clone(),
+                        seq,
+                        sampler,
+                        sequence,
+                        reserved: need,
+                        started: false,
+                        job,
+                    });
                 }
-            };
-            reserved += need;
-            let (seq, cached) = pool.start(&job.prompt);
-            active.push(Active {
-                input: job.prompt[cached..].to_vec(),
-                history: job.prompt.clone(),
-                seq,
-                sampler,
-                decoder: tokenizer.text_decoder(),
-                stop: StopText::new(&job.stop),
-                generated: 0,
-                reserved: need,
-                started: false,
-                job,
-            });
+                // The job ends before its first token; a failed send means its client has left.
+                Err(event) => {
+                    let _ = job.events.send(event);
+                }
+            }
         }
-        // Clients that left: their blocks go back before the step.
-        active.retain_mut(|a| {
+    }
+
+    /// The sampler and sequence of a job that needs `need` blocks, or the event that ends it
+    /// before its first token.
+    fn prepare(&self, job: &Job, need: usize) -> Result<(Sampler, Sequence<'t>), Event> {
+        if need > self.pool.capacity() {
+            return Err(Event::Failed(SchedulerError::TooLarge {
+                needed: need,
+                capacity: self.pool.capacity(),
+            }));
+        }
+        let sampler = Sampler::new(job.sampling.clone())
+            .map_err(|e| Event::Failed(SchedulerError::Sampling(e.to_string())))?;
+        let limits = Limits { max_tokens: job.max_tokens, max_seq_len: self.model.config.max_seq_len };
+        let stop_tokens = self.tokenizer.eos_id().into_iter().collect();
+        let sequence = Sequence::new(job.prompt.len(), limits, stop_tokens)
+            .with_text(self.tokenizer.text_decoder(), &job.stop);
+        match sequence.usage() {
+            Some(usage) => Err(Event::Finished(usage)), // no room to generate
+            None => Ok((sampler, sequence)),
+        }
+    }
+
+    /// Clients that left: their blocks go back before the step.
+    fn drop_departed(&mut self) {
+        let (pool, reserved) = (&mut self.pool, &mut self.reserved);
+        self.active.retain_mut(|a| {
             let gone = a.job.events.is_closed();
             if gone {
                 pool.release(std::mem::take(&mut a.seq));
-                reserved -= a.reserved;
+                *reserved -= a.reserved;
             }
             !gone
         });
-        batch_size.set(active.len() as f64);
-        queue_depth.set(pending.len() as f64);
-        if active.is_empty() {
-            continue;
-        }
+    }
 
+    /// One forward over the whole batch, then each sequence's next token; ended jobs leave.
+    fn step(&mut self) {
+        let started = std::time::Instant::now();
         let mut batch: Vec<(&mut SeqKv, &[u32])> =
-            active.iter_mut().map(|a| (&mut a.seq, &a.input[..])).collect();
-        let step = std::time::Instant::now();
-        let logits = match model.forward_paged(&mut pool, &mut work, &mut batch) {
+            self.active.iter_mut().map(|a| (&mut a.seq, &a.input[..])).collect();
+        let logits = match self.model.forward_paged(&mut self.pool, &mut self.work, &mut batch) {
             Ok(logits) => logits,
             Err(e) => {
-                for a in active.drain(..) {
-                    a.send(Event::Failed(ApiError::internal(e.to_string())));
-                    pool.release(a.seq);
+                for a in self.active.drain(..) {
+                    a.send(Event::Failed(SchedulerError::Generation(e.to_string())));
+                    self.pool.release(a.seq);
                 }
-                reserved = 0;
-                continue;
+                self.reserved = 0;
+                return;
             }
         };
-        let mut finished = Vec::new();
-        for (i, (a, row)) in active.iter_mut().zip(logits.chunks_exact(vocab)).enumerate() {
-            let token = a.sampler.sample(row, &a.history);
-            a.history.push(token);
-            a.input.clear();
-            a.input.push(token);
-            a.generated += 1;
-            a.job.progress.store(a.generated, Ordering::Relaxed);
-            let mut reason = None;
-            if Some(token) == eos {
-                reason = Some(FinishReason::Stop);
-            } else {
-                match a.decoder.push(token) {
-                    Ok(Some(text)) => {
-                        if let Some(ready) = a.stop.push(&text) {
-                            if !a.started {
-                                a.started = true;
-                                let waited = a.job.received.elapsed().as_secs_f64();
-                                metrics::histogram!("time_to_first_token_seconds").record(waited);
-                            }
-                            a.send(Event::Text(ready));
-                        }
-                        if a.stop.stopped() {
-                            reason = Some(FinishReason::Stop);
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        a.send(Event::Failed(ApiError::internal(e.to_string())));
-                        reason = Some(FinishReason::Stop);
-                    }
-                }
-            }
-            if reason.is_none() && (a.generated >= a.job.max_tokens || a.history.len() >= max_seq_len) {
-                reason = Some(FinishReason::Length);
-            }
-            if let Some(finish_reason) = reason {
-                if let Some(rest) = a.stop.finish() {
-                    a.send(Event::Text(rest));
-                }
-                let completion_tokens =
-                    a.generated - usize::from(finish_reason == FinishReason::Stop && Some(token) == eos);
-                a.send(Event::Finished(Usage {
-                    finish_reason,
-                    prompt_tokens: a.job.prompt.len(),
-                    completion_tokens,
-                }));
-                finished.push(i);
-            }
+        let rows = logits.chunks_exact(self.model.config.vocab_size);
+        let ended: Vec<usize> = self
+            .active
+            .iter_mut()
+            .zip(rows)
+            .enumerate()
+            .filter_map(|(i, (a, row))| a.advance(row).then_some(i))
+            .collect();
+        self.figures.step(started, self.active.len(), self.work.expert_load(), self.model.config.n_layers);
+        for i in ended.into_iter().rev() {
+            let a = self.active.swap_remove(i);
+            self.reserved -= a.reserved;
+            self.pool.release(a.seq);
         }
-        step_seconds.record(step.elapsed().as_secs_f64());
-        tokens_total.increment(active.len() as u64);
-        if expert_tokens.len() != work.expert_load().len() {
+        self.figures.pool(&self.pool);
+    }
+}
+
+/// The scheduler's figures. Handles are made once: a labelled lookup per step would cost more
+/// than the increments.
+struct Figures {
+    tokens_total: metrics::Counter,
+    /// One step: the forward, sampling, detokenising and sending for the whole batch.
+    step_seconds: metrics::Histogram,
+    batch_size: metrics::Gauge,
+    queue_depth: metrics::Gauge,
+    tokens_per_second: metrics::Gauge,
+    kv_blocks_used: metrics::Gauge,
+    kv_blocks_total: metrics::Gauge,
+    /// Tokens per (layer, expert) of MoE models, made at the first step that reports them.
+    expert_tokens: Vec<metrics::Counter>,
+    /// Tokens per second are measured over windows of at least a second of steps: when the
+    /// window opened, and the tokens since.
+    window: (std::time::Instant, u64),
+}
+
+impl Figures {
+    fn new() -> Self {
+        Figures {
+            tokens_total: metrics::counter!("generated_tokens_total"),
+            step_seconds: metrics::histogram!("decode_step_seconds"),
+            batch_size: metrics::gauge!("batch_size"),
+            queue_depth: metrics::gauge!("queue_depth"),
+            tokens_per_second: metrics::gauge!("generated_tokens_per_second"),
+            kv_blocks_used: metrics::gauge!("kv_blocks_used"),
+            kv_blocks_total: metrics::gauge!("kv_blocks_total"),
+            expert_tokens: Vec::new(),
+            window: (std::time::Instant::now(), 0),
+        }
+    }
+
+    /// Nothing is being generated while the scheduler waits for a request.
+    fn idle(&mut self) {
+        self.tokens_per_second.set(0.0);
+        self.window = (std::time::Instant::now(), 0);
+    }
+
+    fn batch(&self, active: usize, pending: usize) {
+        self.batch_size.set(active as f64);
+        self.queue_depth.set(pending as f64);
+    }
+
+    /// A step that began at `started` and made one token for each of `sequences`;
+    /// `expert_load` is its rows per expert, layer-major.
+    fn step(&mut self, started: std::time::Instant, sequences: usize, expert_load: &[usize], layers: usize) {
+        self.step_seconds.record(started.elapsed().as_secs_f64());
+        self.tokens_total.increment(sequences as u64);
+        if self.expert_tokens.len() != expert_load.len() {
             // Experts per layer as the forward counted them (PiMoE counts its groups' experts).
-            let experts = work.expert_load().len() / model.config.n_layers;
-            expert_tokens = (0..work.expert_load().len())
+            let experts = expert_load.len() / layers;
+            self.expert_tokens = (0..expert_load.len())
                 .map(|i| {
                     let (layer, expert) = ((i / experts).to_string(), (i % experts).to_string());
                     metrics::counter!("moe_expert_tokens_total", "layer" => layer, "expert" => expert)
                 })
                 .collect();
         }
-        for (counter, &rows) in expert_tokens.iter().zip(work.expert_load()) {
+        for (counter, &rows) in self.expert_tokens.iter().zip(expert_load) {
             counter.increment(rows as u64);
         }
-        // Tokens per second over windows of at least a second of steps.
-        window.1 += active.len() as u64;
-        let elapsed = window.0.elapsed().as_secs_f64();
+        self.window.1 += sequences as u64;
+        let elapsed = self.window.0.elapsed().as_secs_f64();
         if elapsed >= 1.0 {
-            tokens_per_second.set(window.1 as f64 / elapsed);
-            window = (std::time::Instant::now(), 0);
+            self.tokens_per_second.set(self.window.1 as f64 / elapsed);
+            self.window = (std::time::Instant::now(), 0);
         }
-        for i in finished.into_iter().rev() {
-            let a = active.swap_remove(i);
-            reserved -= a.reserved;
-            pool.release(a.seq);
-        }
-        metrics::gauge!("kv_blocks_used").set(pool.used_blocks() as f64);
-        metrics::gauge!("kv_blocks_total").set(pool.capacity() as f64);
+    }
+
+    fn pool(&self, pool: &KvPool) {
+        self.kv_blocks_used.set(pool.used_blocks() as f64);
+        self.kv_blocks_total.set(pool.capacity() as f64);
     }
 }
 
@@ -459,7 +536,7 @@ mod tests {
         let first_waits = scheduler.reserve().unwrap().submit(first);
         let (second, second_client) = job();
         let second_waits = scheduler.reserve().unwrap().submit(second);
-        assert!(matches!(scheduler.reserve(), Err(SubmitError::Busy)));
+        assert!(matches!(scheduler.reserve(), Err(SchedulerError::Busy)));
 
         // The second client leaves while its job is still in the channel.
         drop((second_client, second_waits));
@@ -478,6 +555,6 @@ mod tests {
         assert!(incoming.try_recv().unwrap().job.events.is_closed());
 
         drop(incoming);
-        assert!(matches!(scheduler.reserve(), Err(SubmitError::Stopped)));
+        assert!(matches!(scheduler.reserve(), Err(SchedulerError::Stopped)));
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use minijinja::{context, Environment, Error, ErrorKind, Value};
 
-use crate::openai::Message;
+use crate::types::Message;
 
 pub enum ChatFormat {
     Default,

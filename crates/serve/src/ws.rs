@@ -60,7 +60,7 @@ async fn serve(mut socket: WebSocket, state: AppState, caller: Principal, budget
             _ => continue,
         };
         // A socket outlives the credential it was opened with: an expired token ends it.
-        if caller.has_expired() {
+        if state.auth.has_expired(&caller) {
             let expired = ApiError::unauthorized("the token has expired");
             let _ = socket.send(WsMessage::text(expired.body().to_string())).await;
             return;

@@ -1,6 +1,7 @@
 //! Who may call what: every route in the OpenAPI document refuses anonymous callers except the
-//! open three; roles guard their groups; JWTs are checked for signature, exp, nbf and aud; usage,
-//! sessions and cached answers stay within their tenant; reloads empty the cache.
+//! open three; roles guard their groups; JWTs are checked for signature, exp, nbf and aud, and a
+//! WebSocket ends with its token; usage, sessions and cached answers stay within their tenant;
+//! reloads empty the cache.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -231,6 +232,60 @@ async fn jwts_are_checked_for_signature_expiry_not_before_and_audience() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(keys.as_array().unwrap().len(), 5);
     assert!(!keys.to_string().contains("-key"), "keys are never shown: {keys}");
+}
+
+/// A WebSocket outlives the JWT it was opened with: once the authenticator's clock passes the
+/// token's `exp`, the next message gets a 401-style error and the socket closes, and plain
+/// requests with the token get 401. The clock is the test's, so nothing waits for time to pass.
+#[tokio::test]
+async fn a_websocket_ends_when_its_token_expires() {
+    use futures_util::{SinkExt, StreamExt};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    let start = now() as u64;
+    let clock = Arc::new(AtomicU64::new(start));
+    let options = options();
+    let reading = clock.clone();
+    let auth = options.auth.with_clock(Arc::new(move || reading.load(Ordering::Relaxed)));
+    let (_, model, tokenizer) = model_and_tokenizer(3);
+    let served =
+        Served::start(model, tokenizer, ChatFormat::Default, "tiny".into(), "fp".into(), SCHEDULER).unwrap();
+    let app = router(AppState::new(served, SCHEDULER, Options { auth, ..options }));
+    let listener = truthgpt_serve::listen("127.0.0.1:0").await.unwrap();
+    let address = axum::serve::Listener::local_addr(&listener).unwrap();
+    let serving = app.clone();
+    tokio::spawn(async move { axum::serve(listener, serving).await });
+
+    let token = hs256(json!({"sub": "dave", "aud": AUDIENCE, "exp": start + 60, "role": "user"}), SECRET);
+    let mut request = format!("ws://{address}/v1/stream").into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    // The messages of one answer, and whether `[DONE]` ended it (else the socket closed).
+    let mut ask = async || {
+        let ask = json!({"prompt": "To be", "max_tokens": 2});
+        socket.send(Message::text(ask.to_string())).await.unwrap();
+        let mut answer = vec![];
+        while let Some(Ok(Message::Text(text))) = socket.next().await {
+            if text == "[DONE]" {
+                return (answer, true);
+            }
+            answer.push(serde_json::from_str::<Value>(&text).unwrap());
+        }
+        (answer, false)
+    };
+    let (answer, done) = ask().await;
+    assert!(done && answer[0]["object"] == "text_completion", "{answer:?}");
+    assert_eq!(call(&app, "GET", "/v1/models", Some(&token), None).await.0, StatusCode::OK);
+
+    clock.store(start + 61, Ordering::Relaxed);
+    let (answer, done) = ask().await;
+    assert!(!done && answer.len() == 1, "one error, then the socket closes: {answer:?}");
+    assert!(answer[0]["error"]["message"].as_str().unwrap().contains("expired"), "{answer:?}");
+    let (status, body) = call(&app, "GET", "/v1/models", Some(&token), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["error"]["message"].as_str().unwrap().contains("expired"), "{body}");
 }
 
 #[tokio::test]

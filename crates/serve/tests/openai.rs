@@ -147,10 +147,7 @@ async fn chat_completions_whole_and_streamed() {
     let app = app(4);
     let messages = json!([{"role": "user", "content": "whether 'tis nobler"}]);
     let prompt = ChatFormat::Default
-        .render(&[truthgpt_serve::openai::Message {
-            role: "user".into(),
-            content: "whether 'tis nobler".into(),
-        }])
+        .render(&[truthgpt_serve::Message { role: "user".into(), content: "whether 'tis nobler".into() }])
         .unwrap();
     let want = expected(&prompt, 12);
     let request = json!({"messages": messages, "max_tokens": 12, "temperature": 0});
@@ -410,7 +407,7 @@ async fn chat_uses_the_models_own_template() {
     let served = Served::load(&dir, scheduler_config(2)).unwrap();
     let tokenizer = served.tokenizer.clone();
     let app = router(AppState::new(served, scheduler_config(2), Options::default()));
-    let messages = [truthgpt_serve::openai::Message { role: "user".into(), content: "  To be  ".into() }];
+    let messages = [truthgpt_serve::Message { role: "user".into(), content: "  To be  ".into() }];
     let rendered = "### USER: To be\n### ASSISTANT, ANSWERING:";
     let default = ChatFormat::Default.render(&messages).unwrap();
     let want = tokenizer.encode(rendered).unwrap().len();

@@ -1,7 +1,7 @@
 //! Validation loss: mean next-token cross-entropy over non-overlapping windows of a token stream.
 
 use truthgpt_data::{sampler, DataError, TokenStream};
-use truthgpt_model::Model;
+use truthgpt_model::{Mode, Model};
 
 use crate::error::{ModelContext, Result};
 
@@ -46,7 +46,7 @@ pub fn evaluate(
             tokens.extend_from_slice(&window[..seq_len]);
             targets.extend_from_slice(&window[1..]);
         }
-        model.forward(&tokens, batch.len(), seq_len).during("validation forward")?;
+        model.forward(&tokens, batch.len(), seq_len, Mode::Eval).during("validation forward")?;
         let loss = model.loss(&targets).during("validation loss")?;
         total += loss as f64 * targets.len() as f64;
         count += targets.len() as u64;

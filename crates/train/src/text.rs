@@ -1,7 +1,7 @@
-//! Text in, text out: a prompt is tokenized, a [`Generator`] produces ids, and a streaming
-//! decoder turns them back into text as they come, cut at the first stop string.
+//! Text in, text out: a prompt is tokenized, and a [`Generator`] streams the text of its
+//! sequence (cut at the first stop string, ended by the tokenizer's end-of-text token).
 
-use truthgpt_data::{StopText, TextDecoder, Tokenizer};
+use truthgpt_data::Tokenizer;
 use truthgpt_model::{FinishReason, Generator, Model, Sampling};
 
 use crate::error::{ModelContext, Result};
@@ -19,9 +19,6 @@ pub struct Request {
 /// Pieces of generated text, in order, as an iterator; see [`TextStream::finish_reason`].
 pub struct TextStream<'a> {
     generator: Generator<'a>,
-    decoder: TextDecoder<'a>,
-    stop: StopText,
-    prompt_tokens: usize,
 }
 
 impl<'a> TextStream<'a> {
@@ -32,43 +29,29 @@ impl<'a> TextStream<'a> {
         let stop_tokens = tokenizer.eos_id().into_iter().collect();
         let generator =
             Generator::new(model, &prompt, request.max_tokens, request.sampling.clone(), stop_tokens)
-                .during("starting generation")?;
-        Ok(TextStream {
-            generator,
-            decoder: tokenizer.text_decoder(),
-            stop: StopText::new(&request.stop),
-            prompt_tokens: prompt.len(),
-        })
+                .during("starting generation")?
+                .with_text(tokenizer.text_decoder(), &request.stop);
+        Ok(TextStream { generator })
     }
 
     pub fn prompt_tokens(&self) -> usize {
-        self.prompt_tokens
+        self.generator.sequence().prompt_tokens()
     }
 
     /// Tokens generated so far.
     pub fn completion_tokens(&self) -> usize {
-        self.generator.tokens().len() - self.prompt_tokens
+        self.generator.sequence().completion_tokens()
     }
 
     /// Why the stream ended: a stop string or token, or the length limit.
     pub fn finish_reason(&self) -> Option<FinishReason> {
-        if self.stop.stopped() {
-            Some(FinishReason::Stop)
-        } else {
-            self.generator.finish_reason()
-        }
+        self.generator.finish_reason()
     }
 
     fn next_piece(&mut self) -> Result<Option<String>> {
-        while !self.stop.stopped() {
-            let Some(token) = self.generator.next() else {
-                // The generator is done: release what was held back for a stop string.
-                return Ok(self.stop.finish());
-            };
-            let token = token.during("generating")?;
-            let Some(text) = self.decoder.push(token)? else { continue };
-            if let Some(ready) = self.stop.push(&text) {
-                return Ok(Some(ready));
+        while let Some(step) = self.generator.step().during("generating")? {
+            if step.text.is_some() {
+                return Ok(step.text);
             }
         }
         Ok(None)
