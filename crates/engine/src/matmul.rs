@@ -1,7 +1,6 @@
 //! Matrix products through the `gemm` crate, and the linear layer built on them.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -34,13 +33,18 @@ impl Op<'_> {
     }
 }
 
-/// GEMMs running right now, on any thread. The `gemm` crate takes packing scratch inside each
-/// call; allocation tests use this to tell those apart from the engine's own (of which a training
-/// step after the first has none).
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Whether this thread is inside a call to the `gemm` crate, which takes packing scratch inside
+/// each call: the allocation test tells those allocations apart from the engine's own (of which a
+/// training step after the first has none, our packed kernel's included). Compiled only with the
+/// `gemm-scope` feature, which that test enables, so the products users run keep no count.
+#[cfg(feature = "gemm-scope")]
+pub fn inside_gemm_crate() -> bool {
+    GEMM_CRATE_DEPTH.get() > 0
+}
 
-pub fn gemms_in_flight() -> usize {
-    IN_FLIGHT.load(Ordering::Relaxed)
+#[cfg(feature = "gemm-scope")]
+thread_local! {
+    static GEMM_CRATE_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Products below this many multiply-adds run on the calling thread.
@@ -128,40 +132,105 @@ pub unsafe fn gemm_strided_with(
     scale: f32,
     parallel: bool,
 ) {
-    IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
     let threads = if parallel && m * n * k >= PARALLEL_THRESHOLD { rayon::current_num_threads() } else { 1 };
+    let product = Product { dst, dst_rs, accumulate, lhs, rhs, scale, k };
     // Matrix-vector products stay with `gemm`, which runs them without packing.
     #[cfg(target_arch = "x86_64")]
     if kernel == Gemm::Packed && m > 1 && n > 1 {
         assert!(crate::packed::available(), "gemm: this CPU has no AVX-512F");
-        // SAFETY: the caller's contract is `packed::gemm`'s, and the CPU has AVX-512F.
-        unsafe { crate::packed::gemm(m, n, k, dst, dst_rs, accumulate, lhs, rhs, scale, threads) };
-        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: the caller vouches for the product's bounds; the CPU has AVX-512F; blocks are
+        // disjoint.
+        let run = |r0, rows, c0, cols| unsafe { crate::packed::block(&product, r0, rows, c0, cols) };
+        split_over_threads(m, n, threads, crate::packed::TILE, run);
         return;
     }
-    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        accumulate,
-        lhs.ptr,
-        lhs.cs,
-        lhs.rs,
-        rhs.ptr,
-        rhs.cs,
-        rhs.rs,
-        1.0,
-        scale,
-        false,
-        false,
-        false,
-        parallelism,
-    );
-    IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    // SAFETY: as above.
+    split_over_threads(m, n, threads, (16, 16), |r0, rows, c0, cols| unsafe {
+        product.crate_block(r0, rows, c0, cols)
+    });
+}
+
+/// One product `dst [+]= scale * lhs (m, k) @ rhs (k, n)`, as every kernel takes it; a block of
+/// it runs on one thread.
+#[derive(Clone, Copy)]
+pub(crate) struct Product {
+    pub dst: *mut f32,
+    pub dst_rs: usize,
+    pub accumulate: bool,
+    pub lhs: Strided,
+    pub rhs: Strided,
+    pub scale: f32,
+    pub k: usize,
+}
+
+// SAFETY: the operands are only read; each thread writes only its own block of `dst`.
+unsafe impl Send for Product {}
+unsafe impl Sync for Product {}
+
+impl Product {
+    /// Rows `r0..r0 + rows`, columns `c0..c0 + cols` through the `gemm` crate, on this thread.
+    ///
+    /// # Safety
+    /// As for [`gemm_strided`], for this block of `dst`.
+    unsafe fn crate_block(&self, r0: usize, rows: usize, c0: usize, cols: usize) {
+        // The count the allocation test reads: this call's packing scratch is the crate's.
+        #[cfg(feature = "gemm-scope")]
+        GEMM_CRATE_DEPTH.set(GEMM_CRATE_DEPTH.get() + 1);
+        // SAFETY: the block is within the product the caller vouched for.
+        unsafe {
+            gemm::gemm(
+                rows,
+                cols,
+                self.k,
+                self.dst.add(r0 * self.dst_rs + c0),
+                1,
+                self.dst_rs as isize,
+                self.accumulate,
+                self.lhs.ptr.offset(r0 as isize * self.lhs.rs),
+                self.lhs.cs,
+                self.lhs.rs,
+                self.rhs.ptr.offset(c0 as isize * self.rhs.cs),
+                self.rhs.cs,
+                self.rhs.rs,
+                1.0,
+                self.scale,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            )
+        };
+        #[cfg(feature = "gemm-scope")]
+        GEMM_CRATE_DEPTH.set(GEMM_CRATE_DEPTH.get() - 1);
+    }
+}
+
+/// Runs `block(r0, rows, c0, cols)` over one block of the (m, n) output per thread, decided up
+/// front: rows of whole `(tile_rows, tile_cols)` tiles, or columns when there are too few rows
+/// to give each thread two tiles. Finer tasks cost wake-ups and leave one thread waiting for
+/// the other's last task, which at a training step's shapes cost a third of two cores' time.
+fn split_over_threads(
+    m: usize,
+    n: usize,
+    threads: usize,
+    (tile_rows, tile_cols): (usize, usize),
+    block: impl Fn(usize, usize, usize, usize) + Sync,
+) {
+    let by_rows = m >= 2 * tile_rows * threads || m >= n;
+    let (len, unit) = if by_rows { (m, tile_rows) } else { (n, tile_cols) };
+    let per = len.div_ceil(threads).div_ceil(unit).max(1) * unit;
+    let run = |b: usize| {
+        let span = b * per..len.min((b + 1) * per);
+        if by_rows {
+            block(span.start, span.len(), 0, n);
+        } else {
+            block(0, m, span.start, span.len());
+        }
+    };
+    match len.div_ceil(per) {
+        0 | 1 => run(0),
+        blocks => (0..blocks).into_par_iter().for_each(run),
+    }
 }
 
 /// `out (M, N) = a (M, K) @ b (K, N)`, or `+=` when `accumulate`.

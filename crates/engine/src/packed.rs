@@ -2,9 +2,8 @@
 //! BLIS loop order (Goto and van de Geijn, "Anatomy of High-Performance Matrix Multiplication").
 //!
 //! Why not the `gemm` crate here: built for the workspace's x86-64-v3 target it runs its AVX2
-//! tile (16 x 6 in eight lanes), and its threads split each product into many small tasks whose
-//! wake-ups and imbalance cost a third of two cores' time at a training step's shapes. This
-//! kernel splits a product into one block per thread up front, each packing what it reads.
+//! tile (16 x 6 in eight lanes), half the lanes and registers of this one. Both kernels take
+//! their share of a product from `matmul::split_over_threads`, one block per thread.
 //!
 //! Loops, outermost first (the letters of the module's legend: rows M, columns N, depth K):
 //! - `NC` columns of `b` at a time, and `KC` of the depth: that block of `b` is packed into
@@ -19,7 +18,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use crate::matmul::Strided;
+use crate::matmul::Product;
 
 /// Rows of the register tile.
 const MR: usize = 12;
@@ -37,67 +36,8 @@ pub fn available() -> bool {
     is_x86_feature_detected!("avx512f")
 }
 
-/// `dst (m, n; row stride dst_rs) = scale * lhs (m, k) @ rhs (k, n)`, or `+=` when `accumulate`,
-/// split into `threads` blocks of rows (or of columns, for products with few rows).
-///
-/// # Safety
-/// The CPU must have AVX-512F; every element the strides reach must be in bounds, and `dst` must
-/// neither overlap the operands nor be accessed by another thread during the call.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: Strided,
-    rhs: Strided,
-    scale: f32,
-    threads: usize,
-) {
-    let product = Product { dst: Dst(dst), dst_rs, accumulate, lhs, rhs, scale, k };
-    // Blocks of whole tiles: split rows unless there are too few to give each thread two tiles.
-    let by_rows = m >= 2 * MR * threads || m >= n;
-    let (len, unit) = if by_rows { (m, MR) } else { (n, NR) };
-    let per = len.div_ceil(threads).div_ceil(unit) * unit;
-    let blocks = len.div_ceil(per.max(1));
-    let run = |b: usize| {
-        let span = b * per..len.min((b + 1) * per);
-        // SAFETY: blocks cover disjoint rows (or columns) of `dst`, within the caller's bounds.
-        unsafe {
-            if by_rows {
-                product.block(span.start, span.len(), 0, n);
-            } else {
-                product.block(0, m, span.start, span.len());
-            }
-        }
-    };
-    if blocks <= 1 {
-        run(0);
-    } else {
-        use rayon::prelude::*;
-        (0..blocks).into_par_iter().for_each(run);
-    }
-}
-
-/// A raw output pointer that may cross to the thread computing a disjoint block of it.
-#[derive(Clone, Copy)]
-struct Dst(*mut f32);
-// SAFETY: each thread writes only its own block of rows or columns.
-unsafe impl Send for Dst {}
-unsafe impl Sync for Dst {}
-
-#[derive(Clone, Copy)]
-struct Product {
-    dst: Dst,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: Strided,
-    rhs: Strided,
-    scale: f32,
-    k: usize,
-}
+/// Rows and columns of the register tile, the unit the threads split products by.
+pub(crate) const TILE: (usize, usize) = (MR, NR);
 
 thread_local! {
     /// This thread's packed `a` and `b` blocks, grown to the largest size seen.
@@ -114,58 +54,56 @@ fn aligned(v: &mut Vec<f32>, len: usize) -> *mut f32 {
     unsafe { v.as_mut_ptr().add(offset) }
 }
 
-impl Product {
-    /// The rows `r0..r0 + rows` and columns `c0..c0 + cols` of the product, on this thread.
-    ///
-    /// # Safety
-    /// As for [`gemm`], for this block of `dst`.
-    unsafe fn block(&self, r0: usize, rows: usize, c0: usize, cols: usize) {
-        PANELS.with_borrow_mut(|(pa, pb)| {
-            let a = aligned(pa, MC * KC);
-            let b = aligned(pb, KC * NC);
-            for jc in (0..cols).step_by(NC) {
-                let nc = NC.min(cols - jc);
-                for pc in (0..self.k).step_by(KC) {
-                    let kc = KC.min(self.k - pc);
-                    // SAFETY: the packed blocks fit the buffers sized above; the operand
-                    // indices stay within the caller's bounds.
-                    unsafe { pack::<NR>(b, self.rhs.ptr, self.rhs.cs, self.rhs.rs, c0 + jc, nc, pc, kc) };
-                    let accumulate = self.accumulate || pc > 0;
-                    for ic in (0..rows).step_by(MC) {
-                        let mc = MC.min(rows - ic);
-                        unsafe {
-                            pack::<MR>(a, self.lhs.ptr, self.lhs.rs, self.lhs.cs, r0 + ic, mc, pc, kc);
-                            self.tiles(a, b, r0 + ic, mc, c0 + jc, nc, kc, accumulate);
-                        }
+/// The rows `r0..r0 + rows` and columns `c0..c0 + cols` of `p`, on this thread.
+///
+/// # Safety
+/// The CPU must have AVX-512F; as for [`crate::matmul::gemm_strided`], for this block of `dst`.
+pub(crate) unsafe fn block(p: &Product, r0: usize, rows: usize, c0: usize, cols: usize) {
+    PANELS.with_borrow_mut(|(pa, pb)| {
+        let a = aligned(pa, MC * KC);
+        let b = aligned(pb, KC * NC);
+        for jc in (0..cols).step_by(NC) {
+            let nc = NC.min(cols - jc);
+            for pc in (0..p.k).step_by(KC) {
+                let kc = KC.min(p.k - pc);
+                // SAFETY: the packed blocks fit the buffers sized above; the operand
+                // indices stay within the caller's bounds.
+                unsafe { pack::<NR>(b, p.rhs.ptr, p.rhs.cs, p.rhs.rs, c0 + jc, nc, pc, kc) };
+                let accumulate = p.accumulate || pc > 0;
+                for ic in (0..rows).step_by(MC) {
+                    let mc = MC.min(rows - ic);
+                    unsafe {
+                        pack::<MR>(a, p.lhs.ptr, p.lhs.rs, p.lhs.cs, r0 + ic, mc, pc, kc);
+                        tiles(p, a, b, r0 + ic, mc, c0 + jc, nc, kc, accumulate);
                     }
                 }
             }
-        });
-    }
+        }
+    });
+}
 
-    /// Every register tile of one packed block pair.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn tiles(
-        &self,
-        a: *const f32,
-        b: *const f32,
-        r0: usize,
-        mc: usize,
-        c0: usize,
-        nc: usize,
-        kc: usize,
-        accumulate: bool,
-    ) {
-        for j in (0..nc).step_by(NR) {
-            for i in (0..mc).step_by(MR) {
-                // SAFETY: strip `j / NR` of `b` and `i / MR` of `a` are packed; the tile's
-                // rows and columns are clipped to the block, which is within `dst`.
-                unsafe {
-                    let c = self.dst.0.add((r0 + i) * self.dst_rs + c0 + j);
-                    let tile = Tile { c, rs: self.dst_rs, rows: MR.min(mc - i), cols: NR.min(nc - j) };
-                    tile.run(a.add(i * kc), b.add(j * kc), kc, self.scale, accumulate);
-                }
+/// Every register tile of one packed block pair.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn tiles(
+    p: &Product,
+    a: *const f32,
+    b: *const f32,
+    r0: usize,
+    mc: usize,
+    c0: usize,
+    nc: usize,
+    kc: usize,
+    accumulate: bool,
+) {
+    for j in (0..nc).step_by(NR) {
+        for i in (0..mc).step_by(MR) {
+            // SAFETY: strip `j / NR` of `b` and `i / MR` of `a` are packed; the tile's
+            // rows and columns are clipped to the block, which is within `dst`.
+            unsafe {
+                let c = p.dst.add((r0 + i) * p.dst_rs + c0 + j);
+                let tile = Tile { c, rs: p.dst_rs, rows: MR.min(mc - i), cols: NR.min(nc - j) };
+                tile.run(a.add(i * kc), b.add(j * kc), kc, p.scale, accumulate);
             }
         }
     }

@@ -1,7 +1,8 @@
 //! After the first step, our code allocates nothing in a training step: every buffer is sized
-//! once per (B, T). The `gemm` crate still takes packing scratch inside each call (freed before it
-//! returns); allocations made while a GEMM is in flight are attributed to it, every other one
-//! fails the test, and live memory must not grow. Steps run inside a rayon pool: entering rayon
+//! once per (B, T), our packed GEMM's panels included. The `gemm` crate (on CPUs without
+//! AVX-512F) still takes packing scratch inside each call (freed before it returns); allocations a
+//! thread makes inside it are attributed to it, every other one fails the test, and live memory
+//! must not grow. Steps run inside a rayon pool: entering rayon
 //! from a thread outside it takes its cold injection path, which allocated here (seen: 23 4-byte
 //! allocations on the calling thread over 30 steps); inside the pool, nested parallel calls do not.
 
@@ -9,18 +10,18 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use truthgpt_config::{Config, FfnKind};
-use truthgpt_engine::matmul::gemms_in_flight;
+use truthgpt_engine::matmul::inside_gemm_crate;
 use truthgpt_model::{Batch, Model, Trainer};
 
 struct Counting;
 
-/// Allocations made while no GEMM was running: ours.
+/// Allocations made outside the `gemm` crate: ours.
 static OURS: AtomicUsize = AtomicUsize::new(0);
 static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if gemms_in_flight() == 0 {
+        if !inside_gemm_crate() {
             OURS.fetch_add(1, Ordering::Relaxed);
         }
         LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
