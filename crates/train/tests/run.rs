@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -88,6 +89,23 @@ fn metrics_log_every_step_and_each_validation() {
     // An untrained model is near uniform over the vocabulary; training on this corpus improves it.
     assert_close("initial loss", &[evals[0].val_loss], &[(config.model.vocab_size as f64).ln()], 0.05);
     assert!(evals[2].val_loss < evals[0].val_loss - 0.1, "{evals:?}");
+}
+
+/// Issue 16: a log whose last line was torn (the writer died mid-line) must not swallow the
+/// resumed run's first record, which used to be appended onto the torn line.
+#[test]
+fn a_torn_last_metrics_line_is_dropped_on_resume() {
+    let config = config();
+    let data = data(&config);
+    let out = tempfile::tempdir().unwrap();
+    train(&config, &data, out.path(), Some(4));
+    let mut log = fs::OpenOptions::new().append(true).open(out.path().join(METRICS)).unwrap();
+    log.write_all(b"{\"kind\":\"train\",\"step\":5,\"lo").unwrap();
+    drop(log);
+    resume(&data, out.path(), Some(6));
+    let (steps, _) = metrics(out.path());
+    assert_eq!(steps.iter().map(|r| r.step).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>());
+    assert!(fs::read_to_string(out.path().join(METRICS)).unwrap().ends_with('\n'));
 }
 
 /// Records the callbacks, and sets the stop flag (as Ctrl-C does) once `stop_after` steps are done.
