@@ -53,6 +53,9 @@ fn evaluation_refuses_input_it_cannot_measure() {
     let mut saved = trained();
     let err = evaluate(&mut saved.model, &TokenStream::from_tokens(vec![1]), 16, 4, 6).unwrap_err();
     assert!(err.to_string().contains("validation split has 1 tokens"), "{err}");
+    // Issue 16: zero windows measured nothing and reported a NaN loss as if it were one.
+    let err = evaluate(&mut saved.model, &TokenStream::from_tokens(vec![1; 100]), 16, 4, 0).unwrap_err();
+    assert!(err.to_string().contains("max_windows"), "{err}");
 }
 
 fn request(max_tokens: usize, stop: &[&str]) -> Request {
