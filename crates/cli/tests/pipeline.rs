@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{assert_fails_cleanly, run, stderr, stdout, truthgpt};
+use truthgpt_train::run::{read_metrics, Record};
 
 /// A small model that trains in well under a second per few steps; MoE with bias balancing and
 /// dropout, so exact resume covers every piece of state.
@@ -267,34 +268,119 @@ fn ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     assert!(out.contains("at step 100"), "{out}");
 }
 
-/// SIGKILL at arbitrary moments, with a checkpoint written after every step, never leaves the run
-/// without a loadable model once one was saved, and the run resumes each time.
+/// A checkpoint being built: `checkpoints/.step-NNNNNNNN.tmp-PID`, which a kill before its rename
+/// leaves behind (see `fsio::write_dir_atomic`).
+#[derive(Debug, PartialEq)]
+struct TempCheckpoint {
+    step: u64,
+    pid: u32,
+}
+
+fn temp_checkpoints(run_dir: &Path) -> Vec<TempCheckpoint> {
+    let Ok(entries) = fs::read_dir(run_dir.join("checkpoints")) else { return Vec::new() };
+    let mut temps: Vec<_> = entries
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            let (step, pid) = name.strip_prefix(".step-")?.split_once(".tmp-")?;
+            Some(TempCheckpoint { step: step.parse().unwrap(), pid: pid.parse().unwrap() })
+        })
+        .collect();
+    temps.sort_by_key(|t| (t.step, t.pid));
+    temps
+}
+
+/// The step of the checkpoint `latest` points to.
+fn latest_step(run_dir: &Path) -> u64 {
+    let latest = fs::read_to_string(run_dir.join("latest")).unwrap();
+    latest.trim().strip_prefix("checkpoints/step-").unwrap().parse().unwrap()
+}
+
+/// Waits until `child` is building a checkpoint.
+fn wait_for_checkpoint_write(run_dir: &Path, child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !temp_checkpoints(run_dir).iter().any(|t| t.pid == child.id()) {
+        assert!(child.try_wait().unwrap().is_none(), "training exited early");
+        assert!(Instant::now() < deadline, "no checkpoint write began");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// SIGKILL at arbitrary moments, then aimed at checkpoint writes until one provably lands inside
+/// one, never leaves the run without a loadable model: `latest` still names a complete
+/// checkpoint, each resume continues from it, and a resumed run's first save removes the
+/// temporaries that killed writes left.
 #[test]
 fn sigkill_during_checkpoint_writes_leaves_the_previous_checkpoint_loadable() {
+    // Kills at phases spread over about one step and its checkpoint (~100 ms with this config)...
+    const ARBITRARY_KILLS: u64 = 4;
+    // ...then kills just after a write began, until one lands before the rename (nearly always
+    // the first: a write of these ~11 MB with fsyncs takes tens of milliseconds).
+    const MAX_KILLS: u64 = 12;
     let ws = Workspace::new();
-    // Larger tables make each checkpoint a few MB, so kills land inside writes too.
+    // Larger tables make each checkpoint ~11 MB, so a write lasts long enough to be hit.
     let config = CONFIG.replace("vocab_size: 320", "vocab_size: 4000").replace("d_model: 32", "d_model: 96");
     let config =
         config.replace("checkpoint_every: 4", "checkpoint_every: 1").replace("steps: 12", "steps: 100000");
     fs::write(ws.path("config.yaml"), config).unwrap();
     let run_dir = ws.path("run");
-    let mut interrupted_writes = 0;
-    for round in 0..6u64 {
-        let command = if round == 0 { ws.train("run", &[]) } else { ws.resume("run", &[]) };
+    let (mut kills, mut inside_writes) = (0, 0);
+    loop {
+        let (command, resumed_from) = if kills == 0 {
+            (ws.train("run", &[]), 0)
+        } else {
+            (ws.resume("run", &[]), latest_step(&run_dir))
+        };
         let mut child = { command }.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        wait_for_steps(&run_dir, 2 + round as usize, &mut child);
-        std::thread::sleep(Duration::from_millis(37 * round));
+        // A killed run logged at most one step past `latest`, so two more prove that this one
+        // resumed, trained, and saved (and pruned) at least once.
+        wait_for_steps(&run_dir, resumed_from as usize + 2, &mut child);
+        if kills < ARBITRARY_KILLS {
+            std::thread::sleep(Duration::from_millis(29 * kills));
+        } else {
+            wait_for_checkpoint_write(&run_dir, &mut child);
+            std::thread::sleep(Duration::from_millis(5 * (kills % 3)));
+        }
+        let pid = child.id();
         child.kill().unwrap();
         child.wait().unwrap();
-        let tmp_dirs = fs::read_dir(run_dir.join("checkpoints"))
-            .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp-"))
-            .count();
-        interrupted_writes += tmp_dirs;
+        kills += 1;
+
+        let temps = temp_checkpoints(&run_dir);
+        assert!(temps.iter().all(|t| t.pid == pid), "earlier kills' temporaries survived a save: {temps:?}");
+        let latest = latest_step(&run_dir);
+        let landed = temps.first().inspect(|t| {
+            assert!(t.step > latest, "latest (step {latest}) moved before checkpoint {} was complete", t.step)
+        });
+        inside_writes += landed.is_some() as u64;
+        // `generate` loads `latest` with every file checked against its manifest.
         let args = ["generate", "--model", &ws.arg("run"), "--prompt", "The", "--max-tokens", "2"];
         succeed(&mut truthgpt(&args));
+        if landed.is_some() && kills >= ARBITRARY_KILLS {
+            break;
+        }
+        assert!(
+            kills < MAX_KILLS,
+            "{kills} kills, {inside_writes} inside a checkpoint write, none of the {} aimed at one",
+            kills - ARBITRARY_KILLS
+        );
     }
-    eprintln!("kills that landed inside a checkpoint write: {interrupted_writes} of 6");
+    eprintln!("kills: {kills}, inside a checkpoint write: {inside_writes}");
+
+    // The last kill interrupted a write: resuming past it removes its temporary, and the log holds
+    // every step once, in order.
+    let end = latest_step(&run_dir) + 2;
+    let out = succeed(&mut ws.resume("run", &["--stop-at", &end.to_string()]));
+    assert!(out.contains(&format!("at step {end}")), "{out}");
+    assert_eq!(temp_checkpoints(&run_dir), []);
+    let records = read_metrics(&run_dir.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Train(r) => Some(r.step),
+            Record::Eval(_) => None,
+        })
+        .collect();
+    assert_eq!(steps, (1..=end).collect::<Vec<_>>());
 }
 
 #[test]

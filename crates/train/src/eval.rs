@@ -27,6 +27,15 @@ pub fn evaluate(
     batch_size: usize,
     max_windows: usize,
 ) -> Result<Evaluation> {
+    // Zero windows would measure nothing, and report a NaN loss as if it were one.
+    if max_windows == 0 {
+        return Err(DataError::InvalidOption {
+            name: "max_windows",
+            value: "0".into(),
+            requirement: "at least one window must be evaluated",
+        }
+        .into());
+    }
     // A validation split shorter than one training window is measured in one shorter window.
     let seq_len = seq_len.min(model.config.max_seq_len).min(stream.len().saturating_sub(1) as usize);
     if seq_len == 0 {
@@ -51,5 +60,5 @@ pub fn evaluate(
         total += loss as f64 * targets.len() as f64;
         count += targets.len() as u64;
     }
-    Ok(Evaluation { loss: if count == 0 { f64::NAN } else { total / count as f64 }, tokens: count })
+    Ok(Evaluation { loss: total / count as f64, tokens: count })
 }

@@ -217,12 +217,15 @@ pub fn run(
     Ok(Outcome { trainer, state, initial_eval, final_eval, checkpoint, interrupted })
 }
 
-/// Opens the metrics log for appending, first dropping records past `step`: a run killed after
-/// its last checkpoint logged steps that its resume will run again.
+/// Opens the metrics log for appending, first dropping records past `step` (a run killed after
+/// its last checkpoint logged steps that its resume will run again) and a torn last line (the
+/// next record would be appended onto it and lost with it).
 fn open_metrics(path: &Path, step: u64) -> Result<fs::File> {
     if path.exists() {
-        let records = read_metrics(path)?;
-        if records.iter().any(|r| r.step() > step) {
+        let text = fs::read_to_string(path).at(path)?;
+        let records = parse_metrics(&text);
+        let torn = !text.is_empty() && !text.ends_with('\n');
+        if torn || records.iter().any(|r| r.step() > step) {
             let kept: String = records
                 .iter()
                 .filter(|r| r.step() <= step)
@@ -241,6 +244,9 @@ fn append(file: &mut fs::File, path: &Path, record: &Record) -> Result<()> {
 
 /// Every record of a metrics log. A torn last line (the process died mid-write) is skipped.
 pub fn read_metrics(path: &Path) -> Result<Vec<Record>> {
-    let text = fs::read_to_string(path).at(path)?;
-    Ok(text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect())
+    Ok(parse_metrics(&fs::read_to_string(path).at(path)?))
+}
+
+fn parse_metrics(text: &str) -> Vec<Record> {
+    text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
 }
