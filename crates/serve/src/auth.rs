@@ -224,18 +224,23 @@ impl Jwt {
         .ok_or("the token's algorithm is not accepted")?;
         let mut validation = Validation::new(header.alg);
         validation.set_audience(&[&self.audience]);
-        validation.set_required_spec_claims(&["exp", "aud", "sub"]);
-        // Times are checked below, on our clock: jsonwebtoken's is always the system's.
-        validation.validate_exp = false;
+        // Every claim we check must be present: jsonwebtoken checks `iss` only when a token has
+        // one, so a token from another issuer sharing the key would get in by leaving it out.
+        let mut required = vec!["exp", "aud", "sub"];
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
+        // Times are checked below, on our clock: jsonwebtoken's is always the system's.
+        validation.validate_exp = false;
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::InvalidAudience => "the token is for another audience",
                 ErrorKind::InvalidIssuer => "the token is from another issuer",
                 ErrorKind::InvalidSignature => "the token's signature is not valid",
+                ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => "the token names no issuer (iss)",
                 _ => "the token is not valid",
             }
         })?;

@@ -60,6 +60,10 @@ fn key(name: &str, tenant: &str, role: Role) -> KeyConfig {
 }
 
 fn options() -> Options {
+    options_with_issuer(None)
+}
+
+fn options_with_issuer(issuer: Option<&str>) -> Options {
     let keys = [
         key("admin", "ops", Role::Admin),
         key("alice", "acme", Role::User),
@@ -69,7 +73,7 @@ fn options() -> Options {
     ];
     let jwt = JwtConfig {
         audience: AUDIENCE.into(),
-        issuer: None,
+        issuer: issuer.map(Into::into),
         hs256_secret: Some(SECRET.into()),
         rs256_public_key: Some(fixture("jwt_rs256_public.pem")),
         leeway_secs: 0,
@@ -78,10 +82,14 @@ fn options() -> Options {
 }
 
 fn app() -> axum::Router {
+    app_with(options())
+}
+
+fn app_with(options: Options) -> axum::Router {
     let (_, model, tokenizer) = model_and_tokenizer(3);
     let served =
         Served::start(model, tokenizer, ChatFormat::Default, "tiny".into(), "fp".into(), SCHEDULER).unwrap();
-    router(AppState::new(served, SCHEDULER, options()))
+    router(AppState::new(served, SCHEDULER, options))
 }
 
 fn now() -> i64 {
@@ -232,6 +240,35 @@ async fn jwts_are_checked_for_signature_expiry_not_before_and_audience() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(keys.as_array().unwrap().len(), 5);
     assert!(!keys.to_string().contains("-key"), "keys are never shown: {keys}");
+}
+
+/// Hardening finding 1: with an issuer configured, a token without `iss` (or with `"iss": null`)
+/// was accepted on every route, `/admin` included, for HS256 and RS256 alike, so a token from
+/// another issuer sharing the key got in by leaving the claim out.
+#[tokio::test]
+async fn jwt_issuer_check_cannot_be_skipped_by_leaving_iss_out() {
+    let app = app_with(options_with_issuer(Some("https://issuer.example")));
+    let admin = |iss: Option<Value>| {
+        let mut claims = json!({"sub": "x", "aud": AUDIENCE, "exp": now() + 600, "role": "admin"});
+        if let Some(iss) = iss {
+            claims["iss"] = iss;
+        }
+        claims
+    };
+    for sign in [|c: Value| hs256(c, SECRET), rs256] {
+        let good = sign(admin(Some(json!("https://issuer.example"))));
+        assert_eq!(call(&app, "GET", "/admin/keys", Some(&good), None).await.0, StatusCode::OK);
+        for (iss, why) in
+            [(None, "no issuer"), (Some(Value::Null), "no issuer"), (Some(json!("evil")), "another issuer")]
+        {
+            let token = sign(admin(iss.clone()));
+            for path in ["/admin/keys", "/v1/models"] {
+                let (status, body) = call(&app, "GET", path, Some(&token), None).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "iss {iss:?} on {path}: {body}");
+                assert!(body["error"]["message"].as_str().unwrap().contains(why), "iss {iss:?}: {body}");
+            }
+        }
+    }
 }
 
 /// A WebSocket outlives the JWT it was opened with: once the authenticator's clock passes the
