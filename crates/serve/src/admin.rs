@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::KeyInfo;
+use crate::body::{BodyRejection, Object};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::{AppState, TenantUsage};
 
@@ -35,11 +36,11 @@ pub struct ReloadResponse {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn reload(
     State(state): State<AppState>,
-    request: Result<Json<ReloadRequest>, JsonRejection>,
+    request: Result<Object<ReloadRequest>, BodyRejection>,
 ) -> Result<Json<ReloadResponse>, ApiError> {
     let request = match request {
-        Ok(Json(request)) => request,
-        Err(JsonRejection::MissingJsonContentType(_)) => ReloadRequest::default(),
+        Ok(Object(request)) => request,
+        Err(BodyRejection::Json(JsonRejection::MissingJsonContentType(_))) => ReloadRequest::default(),
         Err(e) => return Err(e.into()),
     };
     let served = state.reload(request.model.map(PathBuf::from)).await.map_err(ApiError::invalid)?;

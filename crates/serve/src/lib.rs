@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod limits;

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +23,7 @@ use truthgpt_model::{FinishReason, Sampling, Usage};
 use utoipa::ToSchema;
 
 use crate::auth::Principal;
+use crate::body::{BodyRejection, Object};
 use crate::error::{ApiError, ErrorBody};
 use crate::limits::Budget;
 use crate::scheduler::{Event, Job, SchedulerError, Slot};
@@ -221,9 +221,9 @@ pub async fn completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
     budget: Option<Extension<Budget>>,
-    request: Result<Json<CompletionRequest>, JsonRejection>,
+    request: Result<Object<CompletionRequest>, BodyRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = request?;
+    let Object(request) = request?;
     let stream = request.params.stream;
     let include_usage = include_usage(&request.params);
     let generation =
@@ -244,9 +244,9 @@ pub async fn chat_completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
     budget: Option<Extension<Budget>>,
-    request: Result<Json<ChatRequest>, JsonRejection>,
+    request: Result<Object<ChatRequest>, BodyRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = request?;
+    let Object(request) = request?;
     let stream = request.params.stream;
     let include_usage = include_usage(&request.params);
     let input = Input::Chat { messages: request.messages, conversation: request.conversation_id };

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::auth::Principal;
+use crate::body::from_object;
 use crate::error::{ApiError, ErrorBody};
 use crate::limits::Budget;
 use crate::openai::{ChatRequest, CompletionRequest, Generation, Input};
@@ -103,11 +104,10 @@ async fn request(
 ) -> Result<(Generation, bool), ApiError> {
     let body: Value = serde_json::from_str(text).map_err(|e| ApiError::invalid(format!("not JSON: {e}")))?;
     let (input, params) = if body.get("messages").is_some() {
-        let r: ChatRequest = serde_json::from_value(body).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let r: ChatRequest = from_object(body).map_err(ApiError::invalid)?;
         (Input::Chat { messages: r.messages, conversation: r.conversation_id }, r.params)
     } else {
-        let r: CompletionRequest =
-            serde_json::from_value(body).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let r: CompletionRequest = from_object(body).map_err(ApiError::invalid)?;
         (Input::Completion(r.prompt), r.params)
     };
     let include_usage = params.stream_options.as_ref().is_some_and(|o| o.include_usage);

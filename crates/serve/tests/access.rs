@@ -438,3 +438,42 @@ async fn oversize_bodies_get_413() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("limit"), "{body}");
 }
+
+/// Hardening finding 5: `/admin/reload` answered `[]` with 200 (serde reads a struct from an
+/// array). Every JSON body must be an object; an array, string, number or null is a 400 that
+/// says so. (Objects are the other tests' requests.)
+#[tokio::test]
+async fn non_object_json_bodies_are_refused_everywhere() {
+    let app = app();
+    for (path, key) in [
+        ("/admin/reload", "admin-key"),
+        ("/v1/completions", "alice-key"),
+        ("/v1/chat/completions", "alice-key"),
+    ] {
+        for (body, kind) in [
+            (json!([]), "an array"),
+            (json!(["hi", 4]), "an array"),
+            (json!("hi"), "a string"),
+            (json!(3), "a number"),
+            (Value::Null, "null"),
+        ] {
+            let request = Request::builder()
+                .method("POST")
+                .uri(path)
+                .header("authorization", format!("Bearer {key}"))
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let answer: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}: {answer}");
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains(&format!("must be a JSON object, not {kind}")),
+                "{path} {body}: {message}"
+            );
+        }
+    }
+}

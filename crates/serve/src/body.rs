@@ -1,0 +1,63 @@
+//! JSON request bodies, as objects only. serde's derive also reads a struct from an array (its
+//! fields in order), so `[]` would pass as an empty request and `["hi"]` as a prompt: every route
+//! that takes a JSON body extracts it through [`Object`], and the WebSocket's messages go through
+//! [`from_object`].
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// A JSON body that must be an object, deserialized into `T`.
+pub struct Object<T>(pub T);
+
+/// Why a body was refused.
+#[derive(Debug)]
+pub enum BodyRejection {
+    /// Not JSON, the wrong content type, or too large: axum's own rejection.
+    Json(JsonRejection),
+    /// JSON, but not an object, or not the fields `T` needs.
+    Invalid(String),
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Object<T> {
+    type Rejection = BodyRejection;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<Value>::from_request(request, state).await.map_err(BodyRejection::Json)?;
+        from_object(value).map(Object).map_err(BodyRejection::Invalid)
+    }
+}
+
+/// `T` from a JSON object; any other JSON value is refused, naming what it was.
+pub fn from_object<T: DeserializeOwned>(value: Value) -> Result<T, String> {
+    let kind = match &value {
+        // With the path, as axum's own extractor reports it: "prompt: invalid type ...".
+        Value::Object(_) => return serde_path_to_error::deserialize(value).map_err(|e| e.to_string()),
+        Value::Array(_) => "an array",
+        Value::String(_) => "a string",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "a boolean",
+        Value::Null => "null",
+    };
+    Err(format!("the body must be a JSON object, not {kind}"))
+}
+
+impl IntoResponse for BodyRejection {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
+    }
+}
+
+impl From<BodyRejection> for ApiError {
+    fn from(rejection: BodyRejection) -> Self {
+        match rejection {
+            BodyRejection::Json(rejection) => rejection.into(),
+            BodyRejection::Invalid(message) => ApiError::invalid(message),
+        }
+    }
+}
