@@ -159,7 +159,8 @@ impl TensorFiles {
         }
     }
 
-    /// Reads tensor `name`, which must have `shape`, into `out` as f32.
+    /// Reads tensor `name`, which must have `shape`, into `out` as f32. A tensor holding NaN or
+    /// infinity is refused: such weights load silently otherwise and decode to nothing.
     pub fn read_into(&self, name: &str, shape: &[usize], out: &mut [f32]) -> Result<()> {
         self.check(name, shape)?;
         let entry = self.entry(name)?;
@@ -178,6 +179,19 @@ impl TensorFiles {
             Dtype::F32 => convert(out, bytes, 4, RUN, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             Dtype::F16 => convert(out, bytes, 2, RUN, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
             _ => convert(out, bytes, 2, RUN, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        }
+        // While the values are still in cache from the conversion.
+        let non_finite: usize =
+            out.par_chunks(RUN).map(|run| run.iter().filter(|x| !x.is_finite()).count()).sum();
+        if non_finite > 0 {
+            return Err(InteropError::Tensor {
+                path: self.shards[entry.shard].path.clone(),
+                name: name.into(),
+                problem: format!(
+                    "{non_finite} of {} values are NaN or infinite (a damaged file, or weights saved from a diverged run)",
+                    out.len()
+                ),
+            });
         }
         Ok(())
     }

@@ -151,3 +151,39 @@ fn a_tokenizer_config_naming_a_token_the_tokenizer_lacks() {
     let err = load_err(&dir);
     assert!(err.contains("tokenizer_config.json") && err.contains("</nonexistent>"), "{err}");
 }
+
+/// Hardening finding 7: a model with 1,024 NaN weights loaded without a word, and greedy decoding
+/// returned an empty completion. A tensor holding NaN or infinity is refused, naming the tensor
+/// and the count, in f32 and in f16 files alike.
+#[test]
+fn nan_weights_no_longer_load_silently() {
+    use safetensors::tensor::TensorView;
+    use safetensors::{Dtype, SafeTensors};
+    let target = "model.layers.0.mlp.up_proj.weight";
+    for (name, nan) in
+        [("llama", f32::NAN.to_le_bytes().to_vec()), ("llama3_f16", half::f16::NAN.to_le_bytes().to_vec())]
+    {
+        let (_tmp, dir) = copy(name);
+        let path = dir.join("model.safetensors");
+        let bytes = fs::read(&path).unwrap();
+        let tensors = SafeTensors::deserialize(&bytes).unwrap();
+        let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+            .collect();
+        let (_, dtype, _, data) =
+            owned.iter_mut().find(|(n, ..)| n == target).expect("the fixture has the tensor");
+        assert_eq!(dtype.bitsize(), 8 * nan.len(), "{name}");
+        for value in data.chunks_exact_mut(nan.len()).take(1024) {
+            value.copy_from_slice(&nan);
+        }
+        let views = owned.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()));
+        fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        let err = load_err(&dir);
+        assert!(
+            err.contains(target) && err.contains("1024 of") && err.contains("NaN or infinite"),
+            "{name}: {err}"
+        );
+    }
+}
