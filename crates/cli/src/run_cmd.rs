@@ -123,7 +123,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let mut saved = checkpoint::load_model(&args.model)?;
     let config = &saved.config;
     // A prepared dataset is evaluated on its validation split; raw text whole.
-    let stream = if shards::is_dataset_dir(&args.data) {
+    let stream = if shards::is_complete_dataset_dir(&args.data)? {
         TokenDataset::open(&args.data)?.val
     } else {
         let tokens = source::tokenize(&args.data, &config.data.jsonl_field, saved.tokenizer()?)

@@ -32,7 +32,7 @@ pub fn for_each_document(
     for file in &files {
         stats.files += 1;
         let bytes = fs::read(file).map_err(DataError::io(file))?;
-        let mut document = |doc: &str| {
+        let mut document = |doc: &str| -> Result<(), DataError> {
             if !doc.trim().is_empty() {
                 stats.documents += 1;
                 stats.bytes += doc.len() as u64;

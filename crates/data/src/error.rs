@@ -39,3 +39,9 @@ impl DataError {
         move |source| DataError::Io { path: path.to_path_buf(), source }
     }
 }
+
+impl From<crate::fsio::PathError> for DataError {
+    fn from(crate::fsio::PathError { path, source }: crate::fsio::PathError) -> Self {
+        DataError::Io { path, source }
+    }
+}

@@ -55,14 +55,29 @@ pub enum Existing {
     Refuse,
 }
 
-/// Writes directory `dir` holding `files` (name, bytes) atomically: it is built as a hidden
-/// sibling, every file and the directory fsynced, then renamed into place. On failure the
-/// temporary directory is removed.
+/// Writes directory `dir` holding `files` (name, bytes) atomically, as [`build_dir_atomic`] does.
 pub fn write_dir_atomic<B: AsRef<[u8]>>(
     dir: &Path,
     files: &[(&str, B)],
     existing: Existing,
 ) -> Result<(), PathError> {
+    build_dir_atomic(dir, existing, |tmp| {
+        for (file, bytes) in files {
+            let path = tmp.join(file);
+            write_synced(&path, bytes.as_ref()).at(&path)?;
+        }
+        Ok(())
+    })
+}
+
+/// Builds directory `dir` atomically: `build` fills a hidden sibling (it must fsync the files it
+/// writes), which is fsynced and renamed into place, so `dir` is either absent, the old one, or
+/// complete. On failure the temporary directory is removed.
+pub fn build_dir_atomic<T, E: From<PathError>>(
+    dir: &Path,
+    existing: Existing,
+    build: impl FnOnce(&Path) -> Result<T, E>,
+) -> Result<T, E> {
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -74,28 +89,29 @@ pub fn write_dir_atomic<B: AsRef<[u8]>>(
         fs::remove_dir_all(&tmp).at(&tmp)?;
     }
     fs::create_dir(&tmp).at(&tmp)?;
-    let result = (|| {
-        for (file, bytes) in files {
-            let path = tmp.join(file);
-            write_synced(&path, bytes.as_ref()).at(&path)?;
-        }
+    let result: Result<T, E> = (|| {
+        let value = build(&tmp)?;
         sync_dir(&tmp).at(&tmp)?;
         match (dir.exists(), existing) {
-            (true, Existing::Refuse) => Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists)).at(dir),
+            (true, Existing::Refuse) => {
+                Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists)).at(dir)?
+            }
             (true, Existing::Replace) => {
                 let old = parent.join(format!(".{name}.old-{}", std::process::id()));
                 fs::rename(dir, &old).at(dir)?;
                 fs::rename(&tmp, dir).at(dir)?;
-                fs::remove_dir_all(&old).at(&old)
+                fs::remove_dir_all(&old).at(&old)?;
             }
-            (false, _) => fs::rename(&tmp, dir).at(dir),
+            (false, _) => fs::rename(&tmp, dir).at(dir)?,
         }
+        Ok(value)
     })();
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);
     }
-    result?;
-    sync_dir(parent).at(parent)
+    let value = result?;
+    sync_dir(parent).at(parent)?;
+    Ok(value)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

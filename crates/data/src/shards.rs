@@ -142,6 +142,23 @@ pub fn is_dataset_dir(path: &Path) -> bool {
     path.join(MANIFEST).is_file()
 }
 
+/// Whether `path` is a prepared dataset (`Ok(true)`) or text (`Ok(false)`). A directory holding
+/// shards but no manifest is an error that says so: read as text it would hold no documents.
+pub fn is_complete_dataset_dir(path: &Path) -> Result<bool, DataError> {
+    if is_dataset_dir(path) {
+        return Ok(true);
+    }
+    if path.join("train-00000.bin").is_file() {
+        return Err(DataError::Dataset {
+            path: path.join(MANIFEST),
+            problem: "missing beside the token shards: an incomplete `truthgpt data prepare` (older builds \
+                      wrote in place); prepare it again"
+                .into(),
+        });
+    }
+    Ok(false)
+}
+
 impl TokenDataset {
     pub fn from_tokens(train: Vec<u32>, val: Vec<u32>, vocab_size: usize) -> Self {
         TokenDataset {
@@ -263,16 +280,16 @@ fn open_shard(
     Ok(map)
 }
 
-/// Tokenizes the corpus at `source` into shards under `out`; `data.json` is written last, so an
-/// interrupted prepare never looks complete.
+/// Tokenizes the corpus at `source` into shards under `out`. The dataset is built in a hidden
+/// sibling and renamed into place only when complete, so an interrupted or failed prepare (a
+/// full disk) leaves no partial dataset, and a dataset already at `out` stays whole until the new
+/// one replaces it. Any other non-empty directory at `out` is refused, never replaced.
 pub fn prepare(
     source: &Path,
     tokenizer: &Tokenizer,
     out: &Path,
     options: &PrepareOptions,
 ) -> Result<DatasetInfo, DataError> {
-    let vocab_size = tokenizer.vocab_size();
-    let width = if vocab_size <= 1 << 16 { 2 } else { 4 };
     if options.shard_tokens == 0 {
         return Err(DataError::InvalidOption {
             name: "shard_tokens",
@@ -280,14 +297,29 @@ pub fn prepare(
             requirement: "at least 1",
         });
     }
-    let mut splitter = Splitter::new(options.val_fraction, options.seed, options.block_tokens)?;
-    fs::create_dir_all(out).map_err(DataError::io(out))?;
-    // A manifest left by an earlier prepare here would describe shards this one overwrites.
-    let manifest_path = out.join(MANIFEST);
-    match fs::remove_file(&manifest_path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(DataError::io(&manifest_path)(e)),
-        _ => {}
+    let splitter = Splitter::new(options.val_fraction, options.seed, options.block_tokens)?;
+    if out.is_dir() && !is_dataset_dir(out) && fs::read_dir(out).map_err(DataError::io(out))?.next().is_some()
+    {
+        return Err(DataError::Dataset {
+            path: out.into(),
+            problem: "exists and is not a prepared dataset; choose another output or remove it".into(),
+        });
     }
+    fsio::build_dir_atomic(out, fsio::Existing::Replace, |dir| {
+        write_dataset(source, tokenizer, dir, options, splitter)
+    })
+}
+
+fn write_dataset(
+    source: &Path,
+    tokenizer: &Tokenizer,
+    out: &Path,
+    options: &PrepareOptions,
+    mut splitter: Splitter,
+) -> Result<DatasetInfo, DataError> {
+    let vocab_size = tokenizer.vocab_size();
+    let width = if vocab_size <= 1 << 16 { 2 } else { 4 };
+    let manifest_path = out.join(MANIFEST);
     let mut writers = [
         ShardWriter::new(out, "train", width, options.shard_tokens),
         ShardWriter::new(out, "val", width, options.shard_tokens),

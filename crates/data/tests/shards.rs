@@ -202,14 +202,38 @@ fn bad_split_options_are_errors() {
     );
 }
 
+/// Hardening finding 6: a prepare that failed part-way (a full disk) left an empty directory, or
+/// one holding only `val-00000.bin`, and `train --data` on it said "holds no text". Now a failed
+/// prepare leaves no partial output and an earlier dataset there whole, and a directory of
+/// shards without a manifest is an error that says what it is.
 #[test]
-fn a_failed_prepare_over_an_old_dataset_leaves_no_manifest() {
+fn data_prepare_on_a_full_disk_leaves_partial_output() {
     let dir = tempfile::tempdir().unwrap();
     let (tokenizer, _) = prepared(dir.path(), &small_shards());
     let out = dir.path().join("out");
+    let before = TokenDataset::open(&out).unwrap();
     let tiny = dir.path().join("tiny.txt");
     fs::write(&tiny, "a few words").unwrap();
     let err = shards::prepare(&tiny, &tokenizer, &out, &small_shards()).unwrap_err();
     assert!(matches!(err, DataError::EmptyTrainSplit { .. }), "{err}");
-    assert!(!shards::is_dataset_dir(&out));
+    let after = TokenDataset::open(&out).expect("the earlier dataset is untouched");
+    assert_eq!((after.train.len(), after.val.len()), (before.train.len(), before.val.len()));
+    let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(leftovers.iter().all(|n| !n.to_string_lossy().contains(".tmp-")), "{leftovers:?}");
+    // A fresh output that fails leaves nothing at all.
+    let fresh = dir.path().join("fresh");
+    assert!(shards::prepare(&tiny, &tokenizer, &fresh, &small_shards()).is_err());
+    assert!(!fresh.exists());
+    // Shards without a manifest (what older builds left) are named as such, not read as text.
+    fs::remove_file(out.join("data.json")).unwrap();
+    let err = shards::is_complete_dataset_dir(&out).unwrap_err().to_string();
+    assert!(err.contains("data.json") && err.contains("incomplete"), "{err}");
+    // A directory that is not a dataset is never replaced.
+    let mine = dir.path().join("mine");
+    fs::create_dir(&mine).unwrap();
+    fs::write(mine.join("notes.txt"), "keep me").unwrap();
+    let corpus = dir.path().join("corpus");
+    let err = shards::prepare(&corpus, &tokenizer, &mine, &small_shards()).unwrap_err().to_string();
+    assert!(err.contains("not a prepared dataset"), "{err}");
+    assert_eq!(fs::read_to_string(mine.join("notes.txt")).unwrap(), "keep me");
 }

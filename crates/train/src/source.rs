@@ -23,7 +23,7 @@ pub struct TrainingData {
 /// tokenize with `tokenizer`, else `data.tokenizer`, else a byte-level BPE of `model.vocab_size`
 /// fitted here on the text.
 pub fn load(path: &Path, config: &Config, tokenizer: Option<Tokenizer>) -> Result<TrainingData> {
-    if shards::is_dataset_dir(path) {
+    if shards::is_complete_dataset_dir(path)? {
         let dataset = TokenDataset::open(path)?;
         let tokenizer = match tokenizer {
             Some(tokenizer) => tokenizer,
