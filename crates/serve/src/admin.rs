@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::KeyInfo;
-use crate::body::{BodyRejection, Object};
+use crate::body::{self, BodyRejection, Object};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::{AppState, TenantUsage};
 
@@ -21,6 +21,8 @@ pub struct ReloadRequest {
     #[serde(default)]
     pub model: Option<String>,
 }
+
+impl body::Request for ReloadRequest {}
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ReloadResponse {

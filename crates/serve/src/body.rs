@@ -1,19 +1,29 @@
-//! JSON request bodies, as objects only. serde's derive also reads a struct from an array (its
-//! fields in order), so `[]` would pass as an empty request and `["hi"]` as a prompt: every route
-//! that takes a JSON body extracts it through [`Object`], and the WebSocket's messages go through
-//! [`from_object`].
+//! JSON request bodies, as objects only, with their numbers within the bounds the OpenAPI document
+//! states. serde's derive also reads a struct from an array (its fields in order), so `[]` would
+//! pass as an empty request and `["hi"]` as a prompt: every route that takes a JSON body extracts
+//! it through [`Object`], and the WebSocket's messages go through [`from_object`].
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::FromRequest;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::bounds::Bounds;
 use crate::error::ApiError;
 
 /// A JSON body that must be an object, deserialized into `T`.
 pub struct Object<T>(pub T);
+
+/// A request type whose documented numeric bounds are checked on the JSON as sent.
+pub trait Request: DeserializeOwned {
+    /// The bounds of its fields (none by default).
+    fn bounds() -> &'static Bounds {
+        static NONE: Bounds = Bounds::none();
+        &NONE
+    }
+}
 
 /// Why a body was refused.
 #[derive(Debug)]
@@ -24,20 +34,23 @@ pub enum BodyRejection {
     Invalid(String),
 }
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Object<T> {
+impl<T: Request, S: Send + Sync> FromRequest<S> for Object<T> {
     type Rejection = BodyRejection;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         let Json(value) = Json::<Value>::from_request(request, state).await.map_err(BodyRejection::Json)?;
         from_object(value).map(Object).map_err(BodyRejection::Invalid)
     }
 }
 
-/// `T` from a JSON object; any other JSON value is refused, naming what it was.
-pub fn from_object<T: DeserializeOwned>(value: Value) -> Result<T, String> {
+/// `T` from a JSON object within `T`'s bounds; any other JSON value is refused, naming what it was.
+pub fn from_object<T: Request>(value: Value) -> Result<T, String> {
     let kind = match &value {
-        // With the path, as axum's own extractor reports it: "prompt: invalid type ...".
-        Value::Object(_) => return serde_path_to_error::deserialize(value).map_err(|e| e.to_string()),
+        Value::Object(fields) => {
+            T::bounds().check(fields)?;
+            // With the path, as axum's own extractor reports it: "prompt: invalid type ...".
+            return serde_path_to_error::deserialize(value).map_err(|e| e.to_string());
+        }
         Value::Array(_) => "an array",
         Value::String(_) => "a string",
         Value::Number(_) => "a number",

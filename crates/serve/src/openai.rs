@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
@@ -23,7 +23,8 @@ use truthgpt_model::{FinishReason, Sampling, Usage};
 use utoipa::ToSchema;
 
 use crate::auth::Principal;
-use crate::body::{BodyRejection, Object};
+use crate::body::{self, BodyRejection, Object};
+use crate::bounds::Bounds;
 use crate::error::{ApiError, ErrorBody};
 use crate::limits::Budget;
 use crate::scheduler::{Event, Job, SchedulerError, Slot};
@@ -85,6 +86,24 @@ pub struct Params {
     /// Only 1.
     #[schema(minimum = 1, maximum = 1)]
     pub n: Option<usize>,
+}
+
+/// The sampling fields' documented bounds, which both endpoints' bodies carry (flattened).
+fn params_bounds() -> &'static Bounds {
+    static BOUNDS: LazyLock<Bounds> = LazyLock::new(Bounds::of::<Params>);
+    &BOUNDS
+}
+
+impl body::Request for CompletionRequest {
+    fn bounds() -> &'static Bounds {
+        params_bounds()
+    }
+}
+
+impl body::Request for ChatRequest {
+    fn bounds() -> &'static Bounds {
+        params_bounds()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]

@@ -457,17 +457,7 @@ async fn non_object_json_bodies_are_refused_everywhere() {
             (json!(3), "a number"),
             (Value::Null, "null"),
         ] {
-            let request = Request::builder()
-                .method("POST")
-                .uri(path)
-                .header("authorization", format!("Bearer {key}"))
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap();
-            let response = app.clone().oneshot(request).await.unwrap();
-            let status = response.status();
-            let bytes = response.into_body().collect().await.unwrap().to_bytes();
-            let answer: Value = serde_json::from_slice(&bytes).unwrap();
+            let (status, answer) = call(&app, "POST", path, Some(key), Some(body.clone())).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}: {answer}");
             let message = answer["error"]["message"].as_str().unwrap();
             assert!(
@@ -475,5 +465,49 @@ async fn non_object_json_bodies_are_refused_everywhere() {
                 "{path} {body}: {message}"
             );
         }
+    }
+}
+
+/// Hardening finding 3: `temperature` 2.5, 5, 100, 3.4e38 and -5e-324 answered 200 while the
+/// OpenAPI document said the maximum is 2. Every bound the document states for the sampling
+/// fields is enforced: a value just past it is a 400 naming the field, the bound itself passes.
+#[tokio::test]
+async fn out_of_range_sampling_settings_are_refused() {
+    let app = app();
+    let (_, doc) = call(&app, "GET", "/openapi.json", None, None).await;
+    let fields = doc["components"]["schemas"]["Params"]["properties"].as_object().unwrap().clone();
+    assert_eq!(fields["temperature"]["maximum"].as_f64(), Some(2.0), "the document's bound");
+    let mut checked = 0;
+    for (name, schema) in &fields {
+        for (key, past) in
+            [("maximum", 0.5), ("minimum", -0.5), ("exclusiveMinimum", 0.0), ("exclusiveMaximum", 0.0)]
+        {
+            let Some(bound) = schema[key].as_f64() else { continue };
+            for value in [bound + past, bound + 2.0 * past] {
+                let body = json!({"prompt": "hi", "max_tokens": 1, name.as_str(): value});
+                let (status, answer) =
+                    call(&app, "POST", "/v1/completions", Some("alice-key"), Some(body)).await;
+                assert_eq!(status, StatusCode::BAD_REQUEST, "{name} = {value}: {answer}");
+                assert!(
+                    answer["error"]["message"].as_str().unwrap().starts_with(&format!("{name}: ")),
+                    "{answer}"
+                );
+            }
+            if !key.starts_with("exclusive") {
+                // As the document writes it: an integer field's bound is an integer.
+                let body = json!({"prompt": "hi", "max_tokens": 1, name.as_str(): schema[key]});
+                let (status, answer) =
+                    call(&app, "POST", "/v1/completions", Some("alice-key"), Some(body)).await;
+                assert_eq!(status, StatusCode::OK, "{name} = {bound}: {answer}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "temperature, top_p, max_tokens and n carry bounds: {checked}");
+    for value in [json!(2.5), json!(5), json!(100), json!(3.4e38), json!(-5e-324)] {
+        let body = json!({"messages": [{"role": "user", "content": "hi"}], "temperature": value});
+        let (status, answer) =
+            call(&app, "POST", "/v1/chat/completions", Some("alice-key"), Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "temperature {value}: {answer}");
     }
 }
