@@ -20,15 +20,7 @@ pub fn import_hf(dir: &Path, out: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let loaded = hf::load(dir).with_context(|| format!("importing {}", dir.display()))?;
     let settings = hf::config::settings_for(&loaded.model.config);
-    // Kept for its chat template and special tokens (`hf::load` has already parsed it).
-    let tokenizer_config = dir.join(checkpoint::TOKENIZER_CONFIG);
-    let tokenizer_config = match tokenizer_config.is_file() {
-        true => Some(
-            std::fs::read(&tokenizer_config)
-                .with_context(|| format!("reading {}", tokenizer_config.display()))?,
-        ),
-        false => None,
-    };
+    let tokenizer_config = kept_tokenizer_config(dir)?;
     checkpoint::save_model_with(out, &settings, &loaded.model, loaded.tokenizer.as_ref(), tokenizer_config)?;
     eprintln!(
         "imported {} ({:?}, {:.1}M parameters, {}) into {} in {:.2}s",
@@ -42,9 +34,31 @@ pub fn import_hf(dir: &Path, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `tokenizer_config.json` an import keeps, for its chat template and special tokens (`hf::load`
+/// has already parsed it), as read; a template in `chat_template.jinja` is moved into it, where
+/// our model directories keep theirs.
+fn kept_tokenizer_config(dir: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    let path = dir.join(checkpoint::TOKENIZER_CONFIG);
+    let bytes = match path.is_file() {
+        true => Some(std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?),
+        false => None,
+    };
+    if !dir.join(hf::CHAT_TEMPLATE).is_file() {
+        return Ok(bytes);
+    }
+    let mut config: serde_json::Value = match &bytes {
+        Some(bytes) => {
+            serde_json::from_slice(bytes).with_context(|| format!("{}: not JSON", path.display()))?
+        }
+        None => serde_json::json!({}),
+    };
+    config["chat_template"] = hf::chat_template(dir)?.unwrap_or_default();
+    Ok(Some(serde_json::to_vec_pretty(&config).expect("JSON serialises")))
+}
+
 pub fn export_hf(model: &Path, out: &Path) -> anyhow::Result<()> {
     let saved = checkpoint::load_model(model)?;
-    let chat_template = chat_template(&saved.dir)?;
+    let chat_template = hf::chat_template(&saved.dir)?;
     let exported = hf::export(&saved.model, saved.tokenizer.as_ref(), chat_template.as_ref(), out)?;
     eprintln!(
         "wrote {} as {} ({} tensors{})",
@@ -54,18 +68,6 @@ pub fn export_hf(model: &Path, out: &Path) -> anyhow::Result<()> {
         if saved.tokenizer.is_some() { ", tokenizer" } else { "" }
     );
     Ok(())
-}
-
-/// The chat template a model directory keeps in its `tokenizer_config.json` (from `import hf`).
-fn chat_template(dir: &Path) -> anyhow::Result<Option<serde_json::Value>> {
-    let path = dir.join(checkpoint::TOKENIZER_CONFIG);
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let config: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
-    Ok(config.get("chat_template").cloned())
 }
 
 pub fn export_gguf(model: &Path, out: &Path, dtype: GgufDtypeArg) -> anyhow::Result<()> {

@@ -153,3 +153,47 @@ fn the_chat_template_survives_import_and_export() {
             .unwrap();
     assert_eq!(exported_config["chat_template"], template);
 }
+
+/// Hardening finding 8: transformers 4.43 and later saves a model's chat template in
+/// `chat_template.jinja`, not `tokenizer_config.json`, and such a model was served with the
+/// default format. The file is read (it wins over `tokenizer_config.json`, as in transformers),
+/// kept by `import hf` and written back by `export hf`; the server renders with it.
+#[test]
+fn a_chat_template_in_chat_template_jinja_is_no_longer_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (source, imported, exported) =
+        (tmp.path().join("source"), tmp.path().join("imported"), tmp.path().join("exported"));
+    std::fs::create_dir(&source).unwrap();
+    for entry in std::fs::read_dir(fixture("gpt2")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, source.join(path.file_name().unwrap())).unwrap();
+    }
+    let template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant] ";
+    std::fs::write(source.join("chat_template.jinja"), template).unwrap();
+    let messages = [truthgpt_serve::types::Message { role: "user".into(), content: "Hi".into() }];
+    // Beside a `tokenizer_config.json` that has no template (the gpt2 fixture's).
+    let format = truthgpt_serve::template::ChatFormat::for_model(&source).unwrap();
+    assert_eq!(format.render(&messages).unwrap(), "[user] Hi\n[assistant] ");
+    let output =
+        run(&mut truthgpt(&["import", "hf", source.to_str().unwrap(), "--out", imported.to_str().unwrap()]));
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(imported.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(kept["chat_template"], template, "kept where our model directories keep it");
+    let format = truthgpt_serve::template::ChatFormat::for_model(&imported).unwrap();
+    assert_eq!(format.render(&messages).unwrap(), "[user] Hi\n[assistant] ");
+
+    let output = run(&mut truthgpt(&[
+        "export",
+        "hf",
+        imported.to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]));
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    assert_eq!(std::fs::read_to_string(exported.join("chat_template.jinja")).unwrap(), template);
+    let exported_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exported.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(exported_config["chat_template"], template, "and where older transformers looks");
+}

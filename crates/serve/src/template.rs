@@ -1,4 +1,5 @@
-//! Chat prompts: the model's own Jinja template from `tokenizer_config.json` (rendered with
+//! Chat prompts: the model's own Jinja template, from `chat_template.jinja` or
+//! `tokenizer_config.json` as transformers finds it (rendered with
 //! minijinja and its Python-compatible methods, as transformers' `apply_chat_template` renders
 //! it), or, without one, the default format: each message as `<|role|>\ncontent\n`, then
 //! `<|assistant|>\n` for the reply.
@@ -6,6 +7,8 @@
 use std::path::Path;
 
 use minijinja::{context, Environment, Error, ErrorKind, Value};
+
+use truthgpt_interop::hf;
 
 use crate::types::Message;
 
@@ -33,27 +36,32 @@ fn token_text(value: Option<&serde_json::Value>) -> String {
 }
 
 impl ChatFormat {
-    /// The template of the model in `dir`, if its `tokenizer_config.json` has one.
+    /// The template of the model in `dir`, if it has one (`chat_template.jinja` first, then
+    /// `tokenizer_config.json`), with the special tokens `tokenizer_config.json` names.
     pub fn for_model(dir: &Path) -> Result<Self, String> {
-        let path = dir.join("tokenizer_config.json");
-        if !path.is_file() {
-            return Ok(ChatFormat::Default);
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let config: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+        let path = dir.join(hf::TOKENIZER_CONFIG);
+        let config: serde_json::Value = match path.is_file() {
+            true => {
+                let text =
+                    std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+                serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?
+            }
+            false => serde_json::Value::Null,
+        };
+        let jinja = dir.join(hf::CHAT_TEMPLATE);
+        let source = if jinja.is_file() { jinja } else { path };
         // One template, or a list of named ones of which we use `default`.
-        let template = match config.get("chat_template") {
-            Some(serde_json::Value::String(t)) => t.clone(),
+        let template = match hf::chat_template(dir).map_err(|e| e.to_string())? {
+            Some(serde_json::Value::String(t)) => t,
             Some(serde_json::Value::Array(named)) => named
                 .iter()
                 .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
                 .and_then(|t| t.get("template")?.as_str().map(str::to_string))
-                .ok_or_else(|| format!("{}: no template named `default`", path.display()))?,
+                .ok_or_else(|| format!("{}: no template named `default`", source.display()))?,
             _ => return Ok(ChatFormat::Default),
         };
         ChatFormat::jinja(template, token_text(config.get("bos_token")), token_text(config.get("eos_token")))
-            .map_err(|e| format!("{}: the chat template does not compile: {e}", path.display()))
+            .map_err(|e| format!("{}: the chat template does not compile: {e}", source.display()))
     }
 
     pub fn jinja(template: String, bos_token: String, eos_token: String) -> Result<Self, Error> {

@@ -26,6 +26,9 @@ use crate::tensors::{TensorFiles, SINGLE};
 pub const CONFIG: &str = "config.json";
 pub const TOKENIZER: &str = "tokenizer.json";
 pub const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
+/// Where transformers 4.43 and later (5.x by default) saves a chat template, instead of in
+/// `tokenizer_config.json`.
+pub const CHAT_TEMPLATE: &str = "chat_template.jinja";
 
 /// A model read from a Hugging Face directory.
 #[derive(Debug)]
@@ -306,6 +309,25 @@ fn transpose(inp: &[f32], out: &mut [f32], rows: usize, cols: usize) {
     });
 }
 
+/// The chat template of the model in `dir`, as transformers reads it: `chat_template.jinja` when
+/// present, else `tokenizer_config.json`'s `chat_template` (a string, or a list of named
+/// templates), else none.
+pub fn chat_template(dir: &Path) -> Result<Option<Value>> {
+    let jinja = dir.join(CHAT_TEMPLATE);
+    if jinja.is_file() {
+        let text = fs::read_to_string(&jinja).map_err(|source| InteropError::Io { path: jinja, source })?;
+        return Ok(Some(Value::String(text)));
+    }
+    let path = dir.join(TOKENIZER_CONFIG);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = fs::read_to_string(&path).map_err(|source| InteropError::Io { path: path.clone(), source })?;
+    let config: Value = serde_json::from_str(&text)
+        .map_err(|e| InteropError::Invalid { path: path.clone(), problem: format!("not JSON: {e}") })?;
+    Ok(config.get("chat_template").cloned())
+}
+
 /// The tokenizer of an HF directory, if it has one, with the end-of-sequence token that
 /// `tokenizer_config.json` names.
 fn load_tokenizer(dir: &Path, vocab_size: usize) -> Result<Option<Tokenizer>> {
@@ -338,8 +360,9 @@ pub struct Exported {
 }
 
 /// Writes `model` (and its tokenizer, with `chat_template` in its `tokenizer_config.json`: a
-/// string or transformers' list of named templates) as a Hugging Face directory at `out`, which
-/// must not exist; the directory appears whole or not at all.
+/// string or transformers' list of named templates; a string also as `chat_template.jinja`, where
+/// transformers 5 looks first) as a Hugging Face directory at `out`, which must not exist; the
+/// directory appears whole or not at all.
 pub fn export(
     model: &Model,
     tokenizer: Option<&Tokenizer>,
@@ -366,6 +389,9 @@ pub fn export(
         });
         if let Some(template) = chat_template {
             tokenizer_config["chat_template"] = template.clone();
+            if let Value::String(text) = template {
+                files.push((CHAT_TEMPLATE, text.clone().into_bytes()));
+            }
         }
         files.push((TOKENIZER, tokenizer.to_json().into_bytes()));
         files
