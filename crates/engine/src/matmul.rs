@@ -85,11 +85,17 @@ impl Gemm {
 
     /// Every kernel this CPU runs, the `gemm` crate first.
     pub fn available() -> Vec<Gemm> {
-        let mut kernels = vec![Gemm::Crate];
-        if Gemm::best() != Gemm::Crate {
-            kernels.push(Gemm::best());
-        }
-        kernels
+        portable_then(Gemm::Crate, Gemm::best())
+    }
+}
+
+/// `portable`, then `best` where it differs: every variant of a kernel this CPU runs, for the
+/// tests and benchmarks that compare them.
+fn portable_then<T: Copy + PartialEq>(portable: T, best: T) -> Vec<T> {
+    if best == portable {
+        vec![portable]
+    } else {
+        vec![portable, best]
     }
 }
 
@@ -311,11 +317,7 @@ impl Tile {
 
     /// Every tile this CPU runs, the portable one first.
     pub fn available() -> Vec<Tile> {
-        let mut tiles = vec![Tile::Lanes8];
-        if Tile::best() != Tile::Lanes8 {
-            tiles.push(Tile::best());
-        }
-        tiles
+        portable_then(Tile::Lanes8, Tile::best())
     }
 }
 
