@@ -12,8 +12,8 @@
 //! - for each strip of `b` (it stays in L1), every strip of `a` (from L2) goes through the tile:
 //!   24 accumulators, two loads of `b` and twelve broadcasts of `a` per step of the depth.
 //!
-//! Packing buffers are per thread and kept between calls, so a product allocates nothing after
-//! the first at its size.
+//! Packing buffers are per thread and kept between calls, so only a thread's first product
+//! allocates.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -40,7 +40,9 @@ pub fn available() -> bool {
 pub(crate) const TILE: (usize, usize) = (MR, NR);
 
 thread_local! {
-    /// This thread's packed `a` and `b` blocks, grown to the largest size seen.
+    /// This thread's packed `a` and `b` blocks, made at their full sizes (`MC x KC` and
+    /// `KC x NC`) on the thread's first product. Borrowed only while a block runs, which calls
+    /// nothing that could run another product on this thread.
     static PANELS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
