@@ -5,12 +5,13 @@
 //! generation after the first spends a request from the caller's requests/min, and a socket whose
 //! JWT has expired is closed.
 
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use axum::Extension;
 use futures_util::StreamExt;
 use serde_json::Value;
+use tokio_tungstenite::tungstenite;
 
 use crate::auth::Principal;
 use crate::body::from_object;
@@ -51,9 +52,16 @@ async fn serve(mut socket: WebSocket, state: AppState, caller: Principal, budget
             message = socket.recv() => message,
             _ = stopping.wait_for(|&stop| stop) => None,
         };
-        let Some(Ok(message)) = message else {
-            let _ = socket.send(WsMessage::Close(None)).await;
-            return;
+        let message = match message {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => {
+                let _ = socket.send(WsMessage::Close(Some(close_frame(e, state.max_body_bytes)))).await;
+                return;
+            }
+            None => {
+                let _ = socket.send(WsMessage::Close(None)).await;
+                return;
+            }
         };
         let text = match message {
             WsMessage::Text(text) => text,
@@ -93,6 +101,18 @@ async fn serve(mut socket: WebSocket, state: AppState, caller: Principal, budget
         if socket.send(WsMessage::text("[DONE]")).await.is_err() {
             return;
         }
+    }
+}
+
+/// Why a socket is closed after a message could not be read: 1009 for one over the size limit
+/// (whole or reassembled from fragments), naming the limit, else 1002.
+fn close_frame(error: axum::Error, limit: usize) -> CloseFrame {
+    match error.into_inner().downcast::<tungstenite::Error>().map(|e| *e) {
+        Ok(tungstenite::Error::Capacity(_)) => CloseFrame {
+            code: close_code::SIZE,
+            reason: format!("message too big: the limit is {limit} bytes").into(),
+        },
+        _ => CloseFrame { code: close_code::PROTOCOL, reason: "the message could not be read".into() },
     }
 }
 

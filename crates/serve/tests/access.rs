@@ -511,3 +511,55 @@ async fn out_of_range_sampling_settings_are_refused() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "temperature {value}: {answer}");
     }
 }
+
+/// Hardening finding 9 (WebSocket): a message over the size limit, whole or as a 4 MB run of
+/// fragments, was answered with a bare Close, or dropped with none. Both now get Close 1009
+/// ("message too big") naming the limit.
+#[tokio::test]
+async fn websocket_messages_over_the_limit_get_close_1009_not_a_bare_close() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    let (_, model, tokenizer) = model_and_tokenizer(3);
+    let served =
+        Served::start(model, tokenizer, ChatFormat::Default, "tiny".into(), "fp".into(), SCHEDULER).unwrap();
+    let app = router(AppState::new(served, SCHEDULER, Options { max_body_bytes: 4096, ..options() }));
+    let listener = truthgpt_serve::listen("127.0.0.1:0").await.unwrap();
+    let address = axum::serve::Listener::local_addr(&listener).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let connect = async || {
+        let mut request = format!("ws://{address}/v1/stream").into_client_request().unwrap();
+        request.headers_mut().insert("authorization", "Bearer alice-key".parse().unwrap());
+        tokio_tungstenite::connect_async(request).await.unwrap().0
+    };
+    let whole = Message::text("x".repeat(5000));
+    let fragmented = {
+        // 4 MB as 64 continuation frames of 64 KiB after a first text fragment.
+        let mut frames =
+            vec![Message::Frame(Frame::message("x".repeat(1 << 16), OpCode::Data(Data::Text), false))];
+        frames.extend((0..64).map(|i| {
+            Message::Frame(Frame::message("x".repeat(1 << 16), OpCode::Data(Data::Continue), i == 63))
+        }));
+        frames
+    };
+    for (case, messages) in [("whole", vec![whole]), ("fragmented", fragmented)] {
+        let mut socket = connect().await;
+        for message in messages {
+            if socket.send(message).await.is_err() {
+                break; // the server may close while the rest is still being sent
+            }
+        }
+        let close = loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => continue,
+                other => panic!("{case}: the socket ended without a close frame: {other:?}"),
+            }
+        };
+        let frame = close.unwrap_or_else(|| panic!("{case}: a bare Close"));
+        assert_eq!(frame.code, CloseCode::Size, "{case}: {frame:?}");
+        assert_eq!(frame.reason.as_str(), "message too big: the limit is 4096 bytes", "{case}");
+    }
+}
