@@ -230,3 +230,27 @@ fn serve_refuses_absurd_sizes_and_keeps_the_key_out_of_help() {
     assert!(help.status.success());
     assert!(!String::from_utf8_lossy(&help.stdout).contains("sk-secret-123"), "--help shows the key");
 }
+
+/// Hardening finding 9: a full disk's error was printed twice in one line (`...: No space left on
+/// device (os error 28): No space left on device (os error 28)`): our messages include the cause
+/// they wrap, and the report printed the cause again. Any I/O error's text now appears once.
+#[test]
+fn the_enospc_error_text_is_printed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    std::fs::write(&corpus, "To be, or not to be, that is the question.\n".repeat(50)).unwrap();
+    // A file where a directory should be: an I/O error through the same error types.
+    let out = corpus.join("tokenizer.json");
+    let output = run(&mut truthgpt(&[
+        "tokenizer",
+        "train",
+        "--data",
+        corpus.to_str().unwrap(),
+        "--vocab-size",
+        "300",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let err = assert_fails_cleanly(&output);
+    assert_eq!(err.matches("(os error").count(), 1, "{err}");
+}
