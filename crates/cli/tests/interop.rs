@@ -47,18 +47,9 @@ fn import_export_and_logits_agree_bit_for_bit() {
     let tmp = tempfile::tempdir().unwrap();
     let (imported, exported) = (tmp.path().join("imported"), tmp.path().join("exported"));
     let source = fixture("gpt2");
-    let output =
-        run(&mut truthgpt(&["import", "hf", source.to_str().unwrap(), "--out", imported.to_str().unwrap()]));
-    assert!(output.status.success(), "{}", common::stderr(&output));
+    succeeds(&["import", "hf", source.to_str().unwrap(), "--out", imported.to_str().unwrap()]);
     assert!(imported.join("manifest.json").is_file() && imported.join("tokenizer.json").is_file());
-    let output = run(&mut truthgpt(&[
-        "export",
-        "hf",
-        imported.to_str().unwrap(),
-        "--out",
-        exported.to_str().unwrap(),
-    ]));
-    assert!(output.status.success(), "{}", common::stderr(&output));
+    succeeds(&["export", "hf", imported.to_str().unwrap(), "--out", exported.to_str().unwrap()]);
     let ids = [0, 5, 299, 17, 42];
     let original = logits(&source, &ids);
     assert_eq!(logits(&imported, &ids), original);
@@ -111,18 +102,30 @@ fn bad_requests_fail_cleanly() {
     assert!(err.contains("max_seq_len"), "{err}");
 }
 
-/// A model's chat template survives `import hf` (kept, under the manifest, in the file the server
-/// reads it from) and `export hf`, so an imported model chats as it was trained to.
-#[test]
-fn the_chat_template_survives_import_and_export() {
+/// A temporary directory with a writable copy of fixture `name` (`source`), and where its import
+/// and that import's export go.
+fn round_trip_dirs(name: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let (source, imported, exported) =
         (tmp.path().join("source"), tmp.path().join("imported"), tmp.path().join("exported"));
     std::fs::create_dir(&source).unwrap();
-    for entry in std::fs::read_dir(fixture("gpt2")).unwrap() {
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, source.join(path.file_name().unwrap())).unwrap();
     }
+    (tmp, source, imported, exported)
+}
+
+fn succeeds(args: &[&str]) {
+    let output = run(&mut truthgpt(args));
+    assert!(output.status.success(), "{args:?}: {}", common::stderr(&output));
+}
+
+/// A model's chat template survives `import hf` (kept, under the manifest, in the file the server
+/// reads it from) and `export hf`, so an imported model chats as it was trained to.
+#[test]
+fn the_chat_template_survives_import_and_export() {
+    let (_tmp, source, imported, exported) = round_trip_dirs("gpt2");
     let template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|>";
     let config_path = source.join("tokenizer_config.json");
     let mut config: serde_json::Value =
@@ -130,9 +133,7 @@ fn the_chat_template_survives_import_and_export() {
     config["chat_template"] = serde_json::json!(template);
     std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
 
-    let output =
-        run(&mut truthgpt(&["import", "hf", source.to_str().unwrap(), "--out", imported.to_str().unwrap()]));
-    assert!(output.status.success(), "{}", common::stderr(&output));
+    succeeds(&["import", "hf", source.to_str().unwrap(), "--out", imported.to_str().unwrap()]);
     assert_eq!(
         std::fs::read(imported.join("tokenizer_config.json")).unwrap(),
         std::fs::read(&config_path).unwrap()
@@ -140,14 +141,7 @@ fn the_chat_template_survives_import_and_export() {
     let manifest = std::fs::read_to_string(imported.join("manifest.json")).unwrap();
     assert!(manifest.contains("tokenizer_config.json"), "checksummed: {manifest}");
 
-    let output = run(&mut truthgpt(&[
-        "export",
-        "hf",
-        imported.to_str().unwrap(),
-        "--out",
-        exported.to_str().unwrap(),
-    ]));
-    assert!(output.status.success(), "{}", common::stderr(&output));
+    succeeds(&["export", "hf", imported.to_str().unwrap(), "--out", exported.to_str().unwrap()]);
     let exported_config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(exported.join("tokenizer_config.json")).unwrap())
             .unwrap();
@@ -160,37 +154,21 @@ fn the_chat_template_survives_import_and_export() {
 /// kept by `import hf` and written back by `export hf`; the server renders with it.
 #[test]
 fn a_chat_template_in_chat_template_jinja_is_no_longer_ignored() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (source, imported, exported) =
-        (tmp.path().join("source"), tmp.path().join("imported"), tmp.path().join("exported"));
-    std::fs::create_dir(&source).unwrap();
-    for entry in std::fs::read_dir(fixture("gpt2")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, source.join(path.file_name().unwrap())).unwrap();
-    }
+    let (_tmp, source, imported, exported) = round_trip_dirs("gpt2");
     let template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant] ";
     std::fs::write(source.join("chat_template.jinja"), template).unwrap();
     let messages = [truthgpt_serve::types::Message { role: "user".into(), content: "Hi".into() }];
     // Beside a `tokenizer_config.json` that has no template (the gpt2 fixture's).
     let format = truthgpt_serve::template::ChatFormat::for_model(&source).unwrap();
     assert_eq!(format.render(&messages).unwrap(), "[user] Hi\n[assistant] ");
-    let output =
-        run(&mut truthgpt(&["import", "hf", source.to_str().unwrap(), "--out", imported.to_str().unwrap()]));
-    assert!(output.status.success(), "{}", common::stderr(&output));
+    succeeds(&["import", "hf", source.to_str().unwrap(), "--out", imported.to_str().unwrap()]);
     let kept: serde_json::Value =
         serde_json::from_slice(&std::fs::read(imported.join("tokenizer_config.json")).unwrap()).unwrap();
     assert_eq!(kept["chat_template"], template, "kept where our model directories keep it");
     let format = truthgpt_serve::template::ChatFormat::for_model(&imported).unwrap();
     assert_eq!(format.render(&messages).unwrap(), "[user] Hi\n[assistant] ");
 
-    let output = run(&mut truthgpt(&[
-        "export",
-        "hf",
-        imported.to_str().unwrap(),
-        "--out",
-        exported.to_str().unwrap(),
-    ]));
-    assert!(output.status.success(), "{}", common::stderr(&output));
+    succeeds(&["export", "hf", imported.to_str().unwrap(), "--out", exported.to_str().unwrap()]);
     assert_eq!(std::fs::read_to_string(exported.join("chat_template.jinja")).unwrap(), template);
     let exported_config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(exported.join("tokenizer_config.json")).unwrap())
