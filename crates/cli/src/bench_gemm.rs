@@ -55,8 +55,9 @@ pub fn run(args: &BenchGemmArgs) -> anyhow::Result<()> {
             Layout::Tn => (Op::T(&a), Op::N(&b)),
         };
         let mut out = vec![0.0; m * n];
-        // About 50 ms per kernel and round.
-        let calls = ((1e8 / (m * n * k) as f64) as usize).max(1);
+        // About 15 GFLOP per kernel and round: ~50 ms at 300 GFLOP/s, so that one product's
+        // timer and wake-up do not dominate.
+        let calls = ((7.5e9 / (m * n * k) as f64) as usize).max(1);
         let mut seconds = vec![Vec::new(); kernels.len()];
         // One untimed round first: page faults, packing buffers, the CPU's clock.
         for round in 0..=args.rounds {
