@@ -64,7 +64,7 @@ class GPT(nn.Module):
         return self.head(self.ln(x))
 
 
-def torch_ms_per_step(config, steps, warmup):
+def torch_ms_per_step(config, steps, warmup, bf16):
     m, tr = config["model"], config["train"]
     assert m["positional"] == "learned" and m["ffn"] == "mlp" and m["norm"] == "layernorm", \
         "the torch baseline covers GPT-style models (learned positions, LayerNorm, GELU MLP)"
@@ -77,7 +77,9 @@ def torch_ms_per_step(config, steps, warmup):
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
-        loss = F.cross_entropy(model(x).view(-1, V), y.view(-1))
+        # bf16: PyTorch's CPU mixed precision (linear and matmul in bf16, the loss in f32).
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x).view(-1, V).float(), y.view(-1))
         opt.zero_grad()
         loss.backward()
         if tr["grad_clip"] > 0:
@@ -102,22 +104,25 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                   help="bf16: ours with train.precision=bf16 against PyTorch under torch.autocast")
     args = p.parse_args()
-    layers = ["--preset", args.preset] + [f"--set={s}" for s in args.overrides]
+    overrides = args.overrides + ([] if args.precision == "f32" else [f"train.precision={args.precision}"])
+    layers = ["--preset", args.preset] + [f"--set={s}" for s in overrides]
     config = json.loads(subprocess.run([BINARY, "config", "show", *layers], check=True, capture_output=True,
                                        text=True).stdout)
     torch.set_num_threads(args.threads)
     B, T = config["train"]["batch_size"], config["train"]["seq_len"]
     torch_ms, our_ms, rss = [], [], []
     for r in range(args.rounds):
-        torch_ms.append(torch_ms_per_step(config, args.steps, args.warmup))
+        torch_ms.append(torch_ms_per_step(config, args.steps, args.warmup, args.precision == "bf16"))
         line = ours(args, layers)
         our_ms.append(line["ms_per_step"])
         rss.append(line["peak_rss_mb"])
         print(f"round {r + 1}: torch {torch_ms[-1]:.1f} ms/step, truthgpt {our_ms[-1]:.1f} ms/step", file=sys.stderr)
     t_ms, o_ms = statistics.median(torch_ms), statistics.median(our_ms)
     print(json.dumps({
-        "preset": args.preset, "overrides": args.overrides, "threads": args.threads, "batch": B, "seq": T,
+        "preset": args.preset, "precision": args.precision, "overrides": args.overrides, "threads": args.threads, "batch": B, "seq": T,
         "torch_ms_per_step": round(t_ms, 2), "truthgpt_ms_per_step": round(o_ms, 2),
         "torch_tokens_per_sec": round(B * T / t_ms * 1e3), "truthgpt_tokens_per_sec": round(B * T / o_ms * 1e3),
         "ratio": round(t_ms / o_ms, 3), "truthgpt_peak_rss_mb": max(rss), "torch": torch.__version__,

@@ -67,6 +67,7 @@ pub fn train(args: &BenchTrainArgs) -> anyhow::Result<()> {
         "loss": loss,
         "threads": threads,
         "preset_or_config": source,
+        "linear_gemm": format!("{:?}", trainer.model.linear_gemm()).to_lowercase(),
     });
     println!("{line}");
     Ok(())

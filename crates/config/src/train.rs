@@ -14,6 +14,18 @@ pub enum Schedule {
     Constant,
 }
 
+/// What the linear layers' products round their operands to; weights, gradients, optimizer
+/// state and every sum stay f32.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    /// Mixed precision: bf16 operands with f32 sums, on CPUs that multiply bf16 (Intel AMX);
+    /// f32 products on the others.
+    Bf16,
+}
+
 /// The `train:` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -36,6 +48,8 @@ pub struct TrainConfig {
     pub grad_accum: usize,
     /// Recompute each block's activations in backward instead of keeping them.
     pub gradient_checkpointing: bool,
+    /// `f32`, or `bf16` for mixed precision.
+    pub precision: Precision,
     /// Seeds initialisation, the validation split, batch order and dropout.
     pub seed: u64,
     /// Measure validation loss every this many steps (and at the end); 0 only at the end.
@@ -64,6 +78,7 @@ impl Default for TrainConfig {
             grad_clip: 1.0,
             grad_accum: 1,
             gradient_checkpointing: false,
+            precision: Precision::F32,
             seed: 1337,
             eval_every: 100,
             eval_batches: 20,

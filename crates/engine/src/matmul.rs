@@ -71,10 +71,24 @@ pub enum Gemm {
     /// [`crate::packed`]: packed panels and a 12 x 32 AVX-512 tile, one block per thread.
     #[cfg(target_arch = "x86_64")]
     Packed,
+    /// [`crate::amx`]: operands rounded to bf16, multiplied in Intel AMX's tiles, summed in f32.
+    #[cfg(target_arch = "x86_64")]
+    Amx,
+}
+
+/// What a product's operands are rounded to before they are multiplied; the sums, and every
+/// result, are f32 either way.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    /// Mixed precision: bf16 operands (8 bits of mantissa) where the CPU multiplies bf16, f32
+    /// products elsewhere.
+    Bf16,
 }
 
 impl Gemm {
-    /// The fastest kernel this CPU runs.
+    /// The fastest f32 kernel this CPU runs.
     pub fn best() -> Gemm {
         #[cfg(target_arch = "x86_64")]
         if crate::packed::available() {
@@ -83,9 +97,33 @@ impl Gemm {
         Gemm::Crate
     }
 
-    /// Every kernel this CPU runs, the `gemm` crate first.
+    /// The kernel for products at `precision`: [`Gemm::Amx`] for bf16 where the CPU has it,
+    /// otherwise [`Gemm::best`].
+    pub fn for_precision(precision: Precision) -> Gemm {
+        #[cfg(target_arch = "x86_64")]
+        if precision == Precision::Bf16 && crate::amx::available() {
+            return Gemm::Amx;
+        }
+        Gemm::best()
+    }
+
+    /// Every kernel this CPU runs, the `gemm` crate first and the bf16 one last.
     pub fn available() -> Vec<Gemm> {
-        portable_then(Gemm::Crate, Gemm::best())
+        let mut kernels = portable_then(Gemm::Crate, Gemm::best());
+        let bf16 = Gemm::for_precision(Precision::Bf16);
+        if !kernels.contains(&bf16) {
+            kernels.push(bf16);
+        }
+        kernels
+    }
+
+    /// The precision this kernel multiplies at.
+    pub fn precision(self) -> Precision {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Gemm::Amx => Precision::Bf16,
+            _ => Precision::F32,
+        }
     }
 }
 
@@ -148,6 +186,14 @@ pub unsafe fn gemm_strided_with(
         // disjoint.
         let run = |r0, rows, c0, cols| unsafe { crate::packed::block(&product, r0, rows, c0, cols) };
         split_over_threads(m, n, threads, crate::packed::TILE, run);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Gemm::Amx && m > 1 && n > 1 {
+        assert!(crate::amx::available(), "gemm: this CPU has no AMX bf16");
+        // SAFETY: as above, with AMX for AVX-512F.
+        let run = |r0, rows, c0, cols| unsafe { crate::amx::block(&product, r0, rows, c0, cols) };
+        split_over_threads(m, n, threads, crate::amx::TILE, run);
         return;
     }
     // SAFETY: as above.
@@ -453,8 +499,11 @@ fn dot_tile<const R: usize>(x: [&[f32]; R], w: [&[f32]; TILE_OC]) -> [[f32; TILE
     sums
 }
 
-/// `out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias (OC)`, torch's `nn.Linear` layout.
+/// `out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias (OC)`, torch's `nn.Linear` layout, its
+/// product at `precision`.
+#[allow(clippy::too_many_arguments)]
 pub fn linear_forward(
+    precision: Precision,
     out: &mut [f32],
     inp: &[f32],
     weight: &[f32],
@@ -472,13 +521,14 @@ pub fn linear_forward(
         }
         None => false,
     };
-    matmul(out, Op::N(inp), Op::T(weight), n, c, oc, accumulate);
+    matmul_with(Gemm::for_precision(precision), out, Op::N(inp), Op::T(weight), n, c, oc, accumulate);
 }
 
 /// Backward of [`linear_forward`]: `dinp = dout @ weight` (written, or added when `accumulate_dinp`),
-/// `dweight += dout^T @ inp`, `dbias += sum_rows(dout)`.
+/// `dweight += dout^T @ inp`, `dbias += sum_rows(dout)`; both products at `precision`.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward(
+    precision: Precision,
     dinp: Option<&mut [f32]>,
     dweight: &mut [f32],
     dbias: Option<&mut [f32]>,
@@ -490,10 +540,11 @@ pub fn linear_backward(
     oc: usize,
     accumulate_dinp: bool,
 ) {
+    let kernel = Gemm::for_precision(precision);
     if let Some(dinp) = dinp {
-        matmul(dinp, Op::N(dout), Op::N(weight), n, oc, c, accumulate_dinp);
+        matmul_with(kernel, dinp, Op::N(dout), Op::N(weight), n, oc, c, accumulate_dinp);
     }
-    matmul(dweight, Op::T(dout), Op::N(inp), oc, n, c, true);
+    matmul_with(kernel, dweight, Op::T(dout), Op::N(inp), oc, n, c, true);
     if let Some(dbias) = dbias {
         crate::par::add_column_sums(&mut dbias[..oc], &dout[..n * oc]);
     }
@@ -554,6 +605,68 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The bf16 kernel against the f64 product of its operands rounded to bf16 (to nearest,
+    /// ties to even, as it rounds): only the order of the f32 sums may differ. Normal inputs in
+    /// every layout the packing reads, one strided both ways among them, at shapes that cross
+    /// its depth, row and column blocks and leave partial tiles.
+    #[test]
+    fn bf16_products_equal_the_product_of_rounded_operands() {
+        let kernel = Gemm::for_precision(Precision::Bf16);
+        if kernel.precision() != Precision::Bf16 {
+            eprintln!("not checked: this CPU has no bf16 kernel ({kernel:?} runs bf16 products)");
+            return;
+        }
+        let round = |x: f32| half::bf16::from_f32(x).to_f32();
+        let mut rng = crate::rng::Rng::new(3);
+        for (m, k, n) in [(33, 17, 47), (300, 600, 1100), (145, 257, 33), (64, 1024, 256)] {
+            let (mut a, mut b) = (vec![0.0; m * k], vec![0.0; k * n]);
+            rng.fill_normal(&mut a, 1.0);
+            rng.fill_normal(&mut b, 1.0);
+            let (ar, br): (Vec<f32>, Vec<f32>) =
+                (a.iter().map(|&x| round(x)).collect(), b.iter().map(|&x| round(x)).collect());
+            let (at, bt) = (transpose(&a, m, k), transpose(&b, k, n));
+            // `a` strided both ways: each row `2k` apart, each element 2 apart.
+            let spread: Vec<f32> = a.iter().flat_map(|&x| [x, f32::NAN]).collect();
+            let operands = [
+                (
+                    Strided { ptr: a.as_ptr(), rs: k as isize, cs: 1 },
+                    Strided { ptr: b.as_ptr(), rs: n as isize, cs: 1 },
+                ),
+                (
+                    Strided { ptr: at.as_ptr(), rs: 1, cs: m as isize },
+                    Strided { ptr: bt.as_ptr(), rs: 1, cs: k as isize },
+                ),
+                (
+                    Strided { ptr: spread.as_ptr(), rs: 2 * k as isize, cs: 2 },
+                    Strided { ptr: b.as_ptr(), rs: n as isize, cs: 1 },
+                ),
+            ];
+            for (layout, (lhs, rhs)) in operands.into_iter().enumerate() {
+                let mut out = vec![f32::NAN; m * n];
+                // SAFETY: every operand holds its (m, k) or (k, n) elements at these strides.
+                unsafe {
+                    gemm_strided_with(kernel, m, n, k, out.as_mut_ptr(), n, false, lhs, rhs, 1.0, true)
+                };
+                for i in 0..m {
+                    for j in 0..n {
+                        let terms = (0..k).map(|p| ar[i * k + p] as f64 * br[p * n + j] as f64);
+                        let (want, size) = terms.fold((0.0, 0.0), |(s, z), t| (s + t, z + t.abs()));
+                        let diff = (out[i * n + j] as f64 - want).abs();
+                        assert!(
+                            diff <= 1e-5 * size,
+                            "layout {layout}, m {m} k {k} n {n} at ({i}, {j}): {diff}"
+                        );
+                    }
+                }
+            }
+        }
+        // The rounding is real: 1 + 2^-10 is 1 in bf16.
+        let (a, b) = (vec![1.0 + 1.0 / 1024.0; 4 * 4], vec![1.0; 4 * 4]);
+        let mut out = vec![0.0; 16];
+        matmul_with(kernel, &mut out, Op::N(&a), Op::N(&b), 4, 4, 4, false);
+        assert!(out.iter().all(|&x| x == 4.0), "{out:?}");
     }
 
     /// A scale and an output row stride wider than the product (attention's score tiles), on

@@ -46,13 +46,14 @@ thread_local! {
     static PANELS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// `v` with room for `len` floats from a 64-byte boundary; returns that boundary.
-fn aligned(v: &mut Vec<f32>, len: usize) -> *mut f32 {
-    if v.len() < len + 16 {
-        v.resize(len + 16, 0.0);
+/// `v` with room for `len` values from a 64-byte boundary; returns that boundary.
+pub(crate) fn aligned<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> *mut T {
+    let pad = 64 / size_of::<T>();
+    if v.len() < len + pad {
+        v.resize(len + pad, T::default());
     }
     let offset = v.as_ptr().align_offset(64);
-    // SAFETY: `offset` < 16, and the vector holds `len + 16` floats.
+    // SAFETY: `offset` < `pad`, and the vector holds `len + pad` values.
     unsafe { v.as_mut_ptr().add(offset) }
 }
 
@@ -183,7 +184,7 @@ unsafe fn pack<const W: usize>(
 /// `4g..4g + 4`; the last two move those lanes into place.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+pub(crate) fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     let t: [__m512; 16] = std::array::from_fn(|i| {
         let (a, b) = (r[i & !1], r[i | 1]);
         if i % 2 == 0 {
@@ -263,7 +264,7 @@ impl Tile {
 }
 
 /// A mask of the first `n` of 16 lanes.
-fn lanes(n: usize) -> __mmask16 {
+pub(crate) fn lanes(n: usize) -> __mmask16 {
     if n >= 16 {
         u16::MAX
     } else {

@@ -1,17 +1,19 @@
 //! `nn.Linear` and the norms as modules: parameter handles plus forward/backward over caller buffers.
 
 use truthgpt_config::NormKind;
-use truthgpt_engine::{matmul, norm};
+use truthgpt_engine::matmul::{self, Precision};
+use truthgpt_engine::norm;
 
 use crate::params::{pair_mut, Init, ParamBuilder, P};
 
-/// `y (N, OUT) = x (N, IN) @ weight (OUT, IN)^T + bias (OUT)`.
+/// `y (N, OUT) = x (N, IN) @ weight (OUT, IN)^T + bias (OUT)`, its products at `precision`.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: P,
     pub bias: Option<P>,
     pub inp: usize,
     pub out: usize,
+    pub precision: Precision,
 }
 
 impl Linear {
@@ -21,11 +23,13 @@ impl Linear {
             bias: bias.then(|| pb.add("bias", &[out], Init::Zeros)),
             inp,
             out,
+            precision: Precision::F32,
         })
     }
 
     pub fn forward(&self, params: &[f32], y: &mut [f32], x: &[f32], n: usize) {
         matmul::linear_forward(
+            self.precision,
             &mut y[..n * self.out],
             &x[..n * self.inp],
             self.weight.of(params),
@@ -50,6 +54,7 @@ impl Linear {
     ) {
         let (dweight, dbias) = pair_mut(grads, self.weight, self.bias);
         matmul::linear_backward(
+            self.precision,
             dx.map(|dx| &mut dx[..n * self.inp]),
             dweight,
             dbias,

@@ -7,10 +7,12 @@
 //! block's internals are recomputed, one block at a time, in backward.
 
 use truthgpt_config::{ModelConfig, NormPosition, Positional};
+use truthgpt_engine::matmul::{Gemm, Precision};
 use truthgpt_engine::{embedding, loss, rng::dropout_inplace};
 
 use crate::block::{Block, BlockActs, BlockScratch, DropoutSeeds, FeedForward, Pass};
 use crate::error::{ModelError, Result};
+use crate::ffn::Ffn;
 use crate::linear::{Linear, Norm, NormSaved};
 use crate::moe::Moe;
 use crate::params::{pair_mut, Init, ParamBuilder, ParamSpec, P};
@@ -122,7 +124,7 @@ impl Model {
         let final_norm = (m.norm_position == NormPosition::Pre)
             .then(|| Norm::new(&mut pb, "norm_f", m.norm, m.d_model, m.norm_eps, m.bias));
         let head = if m.tie_embeddings {
-            Linear { weight: wte, bias: None, inp: m.d_model, out: m.vocab_size }
+            Linear { weight: wte, bias: None, inp: m.d_model, out: m.vocab_size, precision: Precision::F32 }
         } else {
             Linear::new(&mut pb, "head", m.d_model, m.vocab_size, false, m.init_std)
         };
@@ -153,6 +155,34 @@ impl Model {
             self.checkpointing = on;
             self.state = None;
         }
+    }
+
+    /// Runs every linear layer's products at `precision` (mixed precision: bf16 operands, f32
+    /// sums and f32 weights; see [`Precision`]). Attention's products, the norms and the loss
+    /// stay f32.
+    pub fn set_precision(&mut self, precision: Precision) {
+        let Model { blocks, head, .. } = self;
+        for block in blocks {
+            let ffn: Vec<&mut Ffn> = match &mut block.ffn {
+                FeedForward::Dense(ffn) => vec![ffn],
+                FeedForward::Moe(moe) => {
+                    moe.router.precision = precision;
+                    moe.experts.iter_mut().collect()
+                }
+            };
+            for ffn in ffn {
+                ffn.fc1.precision = precision;
+                ffn.fc2.precision = precision;
+            }
+            block.attn.qkv.precision = precision;
+            block.attn.proj.precision = precision;
+        }
+        head.precision = precision;
+    }
+
+    /// The GEMM kernel the linear layers' products run on (the head's stands for all).
+    pub fn linear_gemm(&self) -> Gemm {
+        Gemm::for_precision(self.head.precision)
     }
 
     pub fn zero_grad(&mut self) {

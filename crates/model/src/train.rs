@@ -2,6 +2,7 @@
 //! decoupled weight decay on matrices only, the learning-rate schedule, and MoE bias balancing.
 
 use truthgpt_config::TrainConfig;
+use truthgpt_engine::matmul::Precision;
 use truthgpt_engine::optim::{self, AdamW};
 
 use crate::error::{ModelError, Result};
@@ -46,6 +47,10 @@ pub struct Trainer {
 impl Trainer {
     pub fn new(mut model: Model, config: TrainConfig) -> Self {
         model.set_gradient_checkpointing(config.gradient_checkpointing);
+        model.set_precision(match config.precision {
+            truthgpt_config::Precision::F32 => Precision::F32,
+            truthgpt_config::Precision::Bf16 => Precision::Bf16,
+        });
         let mut spans: Vec<(std::ops::Range<usize>, bool)> = Vec::new();
         for spec in &model.specs {
             match spans.last_mut() {

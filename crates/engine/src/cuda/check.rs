@@ -108,7 +108,7 @@ fn linear_biases(c: &mut Checker) -> Result<()> {
     let (n, k, oc) = (70, 48, 300);
     let (x, w, bias, dout) = (c.normal(n * k), c.normal(oc * k), c.normal(oc), c.normal(n * oc));
     let mut want = vec![0.0; n * oc];
-    matmul::linear_forward(&mut want, &x, &w, Some(&bias), n, k, oc);
+    matmul::linear_forward(matmul::Precision::F32, &mut want, &x, &w, Some(&bias), n, k, oc);
     let (d_x, d_w, d_bias, d_dout) =
         (c.gpu.upload(&x)?, c.gpu.upload(&w)?, c.gpu.upload(&bias)?, c.gpu.upload(&dout)?);
     let mut got = c.gpu.zeros(n * oc)?;
