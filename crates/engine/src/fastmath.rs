@@ -17,7 +17,10 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let y = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from its exponent bits. `n + 127 + 2^23` is exact and holds `n + 127` in the low
+    // mantissa bits, which the shift moves into the exponent: no float-to-int conversion, whose
+    // saturating `as` scalarises the loop (a NaN `n` gives 0 bits, and `y` stays NaN).
+    let y = y * f32::from_bits((n + (127.0 + 8_388_608.0)).to_bits() << 23);
     if underflow {
         0.0
     } else {
@@ -108,6 +111,8 @@ mod tests {
         }
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp(-100.0), 0.0);
+        assert_eq!(exp(f32::INFINITY), exp(88.3));
+        assert!(exp(f32::NAN).is_nan(), "a NaN must come through");
     }
 
     #[test]
