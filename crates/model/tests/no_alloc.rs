@@ -9,7 +9,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use truthgpt_config::{Config, FfnKind};
+use truthgpt_config::{Config, FfnKind, Precision};
 use truthgpt_engine::matmul::inside_gemm_crate;
 use truthgpt_model::{Batch, Model, Trainer};
 
@@ -40,19 +40,24 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn training_steps_after_the_first_do_not_allocate() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-    for (ffn, checkpointing) in
-        [(FfnKind::Mlp, false), (FfnKind::Swiglu, true), (FfnKind::Moe, false), (FfnKind::Pimoe, true)]
-    {
+    for (ffn, checkpointing, precision) in [
+        (FfnKind::Mlp, false, Precision::F32),
+        (FfnKind::Swiglu, true, Precision::F32),
+        (FfnKind::Moe, false, Precision::F32),
+        (FfnKind::Pimoe, true, Precision::F32),
+        (FfnKind::Moe, false, Precision::Bf16),
+    ] {
         let mut config = Config::preset("tiny").unwrap();
         config.model.ffn = ffn;
         config.model.dropout = 0.1;
         config.train.gradient_checkpointing = checkpointing;
+        config.train.precision = precision;
         let (b, t) = (config.train.batch_size, config.train.seq_len);
         let tokens: Vec<u32> = (0..(b * t) as u32).map(|i| i * 31 % 256).collect();
         let targets: Vec<u32> = (0..(b * t) as u32).map(|i| i * 17 % 256).collect();
         let mut trainer = Trainer::new(Model::new(&config.model, 0), config.train);
         let batch = [Batch { tokens: &tokens, targets: &targets, b, t }];
-        let case = format!("{ffn:?} (checkpointing {checkpointing})");
+        let case = format!("{ffn:?} (checkpointing {checkpointing}, {precision:?})");
         let (ours, grown) = pool.install(|| {
             // Warm-up: buffers, and the gemm crate's lazily made thread-local slabs on each worker.
             for _ in 0..3 {
