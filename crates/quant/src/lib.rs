@@ -108,7 +108,11 @@ impl GgmlType {
     pub fn bytes_for(self, elements: u64) -> Result<usize> {
         let block = self.block_elements() as u64;
         if !elements.is_multiple_of(block) {
-            return Err(QuantError::PartialBlock { ty: self, elements: elements as usize, block: block as usize });
+            return Err(QuantError::PartialBlock {
+                ty: self,
+                elements: elements as usize,
+                block: block as usize,
+            });
         }
         (elements / block)
             .checked_mul(self.block_bytes() as u64)
@@ -216,7 +220,10 @@ mod tests {
         let mut bytes = Vec::new();
         let err = quantize_row(GgmlType::Q4_0, &[f32::NAN; 32], &mut bytes).unwrap_err();
         assert!(matches!(err, QuantError::NonFinite { index: 0, .. }), "{err}");
-        assert_eq!(quantize_row(GgmlType::Q6_K, &[0.0; 256], &mut bytes), Err(QuantError::NoQuantizer(GgmlType::Q6_K)));
+        assert_eq!(
+            quantize_row(GgmlType::Q6_K, &[0.0; 256], &mut bytes),
+            Err(QuantError::NoQuantizer(GgmlType::Q6_K))
+        );
         assert!(bytes.is_empty());
     }
 }

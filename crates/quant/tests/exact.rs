@@ -27,7 +27,10 @@ impl Fixture {
     }
 
     fn f32s(&self, name: &str) -> Vec<f32> {
-        self.tensor(name, Dtype::F32).chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+        self.tensor(name, Dtype::F32)
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     }
 }
 
@@ -76,7 +79,13 @@ fn rtn_quantization_writes_the_reference_bytes() {
         assert_eq!(got.len(), want.len(), "{ty}: bytes");
         let block = ty.block_bytes();
         if let Some(i) = got.iter().zip(&want).position(|(g, w)| g != w) {
-            panic!("{ty}: byte {i} (block {}, offset {}): got {:#04x}, want {:#04x}", i / block, i % block, got[i], want[i]);
+            panic!(
+                "{ty}: byte {i} (block {}, offset {}): got {:#04x}, want {:#04x}",
+                i / block,
+                i % block,
+                got[i],
+                want[i]
+            );
         }
     }
 }

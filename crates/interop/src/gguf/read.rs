@@ -270,10 +270,14 @@ fn check_tensor_data(
     let data_len = len.saturating_sub(data_start) as u64;
     for t in tensors {
         if !t.offset.is_multiple_of(alignment) {
-            return Err(format!("tensor `{}`: data offset {} is not a multiple of the alignment {alignment}", t.name, t.offset));
+            return Err(format!(
+                "tensor `{}`: data offset {} is not a multiple of the alignment {alignment}",
+                t.name, t.offset
+            ));
         }
-        let end = t.offset.checked_add(t.bytes as u64);
-        if !end.is_some_and(|end| end <= data_len) || (t.bytes > 0 && data_start > len) {
+        let end =
+            (data_start as u64).checked_add(t.offset).and_then(|start| start.checked_add(t.bytes as u64));
+        if end.is_none_or(|end| end > len as u64) {
             return Err(format!(
                 "tensor `{}`: {} bytes at data offset {} run past the end of the file ({data_len} bytes of data from byte {data_start})",
                 t.name, t.bytes, t.offset
