@@ -41,6 +41,7 @@ use truthgpt_quant::GgmlType;
 use crate::error::{InteropError, Result};
 use crate::hf::{self, Family};
 
+pub mod import;
 pub mod read;
 pub mod value;
 
@@ -351,7 +352,7 @@ impl Plan {
                         Some((heads, cols)) => {
                             let start = out.len();
                             out.resize(start + src.len(), 0.0);
-                            permute_rope(src, &mut out[start..], heads, cols);
+                            permute_rope(src, &mut out[start..], heads, cols, RopeOrder::ToGguf);
                         }
                     }
                 }
@@ -361,17 +362,27 @@ impl Plan {
     }
 }
 
-/// convert_hf_to_gguf's `LlamaModel.permute`: rows `(head, half, i)` of `src` (Hugging Face's
-/// rotate-half order) become rows `(head, i, half)` (llama.cpp's interleaved pairs), each row
-/// `cols` long. The row count is `heads * head_size`.
-fn permute_rope(src: &[f32], dst: &mut [f32], heads: usize, cols: usize) {
+/// Which way [`permute_rope`] moves rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RopeOrder {
+    /// Hugging Face's rotate-half rows to llama.cpp's interleaved pairs (export).
+    ToGguf,
+    /// Back (import).
+    FromGguf,
+}
+
+/// convert_hf_to_gguf's `LlamaModel.permute` (or its inverse): rows `(head, half, i)` of
+/// Hugging Face's rotate-half order are rows `(head, i, half)` of llama.cpp's interleaved pairs,
+/// each row `cols` long. The row count is `heads * head_size`.
+fn permute_rope(src: &[f32], dst: &mut [f32], heads: usize, cols: usize, order: RopeOrder) {
     let rows = src.len() / cols;
     let half = rows / heads / 2;
     for h in 0..heads {
         for j in 0..2 {
             for i in 0..half {
-                let from = (h * 2 * half + j * half + i) * cols;
-                let to = (h * 2 * half + 2 * i + j) * cols;
+                let hf = (h * 2 * half + j * half + i) * cols;
+                let gguf = (h * 2 * half + 2 * i + j) * cols;
+                let (from, to) = if order == RopeOrder::ToGguf { (hf, gguf) } else { (gguf, hf) };
                 dst[to..to + cols].copy_from_slice(&src[from..from + cols]);
             }
         }
@@ -388,12 +399,16 @@ enum Target {
 fn gguf_name(hf_name: &str) -> Option<Target> {
     let plain = |s: &str| Some(Target::Plain(s.to_string()));
     match hf_name {
-        "model.embed_tokens.weight" => return plain("token_embd.weight"),
+        "model.embed_tokens.weight" | "transformer.wte.weight" => return plain("token_embd.weight"),
+        "transformer.wpe.weight" => return plain("position_embd.weight"),
         "model.norm.weight" => return plain("output_norm.weight"),
+        "transformer.ln_f.weight" | "transformer.ln_f.bias" => {
+            return plain(&hf_name.replace("transformer.ln_f", "output_norm"))
+        }
         "lm_head.weight" => return plain("output.weight"),
         _ => {}
     }
-    let rest = hf_name.strip_prefix("model.layers.")?;
+    let rest = hf_name.strip_prefix("model.layers.").or_else(|| hf_name.strip_prefix("transformer.h."))?;
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let blk = |s: &str| Some(Target::Plain(format!("blk.{layer}.{s}")));
@@ -420,6 +435,13 @@ fn gguf_name(hf_name: &str) -> Option<Target> {
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
         "block_sparse_moe.gate" => "ffn_gate_inp",
+        // GPT-2 (import only)
+        "ln_1" => "attn_norm",
+        "ln_2" => "ffn_norm",
+        "attn.c_attn" => "attn_qkv",
+        "attn.c_proj" => "attn_output",
+        "mlp.c_fc" => "ffn_up",
+        "mlp.c_proj" => "ffn_down",
         _ => return None,
     };
     blk(&format!("{name}.{param}"))

@@ -30,6 +30,18 @@ pub const MAX_DIMS: u32 = 4;
 /// crafted file from recursing the stack away).
 pub const MAX_NESTING: usize = 4;
 
+/// Whether `path` should be read as a GGUF file: a file named `*.gguf` (so that a damaged one
+/// reports what is wrong with it) or starting with the GGUF magic.
+pub fn is_gguf_file(path: &Path) -> bool {
+    use std::io::Read;
+    let named = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let mut magic = [0u8; 4];
+    path.is_file()
+        && (named
+            || std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok()
+                && &magic == b"GGUF")
+}
+
 /// One tensor's entry in the header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorInfo {
