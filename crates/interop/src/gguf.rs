@@ -44,6 +44,7 @@ use crate::hf::{self, Family};
 pub mod import;
 pub mod read;
 pub mod value;
+pub mod vocab;
 
 pub use read::{Gguf, TensorInfo};
 

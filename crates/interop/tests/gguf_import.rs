@@ -173,3 +173,31 @@ fn other_architectures_and_inconsistent_files_are_refused_by_name() {
     let err = load_err(dir.path(), &good[..good.len() / 2]);
     assert!(err.contains("run past the end of the file"), "{err}");
 }
+
+#[test]
+fn the_tokenizer_comes_from_the_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, path) = export(&llama_config(), GgufDtype::F32, dir.path());
+    let tokenizer = import::load(&path).unwrap().tokenizer.unwrap();
+    let original = Tokenizer::train_bpe_from_texts(&[TEXT, TEXT], 300).unwrap();
+    for text in [
+        "To be, or not to be",
+        "fn main() {\n    println!(\"{x}\");\n}",
+        "héllo wörld — 数学 🙂",
+        "  a  \t\n\n  b   ",
+        "<|endoftext|>the end<|endoftext|>",
+    ] {
+        assert_eq!(tokenizer.encode(text).unwrap(), original.encode(text).unwrap(), "{text:?}");
+    }
+    assert_eq!((tokenizer.eos_id(), tokenizer.eos_token()), (original.eos_id(), original.eos_token()));
+
+    // No tokenizer metadata, or a kind we do not read: the model still loads, and says why.
+    let gpt2 = import::load(&gguf_fixture("gpt2").join("model.gguf")).unwrap();
+    let err = gpt2.tokenizer.unwrap_err().to_string();
+    assert!(err.contains("metadata `tokenizer.ggml.model`"), "{err}");
+    let good = std::fs::read(&path).unwrap();
+    let qwen2_pre = patched(&good, b"gpt-2", b"qwen2");
+    std::fs::write(dir.path().join("pre.gguf"), qwen2_pre).unwrap();
+    let err = import::load(&dir.path().join("pre.gguf")).unwrap().tokenizer.unwrap_err().to_string();
+    assert!(err.contains("pre.gguf") && err.contains("pre-tokenizer `qwen2`"), "{err}");
+}

@@ -130,9 +130,10 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 /// model of a Hugging Face directory, or a GGUF file's (dequantized to f32).
 pub fn load_model(path: &Path) -> Result<SavedModel> {
     if gguf::read::is_gguf_file(path) {
-        let GgufModel { model, .. } = gguf::import::load(path)?;
+        let GgufModel { model, tokenizer, .. } = gguf::import::load(path)?;
         let config = hf::config::settings_for(&model.config);
-        return Ok(SavedModel { dir: path.to_path_buf(), config, model, tokenizer: None });
+        // Logits need no tokenizer; text commands report its absence when they need it.
+        return Ok(SavedModel { dir: path.to_path_buf(), config, model, tokenizer: tokenizer.ok() });
     }
     let ours = path.join(MANIFEST).is_file() || path.join(LATEST).is_file();
     if !ours && hf::is_model_dir(path) {

@@ -4,6 +4,8 @@
 //! Architectures (`general.architecture`): `llama` (Llama, Mistral, TinyLlama, SmolLM; with
 //! `llama.expert_count`, Mixtral), `qwen2` and `gpt2`. Any other is refused by name.
 //!
+//! The tokenizer comes from the metadata where we can read it ([`super::vocab`]).
+//!
 //! Tensor names go through the same tables as export: [`crate::hf::tensor_map`] (our tensor to
 //! Hugging Face parts) and [`super::gguf_name`] (Hugging Face name to GGUF name), so import and
 //! export cannot disagree; `llama` q/k rows are permuted back from llama.cpp's interleaved RoPE
@@ -20,10 +22,12 @@ use truthgpt_config::{
     ExpertKind, FfnKind, GeluApproximate, ModelConfig, NormKind, NormPosition, Positional, RopeScaling,
     RopeScalingKind,
 };
+use truthgpt_data::Tokenizer;
 use truthgpt_model::Model;
 
 use super::read::Gguf;
 use super::value::Value;
+use super::vocab;
 use super::{gguf_name, permute_rope, RopeOrder, Target};
 use crate::error::{InteropError, Result};
 use crate::hf::{self, Family};
@@ -35,6 +39,9 @@ pub struct GgufModel {
     pub architecture: String,
     pub family: Family,
     pub model: Model,
+    /// From the metadata ([`super::vocab`]); an error says why there is none we can use, which
+    /// matters only to commands that take or give text.
+    pub tokenizer: Result<Tokenizer>,
 }
 
 /// The architectures we import.
@@ -46,7 +53,11 @@ pub fn load(path: &Path) -> Result<GgufModel> {
     let meta = Meta { g: &g, arch: architecture(&g)? };
     let (family, config) = config(&meta)?;
     let model = load_weights(&g, family, &config)?;
-    Ok(GgufModel { architecture: meta.arch.to_string(), family, model })
+    let tokenizer = vocab::tokenizer(&g).and_then(|t| {
+        t.check_fits(config.vocab_size)?;
+        Ok(t)
+    });
+    Ok(GgufModel { architecture: meta.arch.to_string(), family, model, tokenizer })
 }
 
 fn architecture(g: &Gguf) -> Result<&str> {
