@@ -166,6 +166,13 @@ fn other_architectures_and_inconsistent_files_are_refused_by_name() {
         err.contains("tensor(s) that a Llama model with this metadata does not have, e.g. blk.1."),
         "{err}"
     );
+    // Metadata claiming a huge model fails on the tensors before anything is allocated for it.
+    let err = load_err(dir.path(), &with_u32(&good, "llama.block_count", 1 << 30));
+    assert!(err.contains("block_count 1073741824 but the file has"), "{err}");
+    let err = load_err(dir.path(), &with_u32(&good, "llama.embedding_length", 1 << 30));
+    assert!(err.contains("rope.dimension_count < head size"), "{err}");
+    let err = load_err(dir.path(), &with_u32(&good, "llama.feed_forward_length", u32::MAX));
+    assert!(err.contains("the metadata implies [64, 4294967295]"), "{err}");
     let err = load_err(dir.path(), &with_u32(&good, "llama.attention.head_count", 0));
     assert!(err.contains("head sizes other than"), "{err}");
     let err = load_err(dir.path(), &patched(&good, b"llama.context_length", b"llama.context_lengtX"));

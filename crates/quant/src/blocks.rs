@@ -305,7 +305,7 @@ impl Block for BlockQ5_K {
 
 /// Q6_K: 16 groups of 16 with signed 8-bit scales; `y[i] = d * scales[i / 16] * (q[i] - 32)`.
 /// The low 4 bits of `q[i]` are in `ql`, per half of 128: byte `64 * (i / 128) + i % 64`, low
-/// nibble if `i % 128 < 64`; the high 2 bits are [`two_bit`] of `qh`.
+/// nibble if `i % 128 < 64`; the high 2 bits are in `qh`, packed as Q2_K's `qs`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockQ6_K {

@@ -7,9 +7,9 @@
 //! The tokenizer comes from the metadata where we can read it ([`super::vocab`]).
 //!
 //! Tensor names go through the same tables as export: [`crate::hf::tensor_map`] (our tensor to
-//! Hugging Face parts) and [`super::gguf_name`] (Hugging Face name to GGUF name), so import and
+//! Hugging Face parts) and `gguf::gguf_name` (Hugging Face name to GGUF name), so import and
 //! export cannot disagree; `llama` q/k rows are permuted back from llama.cpp's interleaved RoPE
-//! pairs ([`super::permute_rope`]). Every tensor's dims are checked against the metadata, and a
+//! pairs (`gguf::permute_rope`). Every tensor's dims are checked against the metadata, and a
 //! tensor the model does not use is an error, as in the Hugging Face import.
 //!
 //! Refused: RoPE frequency factors (`rope_freqs.weight`, Llama 3 scaling) and RoPE scaling other
@@ -166,6 +166,14 @@ fn config(meta: &Meta) -> Result<(Family, ModelConfig)> {
     if n_heads == 0 || meta.opt_usize("attention.key_length")?.is_some_and(|k| k * n_heads != d_model) {
         return Err(unsupported(g, "head sizes other than embedding_length / head_count".into()));
     }
+    // Each block has several tensors; bounding the count first keeps the tensor list we build
+    // from it small whatever the metadata says.
+    if m.n_layers > g.tensors().len() {
+        return Err(invalid(
+            g,
+            format!("block_count {} but the file has {} tensors", m.n_layers, g.tensors().len()),
+        ));
+    }
     let family = if meta.arch == "gpt2" { gpt2(meta, &mut m)? } else { llama_like(meta, &mut m)? };
     hf::config::settings_for(&m)
         .validate()
@@ -231,10 +239,36 @@ struct Stack {
     values: Vec<f32>,
 }
 
-/// Fills a zeroed model from the file's tensors, each checked for presence and dims first.
+/// Where a Hugging Face part of one of our tensors is in the file: the GGUF target, and the
+/// part's row-major shape as stored (GPT-2's Conv1D weights are (in, out) in HF; llama.cpp's
+/// converter stores them (out, in), as we do).
+fn locate(g: &Gguf, map: &hf::Mapping, hf_name: &str, hf_shape: &[usize]) -> Result<(Target, Vec<usize>)> {
+    let target = gguf_name(hf_name)
+        .ok_or_else(|| unsupported(g, format!("no GGUF name for `{hf_name}` (a bug in gguf_name)")))?;
+    let shape = if map.transposed { hf_shape.iter().rev().copied().collect() } else { hf_shape.to_vec() };
+    Ok((target, shape))
+}
+
+/// Fills a model from the file's tensors. Every tensor's presence and dims are checked before the
+/// model is allocated, so metadata claiming a model far larger than the file fails on a tensor,
+/// not on an allocation.
 fn load_weights(g: &Gguf, family: Family, config: &ModelConfig) -> Result<Model> {
     let maps = hf::tensor_map(family, config);
     let mut used = BTreeSet::new();
+    for map in &maps {
+        for (hf_name, hf_shape) in &map.parts {
+            let (name, dims) = match locate(g, map, hf_name, hf_shape)? {
+                (Target::Plain(name), shape) => (name, shape),
+                (Target::Expert { name, .. }, shape) => {
+                    (name, [&[config.moe.n_experts], &shape[..]].concat())
+                }
+            };
+            check_dims(g, &name, &dims, family)?;
+            used.insert(name);
+        }
+    }
+    check_all_used(g, &used, family)?;
+
     let mut model = Model::zeroed(config);
     let mut stack: Option<Stack> = None;
     for map in &maps {
@@ -244,35 +278,22 @@ fn load_weights(g: &Gguf, family: Family, config: &ModelConfig) -> Result<Model>
         let out = spec.handle.of_mut(&mut model.params);
         let mut row = 0;
         for (hf_name, hf_shape) in &map.parts {
-            // GPT-2's Conv1D weights are (in, out) in HF; llama.cpp's converter stores them (out, in).
-            let shape: Vec<usize> =
-                if map.transposed { hf_shape.iter().rev().copied().collect() } else { hf_shape.clone() };
+            let (target, shape) = locate(g, map, hf_name, hf_shape)?;
             let len: usize = shape.iter().product();
-            let target = gguf_name(hf_name).ok_or_else(|| {
-                unsupported(g, format!("no GGUF name for `{hf_name}` (a bug in gguf_name)"))
-            })?;
             let dst = &mut out[row..row + len];
             match target {
-                Target::Plain(name) => {
-                    check_dims(g, &name, &shape, family)?;
-                    let values = g.dequantize(&name)?;
-                    copy_part(&values, dst, hf_name, family, config);
-                    used.insert(name);
-                }
+                Target::Plain(name) => copy_part(&g.dequantize(&name)?, dst, hf_name, family, config),
                 Target::Expert { name, expert } => {
-                    check_dims(g, &name, &[&[config.moe.n_experts], &shape[..]].concat(), family)?;
                     if stack.as_ref().is_none_or(|s| s.name != name) {
-                        stack = Some(Stack { values: g.dequantize(&name)?, name: name.clone() });
+                        stack = Some(Stack { values: g.dequantize(&name)?, name });
                     }
                     let values = &stack.as_ref().expect("just filled").values;
                     dst.copy_from_slice(&values[expert * len..(expert + 1) * len]);
-                    used.insert(name);
                 }
             }
             row += len;
         }
     }
-    check_all_used(g, &used, family)?;
     Ok(model)
 }
 

@@ -96,21 +96,10 @@ impl Gguf<Mmap> {
 impl<B: AsRef<[u8]>> Gguf<B> {
     /// Parses `bytes` as a GGUF file; `path` names it in errors.
     pub fn from_bytes(path: &Path, bytes: B) -> Result<Gguf<B>> {
-        let header = Header::parse(bytes.as_ref())
-            .map_err(|problem| InteropError::Invalid { path: path.into(), problem })?;
-        let keys = header.metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
-        let names = header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(Gguf {
-            path: path.into(),
-            bytes,
-            version: header.version,
-            metadata: header.metadata,
-            keys,
-            tensors: header.tensors,
-            names,
-            alignment: header.alignment,
-            data_start: header.data_start,
-        })
+        let Header { version, metadata, keys, tensors, names, alignment, data_start } =
+            Header::parse(bytes.as_ref())
+                .map_err(|problem| InteropError::Invalid { path: path.into(), problem })?;
+        Ok(Gguf { path: path.into(), bytes, version, metadata, keys, tensors, names, alignment, data_start })
     }
 
     pub fn path(&self) -> &Path {
@@ -166,7 +155,10 @@ impl<B: AsRef<[u8]>> Gguf<B> {
 struct Header {
     version: u32,
     metadata: Vec<(String, Value)>,
+    /// Index in `metadata` of each key, and in `tensors` of each name.
+    keys: HashMap<String, usize>,
     tensors: Vec<TensorInfo>,
+    names: HashMap<String, usize>,
     alignment: u64,
     data_start: usize,
 }
@@ -195,28 +187,31 @@ impl Header {
         let n_tensors = c.u64().map_err(|e| format!("tensor count: {e}"))?;
         let n_kv = c.u64().map_err(|e| format!("metadata count: {e}"))?;
         c.plausible(n_kv, MIN_KV_BYTES).map_err(|e| format!("metadata count {n_kv}: {e}"))?;
-        let metadata = read_metadata(&mut c, n_kv)?;
+        let (metadata, keys) = read_metadata(&mut c, n_kv)?;
         let alignment = alignment(&metadata)?;
         c.plausible(n_tensors, MIN_TENSOR_BYTES).map_err(|e| format!("tensor count {n_tensors}: {e}"))?;
-        let tensors = read_tensor_infos(&mut c, n_tensors)?;
+        let (tensors, names) = read_tensor_infos(&mut c, n_tensors)?;
         let data_start = c.at.div_ceil(alignment as usize).saturating_mul(alignment as usize);
         check_tensor_data(&tensors, alignment, data_start, bytes.len())?;
-        Ok(Header { version, metadata, tensors, alignment, data_start })
+        Ok(Header { version, metadata, keys, tensors, names, alignment, data_start })
     }
 }
 
-fn read_metadata(c: &mut Cursor, n_kv: u64) -> std::result::Result<Vec<(String, Value)>, String> {
+/// The entries in file order and the index of each key.
+type Entries = (Vec<(String, Value)>, HashMap<String, usize>);
+
+fn read_metadata(c: &mut Cursor, n_kv: u64) -> std::result::Result<Entries, String> {
     let mut metadata: Vec<(String, Value)> = Vec::with_capacity(capacity(n_kv));
-    let mut seen = HashMap::new();
+    let mut keys = HashMap::with_capacity(capacity(n_kv));
     for i in 0..n_kv {
         let key = c.string().map_err(|e| format!("metadata entry {i}: key: {e}"))?;
         let value = c.value(0).map_err(|e| format!("metadata entry {i} (`{key}`): {e}"))?;
-        if seen.insert(key.clone(), i).is_some() {
+        if keys.insert(key.clone(), metadata.len()).is_some() {
             return Err(format!("metadata entry {i}: key `{key}` appears twice"));
         }
         metadata.push((key, value));
     }
-    Ok(metadata)
+    Ok((metadata, keys))
 }
 
 /// `general.alignment`: a u32 power of two, as llama.cpp requires.
@@ -229,18 +224,21 @@ fn alignment(metadata: &[(String, Value)]) -> std::result::Result<u64, String> {
     }
 }
 
-fn read_tensor_infos(c: &mut Cursor, n: u64) -> std::result::Result<Vec<TensorInfo>, String> {
+/// The tensor infos in file order and the index of each name.
+type Infos = (Vec<TensorInfo>, HashMap<String, usize>);
+
+fn read_tensor_infos(c: &mut Cursor, n: u64) -> std::result::Result<Infos, String> {
     let mut tensors: Vec<TensorInfo> = Vec::with_capacity(capacity(n));
-    let mut seen = HashMap::new();
+    let mut names = HashMap::with_capacity(capacity(n));
     for i in 0..n {
         let name = c.string().map_err(|e| format!("tensor info {i}: name: {e}"))?;
         let t = tensor_info(c, name).map_err(|e| format!("tensor info {i}: {e}"))?;
-        if seen.insert(t.name.clone(), i).is_some() {
+        if names.insert(t.name.clone(), tensors.len()).is_some() {
             return Err(format!("tensor info {i}: tensor `{}` appears twice", t.name));
         }
         tensors.push(t);
     }
-    Ok(tensors)
+    Ok((tensors, names))
 }
 
 fn tensor_info(c: &mut Cursor, name: String) -> std::result::Result<TensorInfo, String> {
