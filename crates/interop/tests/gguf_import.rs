@@ -203,8 +203,8 @@ fn the_tokenizer_comes_from_the_metadata() {
     let err = gpt2.tokenizer.unwrap_err().to_string();
     assert!(err.contains("metadata `tokenizer.ggml.model`"), "{err}");
     let good = std::fs::read(&path).unwrap();
-    let qwen2_pre = patched(&good, b"gpt-2", b"qwen2");
-    std::fs::write(dir.path().join("pre.gguf"), qwen2_pre).unwrap();
+    let bloom_pre = patched(&good, b"gpt-2", b"bloom");
+    std::fs::write(dir.path().join("pre.gguf"), bloom_pre).unwrap();
     let err = import::load(&dir.path().join("pre.gguf")).unwrap().tokenizer.unwrap_err().to_string();
-    assert!(err.contains("pre.gguf") && err.contains("pre-tokenizer `qwen2`"), "{err}");
+    assert!(err.contains("pre.gguf") && err.contains("pre-tokenizer `bloom`"), "{err}");
 }
