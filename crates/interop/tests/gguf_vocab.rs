@@ -1,5 +1,6 @@
-//! Token ids equal llama.cpp's for the byte-level BPE kinds we read (`gpt-2`, `llama-bpe`,
-//! `qwen2` pre-tokenizers): llama.cpp's own tokenizer test texts (English, code, Unicode,
+//! Token ids equal llama.cpp's for the tokenizer kinds we read (byte-level BPE with the `gpt-2`,
+//! `llama-bpe` and `qwen2` pre-tokenizers, and the SentencePiece-style `llama`, as Llama 2,
+//! Mistral and TinyLlama files have it): llama.cpp's own tokenizer test texts (English, code, Unicode,
 //! whitespace runs, digits) and ids, with the part of each vocabulary they need
 //! (`scripts/make_vocab_fixtures.py`), written as GGUF metadata here and read back.
 
@@ -24,16 +25,18 @@ fn array(elem: u32, items: &[Vec<u8>]) -> Vec<u8> {
 /// empty tokens of type unused (5), which the reader skips.
 fn gguf(fixture: &Value) -> Vec<u8> {
     let n = fixture["n_tokens"].as_u64().unwrap() as usize;
-    let (mut tokens, mut types) = (vec![String::new(); n], vec![5i32; n]);
+    let (mut tokens, mut types, mut scores) = (vec![String::new(); n], vec![5i32; n], vec![0f32; n]);
     for t in fixture["tokens"].as_array().unwrap() {
         let id = t[0].as_u64().unwrap() as usize;
         tokens[id] = t[1].as_str().unwrap().to_string();
         types[id] = t[2].as_i64().unwrap() as i32;
+        scores[id] = t.get(3).and_then(Value::as_f64).unwrap_or(0.0) as f32;
     }
     let merges: Vec<Vec<u8>> =
         fixture["merges"].as_array().unwrap().iter().map(|m| string(m.as_str().unwrap())).collect();
-    let kvs = [
-        kv("tokenizer.ggml.model", 8, &string("gpt2")),
+    let u32_value = |v: &Value| (v.as_u64().unwrap() as u32).to_le_bytes();
+    let mut kvs = vec![
+        kv("tokenizer.ggml.model", 8, &string(fixture["model"].as_str().unwrap())),
         kv("tokenizer.ggml.pre", 8, &string(fixture["pre"].as_str().unwrap())),
         kv("tokenizer.ggml.tokens", 9, &array(8, &tokens.iter().map(|t| string(t)).collect::<Vec<_>>())),
         kv(
@@ -42,8 +45,13 @@ fn gguf(fixture: &Value) -> Vec<u8> {
             &array(5, &types.iter().map(|t| t.to_le_bytes().to_vec()).collect::<Vec<_>>()),
         ),
         kv("tokenizer.ggml.merges", 9, &array(8, &merges)),
-        kv("tokenizer.ggml.eos_token_id", 4, &(fixture["eos"].as_u64().unwrap() as u32).to_le_bytes()),
+        kv("tokenizer.ggml.eos_token_id", 4, &u32_value(&fixture["eos"])),
     ];
+    if fixture["model"] == "llama" {
+        let scores: Vec<Vec<u8>> = scores.iter().map(|s| s.to_le_bytes().to_vec()).collect();
+        kvs.push(kv("tokenizer.ggml.scores", 9, &array(6, &scores)));
+        kvs.push(kv("tokenizer.ggml.unknown_token_id", 4, &u32_value(&fixture["unk"])));
+    }
     let header =
         [&b"GGUF"[..], &3u32.to_le_bytes(), &0u64.to_le_bytes(), &(kvs.len() as u64).to_le_bytes()].concat();
     [header, kvs.concat()].concat()
@@ -51,7 +59,7 @@ fn gguf(fixture: &Value) -> Vec<u8> {
 
 #[test]
 fn token_ids_equal_llama_cpps() {
-    for name in ["gpt-2", "llama-bpe", "qwen2"] {
+    for name in ["gpt-2", "llama-bpe", "qwen2", "llama-spm"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/vocab/{name}.json"));
         let fixture: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let g = Gguf::from_bytes(Path::new(name), gguf(&fixture)).unwrap();

@@ -1,43 +1,38 @@
 //! The tokenizer of a GGUF file, from its `tokenizer.ggml.*` metadata.
 //!
-//! Read: `tokenizer.ggml.model = gpt2`, the byte-level BPE, with the pre-tokenizers (text
-//! splitting rules) of [`PRE_TOKENIZERS`]: `gpt-2` (what our export writes, and GPT-2's files),
-//! `llama-bpe` (Llama 3), `qwen2` and `smollm`. Each becomes the equivalent `tokenizers` BPE:
-//! tokens and merges in file order, control and user-defined tokens also as added tokens (special
-//! for control), unused ones (padding) left out, and the EOS id. tests/gguf_vocab.rs checks the
-//! ids against llama.cpp's own tokenizer tests for `gpt-2`, `llama-bpe` and `qwen2`; `smollm`
-//! follows llama.cpp's regexes for it, but llama.cpp ships no test vocabulary to check it on.
+//! Read, each as the equivalent `tokenizers` model:
+//! - `tokenizer.ggml.model = gpt2`, byte-level BPE, with the pre-tokenizers (text splitting
+//!   rules) of [`PRE_TOKENIZERS`]: `gpt-2` (what our export writes, and GPT-2's files), `llama-bpe`
+//!   (Llama 3), `qwen2` and `smollm`; tokens and merges in file order;
+//! - `llama`, SentencePiece-style BPE with scores (Llama 2, Mistral, TinyLlama, Phi-3), see
+//!   `sentencepiece_bpe`.
 //!
-//! Other kinds (`llama` SentencePiece-style BPE with scores, other pre-tokenizers) are refused by
-//! name: a tokenizer that splits differently from llama.cpp's would give other ids silently.
+//! Control and user-defined tokens become added tokens (special for control), unused ones
+//! (padding) are left out, and the EOS id is kept. No BOS is added: `encode` gives the ids of the
+//! text alone, as llama.cpp's tokenizer does without `add_special`.
+//!
+//! tests/gguf_vocab.rs checks the ids against llama.cpp's own tokenizer tests for `gpt-2`,
+//! `llama-bpe`, `qwen2` and `llama`; `smollm` follows llama.cpp's regexes for it, but llama.cpp
+//! ships no test vocabulary to check it on. Other kinds and pre-tokenizers are refused by name: a
+//! tokenizer that splits differently from llama.cpp's would give other ids silently.
+
+use std::collections::HashMap;
 
 use serde_json::{json, Map, Value as Json};
 use truthgpt_data::Tokenizer;
 
 use super::read::Gguf;
 use super::value::{Array, Value};
-use super::{TOKEN_CONTROL, TOKEN_UNUSED, TOKEN_USER_DEFINED};
+use super::{TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNUSED, TOKEN_USER_DEFINED};
 use crate::error::{InteropError, Result};
 
 /// The file's tokenizer; an error says why there is none we can use.
 pub fn tokenizer<B: AsRef<[u8]>>(g: &Gguf<B>) -> Result<Tokenizer> {
-    let unsupported = |problem: String| InteropError::Unsupported { path: g.path().into(), problem };
     let kind = string(g, "tokenizer.ggml.model")?;
     let pre = string(g, "tokenizer.ggml.pre").unwrap_or_else(|_| "(none)".into());
-    let pre_tokenizer = match (kind.as_str(), pre_tokenizer(&pre)) {
-        ("gpt2", Some(p)) => p,
-        _ => {
-            return Err(unsupported(format!(
-                "tokenizer.ggml.model `{kind}` with pre-tokenizer `{pre}`: we read `gpt2` (byte-level \
-                 BPE) with pre-tokenizer {}",
-                PRE_TOKENIZERS.join(", ")
-            )))
-        }
-    };
     let tokens = strings(g, "tokenizer.ggml.tokens")?;
-    let merges = strings(g, "tokenizer.ggml.merges")?;
     let types = match g.get("tokenizer.ggml.token_type") {
-        None => vec![],
+        None => vec![TOKEN_NORMAL; tokens.len()],
         Some(Value::Array(Array::I32(t))) if t.len() == tokens.len() => t.clone(),
         Some(v) => {
             return Err(invalid(
@@ -46,38 +41,26 @@ pub fn tokenizer<B: AsRef<[u8]>>(g: &Gguf<B>) -> Result<Tokenizer> {
             ))
         }
     };
-    let mut vocab = Map::new();
-    let mut added = Vec::new();
-    for (id, token) in tokens.iter().enumerate() {
-        let ty = types.get(id).copied();
-        if ty == Some(TOKEN_UNUSED) {
-            continue;
+    let (model, normalizer, pre_tokenizer, decoder) = match (kind.as_str(), pre_tokenizer(&pre)) {
+        ("gpt2", Some(pre_tokenizer)) => {
+            (byte_level_bpe(g, tokens, &types, &pre)?, Json::Null, pre_tokenizer, byte_level(false))
         }
-        // Added tokens are in the model's vocabulary too, else `tokenizers` gives them new ids.
-        vocab.insert(token.clone(), json!(id));
-        if let Some(ty @ (TOKEN_CONTROL | TOKEN_USER_DEFINED)) = ty {
-            added.push(json!({
-                "id": id, "content": token, "single_word": false, "lstrip": false, "rstrip": false,
-                "normalized": false, "special": ty == TOKEN_CONTROL,
-            }));
+        ("llama", _) => sentencepiece_bpe(g, tokens, &types)?,
+        _ => {
+            return Err(InteropError::Unsupported {
+                path: g.path().into(),
+                problem: format!(
+                    "tokenizer.ggml.model `{kind}` with pre-tokenizer `{pre}`: we read `llama` \
+                     (SentencePiece-style BPE) and `gpt2` (byte-level BPE) with pre-tokenizer {}",
+                    PRE_TOKENIZERS.join(", ")
+                ),
+            })
         }
-    }
-    let merges = merges
-        .iter()
-        .map(|m| m.split_once(' ').map(|(a, b)| json!([a, b])))
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| invalid(g, "tokenizer.ggml.merges has an entry that is not `a b`".into()))?;
+    };
     let json = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": null,
-        "decoder": byte_level(false),
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-            // Llama 3 takes a word that is a token as it is, before any merge (llama.cpp's
-            // `ignore_merges`, set for that type alone).
-            "ignore_merges": pre == "llama-bpe", "vocab": Json::Object(vocab), "merges": merges,
-        },
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added_tokens(tokens, &types),
+        "normalizer": normalizer, "pre_tokenizer": pre_tokenizer, "post_processor": null,
+        "decoder": decoder, "model": model,
     });
     let mut tokenizer = Tokenizer::from_json(&json.to_string())?;
     if let Some(eos) = g.get("tokenizer.ggml.eos_token_id") {
@@ -87,6 +70,121 @@ pub fn tokenizer<B: AsRef<[u8]>>(g: &Gguf<B>) -> Result<Tokenizer> {
         tokenizer.set_eos_token(token)?;
     }
     Ok(tokenizer)
+}
+
+/// Every token but the unused ones (padding), by id. Added tokens are in the model's vocabulary
+/// too, else `tokenizers` gives them new ids.
+fn vocabulary(tokens: &[String], types: &[i32]) -> Map<String, Json> {
+    let mut vocab = Map::new();
+    for (id, (token, &ty)) in tokens.iter().zip(types).enumerate() {
+        if ty != TOKEN_UNUSED {
+            vocab.insert(token.clone(), json!(id));
+        }
+    }
+    vocab
+}
+
+/// Control tokens (special) and user-defined ones, matched whole in the text before the model
+/// sees it.
+fn added_tokens(tokens: &[String], types: &[i32]) -> Vec<Json> {
+    let added = tokens
+        .iter()
+        .zip(types)
+        .enumerate()
+        .filter(|(_, (_, &ty))| ty == TOKEN_CONTROL || ty == TOKEN_USER_DEFINED);
+    added
+        .map(|(id, (token, &ty))| {
+            json!({
+                "id": id, "content": token, "single_word": false, "lstrip": false, "rstrip": false,
+                "normalized": false, "special": ty == TOKEN_CONTROL,
+            })
+        })
+        .collect()
+}
+
+/// The `gpt2` kind: the file's merges, in order.
+fn byte_level_bpe<B: AsRef<[u8]>>(g: &Gguf<B>, tokens: &[String], types: &[i32], pre: &str) -> Result<Json> {
+    let merges = strings(g, "tokenizer.ggml.merges")?
+        .iter()
+        .map(|m| m.split_once(' ').map(|(a, b)| json!([a, b])))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| invalid(g, "tokenizer.ggml.merges has an entry that is not `a b`".into()))?;
+    Ok(json!({
+        "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+        "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+        // Llama 3 takes a word that is a token as it is, before any merge (llama.cpp's
+        // `ignore_merges`, set for that type alone).
+        "ignore_merges": pre == "llama-bpe", "vocab": Json::Object(vocabulary(tokens, types)), "merges": merges,
+    }))
+}
+
+/// The `llama` kind, as llama.cpp's SPM tokenizer runs it: spaces become `▁` and one is put in
+/// front, then adjacent pieces are merged, highest-scoring result first, while the result is a
+/// normal token; pieces left that are no token become their bytes' `<0xXX>` tokens. As a
+/// `tokenizers` BPE, that is a merge for every way of splitting a normal token into two tokens,
+/// ranked by the token's score, with byte fallback. Returns (model, normalizer, pre-tokenizer,
+/// decoder).
+fn sentencepiece_bpe<B: AsRef<[u8]>>(
+    g: &Gguf<B>,
+    tokens: &[String],
+    types: &[i32],
+) -> Result<(Json, Json, Json, Json)> {
+    let scores = match g.get("tokenizer.ggml.scores") {
+        Some(Value::Array(Array::F32(s))) if s.len() == tokens.len() => s,
+        Some(v) => {
+            return Err(invalid(
+                g,
+                format!("tokenizer.ggml.scores is {}, expected {} f32", v.type_name(), tokens.len()),
+            ))
+        }
+        None => {
+            return Err(InteropError::Missing {
+                path: g.path().into(),
+                what: "metadata `tokenizer.ggml.scores`".into(),
+            })
+        }
+    };
+    let ids: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .filter(|&(id, _)| types[id] != TOKEN_UNUSED)
+        .map(|(id, t)| (t.as_str(), id))
+        .collect();
+    let mut merges: Vec<(f32, usize, usize, &str, &str)> = Vec::new();
+    for (id, token) in tokens.iter().enumerate().filter(|&(id, _)| types[id] == TOKEN_NORMAL) {
+        for (at, _) in token.char_indices().skip(1) {
+            let (a, b) = token.split_at(at);
+            if let (Some(&ia), Some(&ib)) = (ids.get(a), ids.get(b)) {
+                merges.push((scores[id], ia, ib, a, b));
+            }
+        }
+    }
+    // Highest score first; ties by the parts' ids, for a stable order.
+    merges.sort_by(|x, y| y.0.total_cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
+    let merges: Vec<Json> = merges.iter().map(|&(_, _, _, a, b)| json!([a, b])).collect();
+    let unk = g
+        .get("tokenizer.ggml.unknown_token_id")
+        .and_then(Value::as_u64)
+        .and_then(|id| tokens.get(id as usize));
+    let model = json!({
+        "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+        "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+        "vocab": Json::Object(vocabulary(tokens, types)), "merges": merges,
+    });
+    let add_space_prefix = g.get("tokenizer.ggml.add_space_prefix").and_then(Value::as_bool).unwrap_or(true);
+    let mut normalize = vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"})];
+    let mut decode = vec![
+        json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if add_space_prefix {
+        normalize.insert(0, json!({"type": "Prepend", "prepend": "▁"}));
+        decode.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    let normalizer = json!({"type": "Sequence", "normalizers": normalize});
+    let decoder = json!({"type": "Sequence", "decoders": decode});
+    Ok((model, normalizer, Json::Null, decoder))
 }
 
 /// The `tokenizer.ggml.pre` values we read.
