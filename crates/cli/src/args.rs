@@ -72,8 +72,9 @@ pub struct DeviceArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// A model, run or Hugging Face directory; it needs a tokenizer. Required here or in --config.
-    #[arg(long, value_name = "DIR")]
+    /// A model, run or Hugging Face directory, or a GGUF file; it needs a tokenizer. Required here
+    /// or in --config.
+    #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// A YAML file of settings (keys with roles and tenants, JWT, limits, cache, sessions, Redis);
     /// flags given here override it. See docs/serving.md.
@@ -135,7 +136,7 @@ pub enum ExportCommand {
     /// A Hugging Face directory that `transformers` loads (as Llama, Mistral, Qwen2, Mixtral or
     /// GPT-2, whichever matches the model exactly).
     Hf {
-        /// A model, run or Hugging Face directory.
+        /// A model, run or Hugging Face directory, or a GGUF file.
         #[arg(value_name = "MODEL")]
         model: PathBuf,
         /// The directory to write; it must not exist.
@@ -144,7 +145,7 @@ pub enum ExportCommand {
     },
     /// A GGUF file for llama.cpp (Llama-family models: Llama, Mistral, Mixtral, Qwen2).
     Gguf {
-        /// A model, run or Hugging Face directory; it needs a tokenizer.
+        /// A model, run or Hugging Face directory, or a GGUF file; it needs a tokenizer.
         #[arg(value_name = "MODEL")]
         model: PathBuf,
         /// The file to write; it must not exist.
@@ -165,8 +166,8 @@ pub enum GgufDtypeArg {
 
 #[derive(Debug, Args)]
 pub struct LogitsArgs {
-    /// A model, run or Hugging Face directory.
-    #[arg(long, value_name = "DIR")]
+    /// A model, run or Hugging Face directory, or a GGUF file.
+    #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
     /// Comma-separated token ids, e.g. 1,5,9.
     #[arg(long, value_name = "IDS", value_delimiter = ',', required = true, num_args = 1..)]
@@ -253,8 +254,9 @@ pub struct TrainArgs {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// A model directory, or a run directory (its latest checkpoint).
-    #[arg(long, value_name = "DIR")]
+    /// A model directory, a run directory (its latest checkpoint), a Hugging Face directory or a
+    /// GGUF file.
+    #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
     #[arg(long)]
     pub prompt: String,
@@ -402,8 +404,9 @@ fn parse_shape(s: &str) -> Result<[usize; 3], String> {
 
 #[derive(Debug, Args)]
 pub struct BenchServeArgs {
-    /// A model, run or Hugging Face directory with a tokenizer (e.g. the quickstart's run).
-    #[arg(long, value_name = "DIR", default_value = "runs/quickstart")]
+    /// A model, run or Hugging Face directory, or a GGUF file, with a tokenizer (e.g. the
+    /// quickstart's run).
+    #[arg(long, value_name = "PATH", default_value = "runs/quickstart")]
     pub model: PathBuf,
     /// Concurrent streaming clients (and the server's --max-batch).
     #[arg(long, default_value_t = 16)]

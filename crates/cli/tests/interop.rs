@@ -175,3 +175,68 @@ fn a_chat_template_in_chat_template_jinja_is_no_longer_ignored() {
             .unwrap();
     assert_eq!(exported_config["chat_template"], template, "and where older transformers looks");
 }
+
+/// Any `--model` takes a GGUF file: a committed one in mixed ggml types gives transformers'
+/// logits for it, one with a tokenizer in its metadata (our export of a random model) generates,
+/// and a damaged one says what is wrong with it.
+#[test]
+fn a_gguf_file_serves_as_a_model() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../interop/tests/fixtures/gguf/llama");
+    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let ids: Vec<u32> = tensors.tensor("ids").unwrap().data().chunks_exact(8).map(|b| b[0] as u32).collect();
+    let want: Vec<f32> = tensors
+        .tensor("logits")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let got = logits(&dir.join("model.gguf"), &ids).concat();
+    let diff = max_abs_diff(&got, &want);
+    assert!(diff <= 1e-4, "GGUF logits differ from transformers' by {diff:e}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("model.gguf");
+    let text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer";
+    let tokenizer = truthgpt_data::Tokenizer::train_bpe_from_texts(&[text, text], 280).unwrap();
+    let config = truthgpt_config::ModelConfig {
+        vocab_size: 288,
+        d_model: 32,
+        n_layers: 1,
+        n_heads: 2,
+        n_kv_heads: 2,
+        d_ff: 64,
+        max_seq_len: 32,
+        bias: false,
+        norm: truthgpt_config::NormKind::RmsNorm,
+        positional: truthgpt_config::Positional::Rope,
+        ffn: truthgpt_config::FfnKind::Swiglu,
+        ..Default::default()
+    };
+    let model = truthgpt_model::Model::new(&config, 7);
+    truthgpt_interop::gguf::export(&model, &tokenizer, &gguf, truthgpt_interop::gguf::GgufDtype::Q8_0)
+        .unwrap();
+    let output = run(&mut truthgpt(&[
+        "generate",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--prompt",
+        "To be",
+        "--max-tokens",
+        "5",
+    ]));
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    assert!(stdout(&output).starts_with("To be"));
+
+    let bad = tmp.path().join("bad.gguf");
+    std::fs::write(&bad, b"GGUF\x03\x00\x00\x00").unwrap();
+    let err = assert_fails_cleanly(&run(&mut truthgpt(&[
+        "logits",
+        "--model",
+        bad.to_str().unwrap(),
+        "--ids",
+        "1",
+    ])));
+    assert!(err.contains("bad.gguf") && err.contains("tensor count"), "{err}");
+}

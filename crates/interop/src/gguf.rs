@@ -1,5 +1,6 @@
 //! GGUF files for llama.cpp: Llama, Mistral and Mixtral models as llama.cpp's `llama`
 //! architecture, Qwen2 models as `qwen2`, with the tokenizer, in f32, f16 or q8_0.
+//! (Reading any GGUF file: [`read`]; this module writes them.)
 //!
 //! The layout follows llama.cpp's `convert_hf_to_gguf.py`, so that a file written here is the file
 //! that converter would write from our Hugging Face export ([`crate::hf::export`]):
@@ -35,9 +36,17 @@ use truthgpt_config::{ModelConfig, RopeScaling, RopeScalingKind};
 use truthgpt_data::{fsio, Tokenizer};
 use truthgpt_engine::rope;
 use truthgpt_model::Model;
+use truthgpt_quant::GgmlType;
 
 use crate::error::{InteropError, Result};
 use crate::hf::{self, Family};
+
+pub mod import;
+pub mod read;
+pub mod value;
+pub mod vocab;
+
+pub use read::{Gguf, TensorInfo};
 
 /// How weight matrices are stored; 1-D tensors are always f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,36 +81,6 @@ pub struct GgufExported {
 pub const VERSION: u32 = 3;
 /// `general.alignment`: tensor data offsets are multiples of it (GGUF's default).
 pub const ALIGNMENT: usize = 32;
-/// Elements per q8_0 block, and its size: an f16 scale and 32 i8.
-pub const Q8_0_BLOCK: usize = 32;
-pub const Q8_0_BLOCK_BYTES: usize = 34;
-
-/// `ggml_type` of the tensor types written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GgmlType {
-    F32,
-    F16,
-    Q8_0,
-}
-
-impl GgmlType {
-    fn id(self) -> u32 {
-        match self {
-            GgmlType::F32 => 0,
-            GgmlType::F16 => 1,
-            GgmlType::Q8_0 => 8,
-        }
-    }
-
-    fn bytes(self, elements: usize) -> usize {
-        match self {
-            GgmlType::F32 => 4 * elements,
-            GgmlType::F16 => 2 * elements,
-            GgmlType::Q8_0 => elements / Q8_0_BLOCK * Q8_0_BLOCK_BYTES,
-        }
-    }
-}
-
 /// Token types of `tokenizer.ggml.token_type` (llama.cpp's `llama_token_type`).
 const TOKEN_NORMAL: i32 = 1;
 const TOKEN_CONTROL: i32 = 3;
@@ -357,7 +336,8 @@ impl Plan {
     }
 
     fn bytes(&self) -> usize {
-        self.ty.bytes(self.elements())
+        // Whole blocks by construction (`tensor_type` picks q8_0 only for rows of whole blocks).
+        self.elements() / self.ty.block_elements() * self.ty.block_bytes()
     }
 
     fn values(&self, model: &Model) -> Vec<f32> {
@@ -373,7 +353,7 @@ impl Plan {
                         Some((heads, cols)) => {
                             let start = out.len();
                             out.resize(start + src.len(), 0.0);
-                            permute_rope(src, &mut out[start..], heads, cols);
+                            permute_rope(src, &mut out[start..], heads, cols, RopeOrder::ToGguf);
                         }
                     }
                 }
@@ -383,17 +363,27 @@ impl Plan {
     }
 }
 
-/// convert_hf_to_gguf's `LlamaModel.permute`: rows `(head, half, i)` of `src` (Hugging Face's
-/// rotate-half order) become rows `(head, i, half)` (llama.cpp's interleaved pairs), each row
-/// `cols` long. The row count is `heads * head_size`.
-fn permute_rope(src: &[f32], dst: &mut [f32], heads: usize, cols: usize) {
+/// Which way [`permute_rope`] moves rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RopeOrder {
+    /// Hugging Face's rotate-half rows to llama.cpp's interleaved pairs (export).
+    ToGguf,
+    /// Back (import).
+    FromGguf,
+}
+
+/// convert_hf_to_gguf's `LlamaModel.permute` (or its inverse): rows `(head, half, i)` of
+/// Hugging Face's rotate-half order are rows `(head, i, half)` of llama.cpp's interleaved pairs,
+/// each row `cols` long. The row count is `heads * head_size`.
+fn permute_rope(src: &[f32], dst: &mut [f32], heads: usize, cols: usize, order: RopeOrder) {
     let rows = src.len() / cols;
     let half = rows / heads / 2;
     for h in 0..heads {
         for j in 0..2 {
             for i in 0..half {
-                let from = (h * 2 * half + j * half + i) * cols;
-                let to = (h * 2 * half + 2 * i + j) * cols;
+                let hf = (h * 2 * half + j * half + i) * cols;
+                let gguf = (h * 2 * half + 2 * i + j) * cols;
+                let (from, to) = if order == RopeOrder::ToGguf { (hf, gguf) } else { (gguf, hf) };
                 dst[to..to + cols].copy_from_slice(&src[from..from + cols]);
             }
         }
@@ -410,12 +400,16 @@ enum Target {
 fn gguf_name(hf_name: &str) -> Option<Target> {
     let plain = |s: &str| Some(Target::Plain(s.to_string()));
     match hf_name {
-        "model.embed_tokens.weight" => return plain("token_embd.weight"),
+        "model.embed_tokens.weight" | "transformer.wte.weight" => return plain("token_embd.weight"),
+        "transformer.wpe.weight" => return plain("position_embd.weight"),
         "model.norm.weight" => return plain("output_norm.weight"),
+        "transformer.ln_f.weight" | "transformer.ln_f.bias" => {
+            return plain(&hf_name.replace("transformer.ln_f", "output_norm"))
+        }
         "lm_head.weight" => return plain("output.weight"),
         _ => {}
     }
-    let rest = hf_name.strip_prefix("model.layers.")?;
+    let rest = hf_name.strip_prefix("model.layers.").or_else(|| hf_name.strip_prefix("transformer.h."))?;
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let blk = |s: &str| Some(Target::Plain(format!("blk.{layer}.{s}")));
@@ -442,6 +436,13 @@ fn gguf_name(hf_name: &str) -> Option<Target> {
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
         "block_sparse_moe.gate" => "ffn_gate_inp",
+        // GPT-2 (import only)
+        "ln_1" => "attn_norm",
+        "ln_2" => "ffn_norm",
+        "attn.c_attn" => "attn_qkv",
+        "attn.c_proj" => "attn_output",
+        "mlp.c_fc" => "ffn_up",
+        "mlp.c_proj" => "ffn_down",
         _ => return None,
     };
     blk(&format!("{name}.{param}"))
@@ -460,7 +461,7 @@ fn tensor_type(name: &str, shape: &[usize], dtype: GgufDtype) -> GgmlType {
     match dtype {
         GgufDtype::F32 => GgmlType::F32,
         GgufDtype::F16 => GgmlType::F16,
-        GgufDtype::Q8_0 if row.is_multiple_of(Q8_0_BLOCK) => GgmlType::Q8_0,
+        GgufDtype::Q8_0 if row.is_multiple_of(GgmlType::Q8_0.block_elements()) => GgmlType::Q8_0,
         GgufDtype::Q8_0 => GgmlType::F16,
     }
 }
@@ -700,32 +701,15 @@ impl<W: Write> Out<W> {
     }
 }
 
-/// `values` as `ty`, appended to `buf`.
-fn encode(values: &[f32], ty: GgmlType, buf: &mut Vec<u8>) {
+/// `values` as `ty`, appended to `buf`. Only q8_0 can fail, on a non-finite value, which
+/// `check_expressible` has already refused.
+fn encode(values: &[f32], ty: GgmlType, buf: &mut Vec<u8>) -> std::io::Result<()> {
     match ty {
         GgmlType::F32 => values.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
         GgmlType::F16 => values.iter().for_each(|x| buf.extend_from_slice(&f16::from_f32(*x).to_le_bytes())),
-        GgmlType::Q8_0 => {
-            for block in values.chunks_exact(Q8_0_BLOCK) {
-                let (d, qs) = quantize_q8_0(block);
-                buf.extend_from_slice(&d.to_le_bytes());
-                buf.extend(qs.iter().map(|&q| q as u8));
-            }
-        }
+        ty => truthgpt_quant::quantize_row(ty, values, buf).map_err(std::io::Error::other)?,
     }
-}
-
-/// One q8_0 block as ggml's `quantize_row_q8_0_ref` (and gguf-py) makes it: scale
-/// `d = max|x| / 127` stored as f16, `q = round(x / d)` with halves away from zero.
-pub fn quantize_q8_0(block: &[f32]) -> (f16, [i8; Q8_0_BLOCK]) {
-    let amax = block.iter().fold(0.0f32, |a, x| a.max(x.abs()));
-    let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let mut qs = [0i8; Q8_0_BLOCK];
-    for (q, x) in qs.iter_mut().zip(block) {
-        *q = (x * id).round().clamp(-127.0, 127.0) as i8;
-    }
-    (f16::from_f32(d), qs)
+    Ok(())
 }
 
 fn write_file(out: &Path, metadata: &[(String, Meta)], plans: &[Plan], model: &Model) -> Result<u64> {
@@ -792,7 +776,7 @@ fn write_contents<W: Write>(
     let mut buf = Vec::new();
     for plan in plans {
         buf.clear();
-        encode(&plan.values(model), plan.ty, &mut buf);
+        encode(&plan.values(model), plan.ty, &mut buf)?;
         debug_assert_eq!(buf.len(), plan.bytes());
         w.bytes(&buf)?;
         w.pad_to(align)?;

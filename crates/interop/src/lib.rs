@@ -2,7 +2,8 @@
 //!
 //! - [`hf`]: Hugging Face model directories (Llama, Mistral, Qwen2, Mixtral, GPT-2), imported
 //!   with the same logits as `transformers` and exported so that `transformers` loads them;
-//! - [`gguf`]: GGUF files for llama.cpp (Llama-family models, f32, f16 or q8_0);
+//! - [`gguf`]: GGUF files: export for llama.cpp (Llama-family models, f32, f16 or q8_0), and a
+//!   reader of any GGUF v2/v3 file (memory-mapped; every ggml type of `truthgpt-quant`);
 //! - [`tensors`]: memory-mapped safetensors, single or sharded, read as f32 from f32/f16/bf16.
 
 pub mod error;

@@ -1,6 +1,7 @@
 //! GGUF export, read back by a small independent GGUF reader: header, every metadata key and
 //! value, tensor names, dims, types and offsets, and the data (exact for f32 once the q/k RoPE
-//! permutation is undone, within q8_0's rounding for q8_0), the tokenizer, and the refusals.
+//! permutation is undone, within q8_0's rounding for q8_0), the tokenizer, and the refusals; and
+//! the library's own reader reads back the same, bit for bit.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,6 +13,7 @@ use truthgpt_config::{
 };
 use truthgpt_data::Tokenizer;
 use truthgpt_engine::close::max_abs_diff;
+use truthgpt_interop::gguf::value::{Array, Value as Meta};
 use truthgpt_interop::gguf::{self, GgufDtype};
 use truthgpt_interop::InteropError;
 use truthgpt_model::{Mode, Model};
@@ -400,7 +402,37 @@ fn export_and_check(model: &Model, tok: &Tokenizer, dtype: GgufDtype, arch: &str
     assert_eq!(exported.tensors, g.names.len());
     check_metadata(&g, model, tok, dtype, arch);
     check_tensors(&g, model, dtype, arch);
+    check_reader_agrees(&g, &path);
     g
+}
+
+/// The library's reader ([`gguf::Gguf`]) reads back what this independent one reads, value for
+/// value and bit for bit: the round trip of every export.
+fn check_reader_agrees(g: &Gguf, path: &Path) {
+    let r = gguf::Gguf::open(path).unwrap();
+    assert_eq!(r.version(), g.version);
+    assert_eq!(r.metadata().len(), g.kv.len());
+    for (key, value) in r.metadata() {
+        let value = match value {
+            Meta::U32(x) => V::U32(*x),
+            Meta::F32(x) => V::F32(*x),
+            Meta::Bool(x) => V::Bool(*x),
+            Meta::String(x) => V::Str(x.clone()),
+            Meta::Array(Array::String(x)) => V::Arr(x.iter().map(|s| V::Str(s.clone())).collect()),
+            Meta::Array(Array::I32(x)) => V::Arr(x.iter().map(|&i| V::I32(i)).collect()),
+            other => panic!("{key}: export writes no {}", other.type_name()),
+        };
+        assert_eq!(&value, g.get(key), "{key}");
+    }
+    let names: Vec<_> = r.tensors().iter().map(|t| t.name.clone()).collect();
+    assert_eq!(names, g.names);
+    for t in r.tensors() {
+        let info = g.info(&t.name);
+        assert_eq!((&t.dims, t.ty.id(), t.offset), (&info.dims, info.ty, info.offset), "{}", t.name);
+        let (got, want) = (r.dequantize(&t.name).unwrap(), g.values(&t.name));
+        let same = got.len() == want.len() && got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{}: values differ by up to {:e}", t.name, max_abs_diff(&got, &want));
+    }
 }
 
 fn check_metadata(g: &Gguf, model: &Model, tok: &Tokenizer, dtype: GgufDtype, arch: &str) {

@@ -24,6 +24,7 @@ use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use truthgpt_config::Config;
 use truthgpt_data::{fsio, Tokenizer};
+use truthgpt_interop::gguf::{self, import::GgufModel};
 use truthgpt_interop::hf::{self, HfModel};
 use truthgpt_model::{io::f32_values, Model, Trainer};
 
@@ -125,9 +126,15 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     Err(TrainError::NoModel { path: path.to_path_buf() })
 }
 
-/// Loads the model a model or run directory holds, checking every file against the manifest, or
-/// the model of a Hugging Face directory.
+/// Loads the model a model or run directory holds, checking every file against the manifest, the
+/// model of a Hugging Face directory, or a GGUF file's (dequantized to f32).
 pub fn load_model(path: &Path) -> Result<SavedModel> {
+    if gguf::read::is_gguf_file(path) {
+        let GgufModel { model, tokenizer, .. } = gguf::import::load(path)?;
+        let config = hf::config::settings_for(&model.config);
+        // Logits need no tokenizer; text commands report its absence when they need it.
+        return Ok(SavedModel { dir: path.to_path_buf(), config, model, tokenizer: tokenizer.ok() });
+    }
     let ours = path.join(MANIFEST).is_file() || path.join(LATEST).is_file();
     if !ours && hf::is_model_dir(path) {
         let HfModel { model, tokenizer, .. } = hf::load(path)?;

@@ -14,7 +14,7 @@ pub enum TrainError {
          or a Hugging Face model directory (config.json)"
     )]
     NoModel { path: PathBuf },
-    #[error("the model in {path} has no tokenizer.json; text in or out needs one")]
+    #[error("the model in {path} has no tokenizer.json (nor, for a GGUF file, gpt2 BPE metadata we read); text in or out needs one")]
     NoTokenizer { path: PathBuf },
     #[error(transparent)]
     Interop(#[from] truthgpt_interop::InteropError),
