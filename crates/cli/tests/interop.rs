@@ -56,15 +56,14 @@ fn import_export_and_logits_agree_bit_for_bit() {
     assert_eq!(logits(&exported, &ids), original);
 
     // The imported model generates text with its own tokenizer.
-    let output = run(&mut truthgpt(&[
-        "generate",
-        "--model",
-        imported.to_str().unwrap(),
-        "--prompt",
-        "To be",
-        "--max-tokens",
-        "5",
-    ]));
+    continues_the_prompt(&imported);
+}
+
+/// `generate` on `model` runs with the model's own tokenizer and starts with the prompt.
+fn continues_the_prompt(model: &Path) {
+    let model = model.to_str().unwrap();
+    let output =
+        run(&mut truthgpt(&["generate", "--model", model, "--prompt", "To be", "--max-tokens", "5"]));
     assert!(output.status.success(), "{}", common::stderr(&output));
     assert!(stdout(&output).starts_with("To be"));
 }
@@ -217,17 +216,7 @@ fn a_gguf_file_serves_as_a_model() {
     let model = truthgpt_model::Model::new(&config, 7);
     truthgpt_interop::gguf::export(&model, &tokenizer, &gguf, truthgpt_interop::gguf::GgufDtype::Q8_0)
         .unwrap();
-    let output = run(&mut truthgpt(&[
-        "generate",
-        "--model",
-        gguf.to_str().unwrap(),
-        "--prompt",
-        "To be",
-        "--max-tokens",
-        "5",
-    ]));
-    assert!(output.status.success(), "{}", common::stderr(&output));
-    assert!(stdout(&output).starts_with("To be"));
+    continues_the_prompt(&gguf);
 
     let bad = tmp.path().join("bad.gguf");
     std::fs::write(&bad, b"GGUF\x03\x00\x00\x00").unwrap();

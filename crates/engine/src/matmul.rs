@@ -180,21 +180,27 @@ pub unsafe fn gemm_strided_with(
     let product = Product { dst, dst_rs, accumulate, lhs, rhs, scale, k };
     // Matrix-vector products stay with `gemm`, which runs them without packing.
     #[cfg(target_arch = "x86_64")]
-    if kernel == Gemm::Packed && m > 1 && n > 1 {
-        assert!(crate::packed::available(), "gemm: this CPU has no AVX-512F");
-        // SAFETY: the caller vouches for the product's bounds; the CPU has AVX-512F; blocks are
-        // disjoint.
-        let run = |r0, rows, c0, cols| unsafe { crate::packed::block(&product, r0, rows, c0, cols) };
-        split_over_threads(m, n, threads, crate::packed::TILE, run);
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if kernel == Gemm::Amx && m > 1 && n > 1 {
-        assert!(crate::amx::available(), "gemm: this CPU has no AMX bf16");
-        // SAFETY: as above, with AMX for AVX-512F.
-        let run = |r0, rows, c0, cols| unsafe { crate::amx::block(&product, r0, rows, c0, cols) };
-        split_over_threads(m, n, threads, crate::amx::TILE, run);
-        return;
+    if m > 1 && n > 1 {
+        type Block = unsafe fn(&Product, usize, usize, usize, usize);
+        let own: Option<(Block, (usize, usize))> = match kernel {
+            Gemm::Crate => None,
+            Gemm::Packed => {
+                assert!(crate::packed::available(), "gemm: this CPU has no AVX-512F");
+                Some((crate::packed::block, crate::packed::TILE))
+            }
+            Gemm::Amx => {
+                assert!(crate::amx::available(), "gemm: this CPU has no AMX bf16");
+                Some((crate::amx::block, crate::amx::TILE))
+            }
+        };
+        if let Some((block, tile)) = own {
+            // SAFETY: the caller vouches for the product's bounds; the CPU has the kernel's
+            // instructions (asserted); blocks are disjoint.
+            split_over_threads(m, n, threads, tile, |r0, rows, c0, cols| unsafe {
+                block(&product, r0, rows, c0, cols)
+            });
+            return;
+        }
     }
     // SAFETY: as above.
     split_over_threads(m, n, threads, (16, 16), |r0, rows, c0, cols| unsafe {

@@ -72,13 +72,7 @@ impl TensorInfo {
 pub struct Gguf<B: AsRef<[u8]> = Mmap> {
     path: PathBuf,
     bytes: B,
-    version: u32,
-    metadata: Vec<(String, Value)>,
-    keys: HashMap<String, usize>,
-    tensors: Vec<TensorInfo>,
-    names: HashMap<String, usize>,
-    alignment: u64,
-    data_start: usize,
+    header: Header,
 }
 
 impl Gguf<Mmap> {
@@ -96,10 +90,9 @@ impl Gguf<Mmap> {
 impl<B: AsRef<[u8]>> Gguf<B> {
     /// Parses `bytes` as a GGUF file; `path` names it in errors.
     pub fn from_bytes(path: &Path, bytes: B) -> Result<Gguf<B>> {
-        let Header { version, metadata, keys, tensors, names, alignment, data_start } =
-            Header::parse(bytes.as_ref())
-                .map_err(|problem| InteropError::Invalid { path: path.into(), problem })?;
-        Ok(Gguf { path: path.into(), bytes, version, metadata, keys, tensors, names, alignment, data_start })
+        let header = Header::parse(bytes.as_ref())
+            .map_err(|problem| InteropError::Invalid { path: path.into(), problem })?;
+        Ok(Gguf { path: path.into(), bytes, header })
     }
 
     pub fn path(&self) -> &Path {
@@ -107,35 +100,35 @@ impl<B: AsRef<[u8]>> Gguf<B> {
     }
 
     pub fn version(&self) -> u32 {
-        self.version
+        self.header.version
     }
 
     /// `general.alignment`, or the default.
     pub fn alignment(&self) -> u64 {
-        self.alignment
+        self.header.alignment
     }
 
     /// The metadata in file order.
     pub fn metadata(&self) -> &[(String, Value)] {
-        &self.metadata
+        &self.header.metadata
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.keys.get(key).map(|&i| &self.metadata[i].1)
+        self.header.keys.get(key).map(|&i| &self.header.metadata[i].1)
     }
 
     /// The tensor infos in file order.
     pub fn tensors(&self) -> &[TensorInfo] {
-        &self.tensors
+        &self.header.tensors
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.names.get(name).map(|&i| &self.tensors[i])
+        self.header.names.get(name).map(|&i| &self.header.tensors[i])
     }
 
     /// The bytes of a tensor of this file (checked at parse time to lie inside it).
     pub fn tensor_bytes(&self, t: &TensorInfo) -> &[u8] {
-        let start = self.data_start + t.offset as usize;
+        let start = self.header.data_start + t.offset as usize;
         &self.bytes.as_ref()[start..start + t.bytes]
     }
 
