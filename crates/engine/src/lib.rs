@@ -12,11 +12,11 @@
 //! - `NH`: query heads, `KVH`: key/value heads, `HS`: head size; `V`: vocabulary.
 
 pub mod activation;
-#[cfg(target_arch = "x86_64")]
-mod amx;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod bf16;
 pub mod close;
 pub mod cuda;
 pub mod device;

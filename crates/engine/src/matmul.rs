@@ -71,9 +71,12 @@ pub enum Gemm {
     /// [`crate::packed`]: packed panels and a 12 x 32 AVX-512 tile, one block per thread.
     #[cfg(target_arch = "x86_64")]
     Packed,
-    /// [`crate::amx`]: operands rounded to bf16, multiplied in Intel AMX's tiles, summed in f32.
+    /// [`crate::bf16`]: operands rounded to bf16, multiplied in Intel AMX's tiles, summed in f32.
     #[cfg(target_arch = "x86_64")]
     Amx,
+    /// [`crate::bf16`] on AVX512_BF16's `vdpbf16ps` (CPUs without AMX, such as AMD Zen 4).
+    #[cfg(target_arch = "x86_64")]
+    Bf16Dot,
 }
 
 /// What a product's operands are rounded to before they are multiplied; the sums, and every
@@ -97,22 +100,33 @@ impl Gemm {
         Gemm::Crate
     }
 
-    /// The kernel for products at `precision`: [`Gemm::Amx`] for bf16 where the CPU has it,
-    /// otherwise [`Gemm::best`].
+    /// The kernel for products at `precision`: for bf16 [`Gemm::Amx`], else [`Gemm::Bf16Dot`],
+    /// where the CPU has them; otherwise [`Gemm::best`].
     pub fn for_precision(precision: Precision) -> Gemm {
         #[cfg(target_arch = "x86_64")]
-        if precision == Precision::Bf16 && crate::amx::available() {
-            return Gemm::Amx;
+        if precision == Precision::Bf16 {
+            if crate::bf16::amx_available() {
+                return Gemm::Amx;
+            }
+            if crate::bf16::dot_available() {
+                return Gemm::Bf16Dot;
+            }
         }
         Gemm::best()
     }
 
-    /// Every kernel this CPU runs, the `gemm` crate first and the bf16 one last.
+    /// Every kernel this CPU runs: the `gemm` crate first, then the f32 one, then the bf16 ones.
     pub fn available() -> Vec<Gemm> {
+        #[allow(unused_mut)]
         let mut kernels = portable_then(Gemm::Crate, Gemm::best());
-        let bf16 = Gemm::for_precision(Precision::Bf16);
-        if !kernels.contains(&bf16) {
-            kernels.push(bf16);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::bf16::dot_available() {
+                kernels.push(Gemm::Bf16Dot);
+            }
+            if crate::bf16::amx_available() {
+                kernels.push(Gemm::Amx);
+            }
         }
         kernels
     }
@@ -121,7 +135,7 @@ impl Gemm {
     pub fn precision(self) -> Precision {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Gemm::Amx => Precision::Bf16,
+            Gemm::Amx | Gemm::Bf16Dot => Precision::Bf16,
             _ => Precision::F32,
         }
     }
@@ -181,24 +195,25 @@ pub unsafe fn gemm_strided_with(
     // Matrix-vector products stay with `gemm`, which runs them without packing.
     #[cfg(target_arch = "x86_64")]
     if m > 1 && n > 1 {
-        type Block = unsafe fn(&Product, usize, usize, usize, usize);
-        let own: Option<(Block, (usize, usize))> = match kernel {
-            Gemm::Crate => None,
-            Gemm::Packed => {
-                assert!(crate::packed::available(), "gemm: this CPU has no AVX-512F");
-                Some((crate::packed::block, crate::packed::TILE))
-            }
-            Gemm::Amx => {
-                assert!(crate::amx::available(), "gemm: this CPU has no AMX bf16");
-                Some((crate::amx::block, crate::amx::TILE))
-            }
+        use crate::bf16::{self, Unit};
+        let (available, tile) = match kernel {
+            Gemm::Crate => (false, (0, 0)),
+            Gemm::Packed => (crate::packed::available(), crate::packed::TILE),
+            Gemm::Amx => (bf16::amx_available(), bf16::TILE),
+            Gemm::Bf16Dot => (bf16::dot_available(), bf16::TILE),
         };
-        if let Some((block, tile)) = own {
+        if kernel != Gemm::Crate {
+            assert!(available, "gemm: this CPU cannot run {kernel:?}");
             // SAFETY: the caller vouches for the product's bounds; the CPU has the kernel's
             // instructions (asserted); blocks are disjoint.
-            split_over_threads(m, n, threads, tile, |r0, rows, c0, cols| unsafe {
-                block(&product, r0, rows, c0, cols)
-            });
+            let run = |r0, rows, c0, cols| unsafe {
+                match kernel {
+                    Gemm::Packed => crate::packed::block(&product, r0, rows, c0, cols),
+                    Gemm::Amx => bf16::block(Unit::Amx, &product, r0, rows, c0, cols),
+                    _ => bf16::block(Unit::Dot, &product, r0, rows, c0, cols),
+                }
+            };
+            split_over_threads(m, n, threads, tile, run);
             return;
         }
     }
@@ -619,11 +634,17 @@ mod tests {
     /// its depth, row and column blocks and leave partial tiles.
     #[test]
     fn bf16_products_equal_the_product_of_rounded_operands() {
-        let kernel = Gemm::for_precision(Precision::Bf16);
-        if kernel.precision() != Precision::Bf16 {
-            eprintln!("not checked: this CPU has no bf16 kernel ({kernel:?} runs bf16 products)");
-            return;
+        let kernels: Vec<Gemm> =
+            Gemm::available().into_iter().filter(|k| k.precision() == Precision::Bf16).collect();
+        if kernels.is_empty() {
+            eprintln!("not checked: this CPU has no bf16 kernel");
         }
+        for kernel in kernels {
+            bf16_kernel_matches_rounded_operands(kernel);
+        }
+    }
+
+    fn bf16_kernel_matches_rounded_operands(kernel: Gemm) {
         let round = |x: f32| half::bf16::from_f32(x).to_f32();
         let mut rng = crate::rng::Rng::new(3);
         for (m, k, n) in [(33, 17, 47), (300, 600, 1100), (145, 257, 33), (64, 1024, 256)] {
@@ -672,7 +693,7 @@ mod tests {
         let (a, b) = (vec![1.0 + 1.0 / 1024.0; 4 * 4], vec![1.0; 4 * 4]);
         let mut out = vec![0.0; 16];
         matmul_with(kernel, &mut out, Op::N(&a), Op::N(&b), 4, 4, 4, false);
-        assert!(out.iter().all(|&x| x == 4.0), "{out:?}");
+        assert!(out.iter().all(|&x| x == 4.0), "{kernel:?}: {out:?}");
     }
 
     /// A scale and an output row stride wider than the product (attention's score tiles), on

@@ -1,6 +1,8 @@
-//! bf16 products on Intel AMX, the GEMM of the mixed-precision mode ([`crate::matmul::Precision`]):
-//! f32 operands are rounded to bf16 (to nearest, ties to even, as PyTorch rounds) while they are
-//! packed, multiplied in the tile unit, and summed in f32.
+//! bf16 products, the GEMMs of the mixed-precision mode ([`crate::matmul::Precision`]): f32
+//! operands are rounded to bf16 (to nearest, ties to even, as PyTorch rounds) while they are
+//! packed, multiplied in pairs of depths, and summed in f32. Two kernels share the packing and
+//! the loops: [`Unit::Amx`], Intel's tile unit, and [`Unit::Dot`], AVX512_BF16's `vdpbf16ps` in
+//! 16-lane registers (AMD Zen 4 has it, and no AMX).
 //!
 //! AMX has eight tile registers of up to 16 rows x 64 bytes. `tdpbf16ps c, a, b` adds to the
 //! 16 x 16 f32 tile `c` the product of `a`, 16 rows x 32 depths of bf16, and `b`, 16 depth pairs x
@@ -11,6 +13,9 @@
 //!
 //! Rust's AMX intrinsics are unstable, so the five tile instructions are inline assembly. The
 //! compiler never allocates tile registers, so nothing of its own lives in them.
+//!
+//! The dot kernel holds an 8 x 32 block in sixteen registers: per depth pair, two loads of `b`
+//! and eight broadcasts of `a`'s pairs, sixteen `vdpbf16ps` (two multiply-adds per lane each).
 //!
 //! Packing follows [`crate::packed`] (the same BLIS loops, per-thread panels kept between calls),
 //! with tiles as the unit: a strip of `a` is 16 rows, a strip of `b` 16 columns, and each holds
@@ -36,21 +41,36 @@ const MC: usize = 128;
 /// Columns per packed block of `b` (512 KiB of bf16, in L2).
 const NC: usize = 1024;
 
-/// Rows and columns of the output block the kernel holds, the unit the threads split by.
+/// Rows and columns of the output blocks the threads split a product by.
 pub(crate) const TILE: (usize, usize) = (32, 32);
+/// Rows of the dot kernel's register block (by 32 columns).
+const DOT_ROWS: usize = 8;
+
+/// Which unit multiplies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unit {
+    Amx,
+    Dot,
+}
+
+/// Whether this CPU has the AVX-512 bf16 instructions: the packing's conversions, and the dot
+/// kernel's products.
+pub fn dot_available() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512bf16")
+}
 
 /// Whether this CPU and OS run AMX bf16 products: the CPU reports AMX-TILE and AMX-BF16 (and the
 /// AVX-512 conversions the packing uses), and Linux grants this process the tile state, which it
 /// keeps off until asked. Asked once; the answer is cached.
-pub fn available() -> bool {
+pub fn amx_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
         // CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
         let leaf7 = __cpuid_count(7, 0);
         let amx = leaf7.edx & (1 << 22) != 0 && leaf7.edx & (1 << 24) != 0;
-        amx && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512bf16")
-            && tile_state_granted()
+        amx && dot_available() && tile_state_granted()
     })
 }
 
@@ -103,38 +123,50 @@ fn strips(len: usize) -> usize {
     len.div_ceil(32) * 2
 }
 
-/// The rows `r0..r0 + rows` and columns `c0..c0 + cols` of `p`, on this thread.
+/// The rows `r0..r0 + rows` and columns `c0..c0 + cols` of `p`, on this thread, by `unit`.
 ///
 /// # Safety
-/// [`available`] must be true; as for [`crate::matmul::gemm_strided`], for this block of `dst`.
-pub(crate) unsafe fn block(p: &Product, r0: usize, rows: usize, c0: usize, cols: usize) {
+/// The unit must be available ([`amx_available`], [`dot_available`]); as for
+/// [`crate::matmul::gemm_strided`], for this block of `dst`.
+pub(crate) unsafe fn block(unit: Unit, p: &Product, r0: usize, rows: usize, c0: usize, cols: usize) {
     PANELS.with_borrow_mut(|panels| {
         let a = aligned(&mut panels.a, strips(MC) * KC * 16);
         let b = aligned(&mut panels.b, strips(NC) * KC * 16);
         let out = aligned(&mut panels.out, 32 * 32);
-        // SAFETY: the CPU has AMX (the caller's promise); the configuration is valid.
-        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
+        if unit == Unit::Amx {
+            // SAFETY: the CPU has AMX (the caller's promise); the configuration is valid.
+            unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
+        }
+        // `b` as lines (its columns) by depth, the way `pack` reads both operands.
+        let rhs = Strided { ptr: p.rhs.ptr, rs: p.rhs.cs, cs: p.rhs.rs };
         for jc in (0..cols).step_by(NC) {
             let nc = NC.min(cols - jc);
             for pc in (0..p.k).step_by(KC) {
                 let kc = KC.min(p.k - pc);
-                let rhs = Strided { ptr: p.rhs.ptr, rs: p.rhs.cs, cs: p.rhs.rs };
                 // SAFETY: the packed blocks fit the buffers sized above; the operand indices
                 // stay within the caller's bounds.
                 unsafe { pack::<false>(b, rhs, c0 + jc, nc, pc, kc) };
                 let accumulate = p.accumulate || pc > 0;
                 for ic in (0..rows).step_by(MC) {
                     let mc = MC.min(rows - ic);
+                    // SAFETY: as above; the unit is available.
                     unsafe {
-                        pack::<true>(a, p.lhs, r0 + ic, mc, pc, kc);
                         let dst = p.dst.add((r0 + ic) * p.dst_rs + c0 + jc);
-                        tiles(dst, p.dst_rs, out, a, b, mc, nc, kc, p.scale, accumulate);
+                        if unit == Unit::Amx {
+                            pack::<true>(a, p.lhs, r0 + ic, mc, pc, kc);
+                            tiles(dst, p.dst_rs, out, a, b, mc, nc, kc, p.scale, accumulate);
+                        } else {
+                            pack::<false>(a, p.lhs, r0 + ic, mc, pc, kc);
+                            dot_tiles(dst, p.dst_rs, out, a, b, mc, nc, kc, p.scale, accumulate);
+                        }
                     }
                 }
             }
         }
-        // SAFETY: AMX is present; releasing keeps the tile state out of context switches.
-        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        if unit == Unit::Amx {
+            // SAFETY: AMX is present; releasing keeps the tile state out of context switches.
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        }
     });
 }
 
@@ -216,6 +248,55 @@ unsafe fn product32(
             row = in(reg) 32usize * 4,
             options(nostack),
         );
+    }
+}
+
+/// Every 8 x 32 register block of one packed block pair on the dot kernel; both operands are
+/// packed depth-pair major (`pack::<false>`), so line `x` of a strip's pair `r` is lane `x % 16`
+/// of that tile row.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dot_tiles(
+    dst: *mut f32,
+    dst_rs: usize,
+    out: *mut f32,
+    a: *const u16,
+    b: *const u16,
+    mc: usize,
+    nc: usize,
+    kc: usize,
+    scale: f32,
+    accumulate: bool,
+) {
+    let chunks = kc.div_ceil(TK);
+    let strip_len = chunks * TILE_LEN;
+    let bh = |v: __m512i| unsafe { std::mem::transmute::<__m512i, __m512bh>(v) };
+    for j in (0..nc).step_by(32) {
+        // SAFETY (every block below): strips `j / 16` and `j / 16 + 1` of `b`, and the strip of
+        // `a` holding rows `i..i + 8`, are packed `chunks` tiles deep; `out` holds 32 x 32 floats.
+        let (b0, b1) = unsafe { (b.add(j / 16 * strip_len), b.add((j / 16 + 1) * strip_len)) };
+        for i in (0..mc).step_by(DOT_ROWS) {
+            let lines = unsafe { a.add(i / 16 * strip_len + (i % 16) * 2) };
+            let mut acc = [[_mm512_setzero_ps(); 2]; DOT_ROWS];
+            for row in (0..chunks * 16).map(|r| r / 16 * TILE_LEN + r % 16 * TK) {
+                let (v0, v1) =
+                    unsafe { (_mm512_load_si512(b0.add(row).cast()), _mm512_load_si512(b1.add(row).cast())) };
+                for (x, acc) in acc.iter_mut().enumerate() {
+                    let pair = unsafe { lines.add(row + 2 * x).cast::<i32>().read_unaligned() };
+                    let ax = bh(_mm512_set1_epi32(pair));
+                    acc[0] = _mm512_dpbf16_ps(acc[0], ax, bh(v0));
+                    acc[1] = _mm512_dpbf16_ps(acc[1], ax, bh(v1));
+                }
+            }
+            for (x, acc) in acc.iter().enumerate() {
+                unsafe {
+                    _mm512_storeu_ps(out.add(x * 32), acc[0]);
+                    _mm512_storeu_ps(out.add(x * 32 + 16), acc[1]);
+                }
+            }
+            let rows = DOT_ROWS.min(mc - i);
+            unsafe { store(dst.add(i * dst_rs + j), dst_rs, out, rows, 32.min(nc - j), scale, accumulate) };
+        }
     }
 }
 
