@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Authenticator;
 use crate::limits::RateLimits;
+use crate::prompt::{PromptBounds, Prompts};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::store::Store;
 use crate::template::ChatFormat;
@@ -134,6 +135,7 @@ pub struct Options {
     pub sessions: Store,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    pub prompt_bounds: PromptBounds,
 }
 
 impl Default for Options {
@@ -144,6 +146,7 @@ impl Default for Options {
             cache: Some(Store::memory(4096, Duration::from_secs(600))),
             sessions: Store::memory(10_000, Duration::from_secs(3600)),
             max_body_bytes: 1 << 20,
+            prompt_bounds: PromptBounds::default(),
         }
     }
 }
@@ -159,6 +162,7 @@ pub struct Shared {
     pub sessions: Store,
     pub usage: UsageBook,
     pub max_body_bytes: usize,
+    pub prompts: Prompts,
     /// WebSockets outlive axum's graceful shutdown (it tracks HTTP connections only): each open
     /// socket holds a receiver of this flag, which turns true when the server stops.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -188,6 +192,7 @@ impl AppState {
             sessions: options.sessions,
             usage: UsageBook::default(),
             max_body_bytes: options.max_body_bytes,
+            prompts: Prompts::new(options.prompt_bounds),
             stopping: tokio::sync::watch::Sender::new(false),
         }))
     }
