@@ -98,6 +98,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         eprintln!("warning: no keys or JWT settings; the API is open to anyone who can reach it");
     }
 
+    truthgpt_serve::prompt::return_large_allocations();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {

@@ -96,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .layer(Extension(Arc::new(doc)))
         // Layers run outermost last-added: the request id exists before the trace span opens.
         .route_layer(middleware::from_fn(telemetry::record))
+        .layer(middleware::from_fn(prompt::return_memory_after_large))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {

@@ -365,7 +365,7 @@ impl Generation {
         }
         let served = state.served();
         let (kind, prompt, conversation) = prompt_of(state, &served, caller, input).await?;
-        let ids = state.prompts.tokenize(&served.tokenizer, prompt).await?;
+        let ids = state.prompts.tokenize(&served.tokenizer, &served.uncached, prompt).await?;
         let asked = Asked::check(params, &ids, served.scheduler.max_seq_len)?;
         // Tokens/min pay for generation: charged on a cache miss only, but a request too large
         // for any minute's budget is refused either way.

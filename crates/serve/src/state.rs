@@ -25,6 +25,8 @@ use crate::template::ChatFormat;
 pub struct Served {
     pub scheduler: Scheduler,
     pub tokenizer: Arc<Tokenizer>,
+    /// The same without its word cache, for large prompts ([`Tokenizer::without_cache`]).
+    pub uncached: Arc<Tokenizer>,
     pub chat: ChatFormat,
     /// The id `/v1/models` lists and responses carry: the directory's name.
     pub model_id: String,
@@ -44,12 +46,13 @@ impl Served {
         fingerprint: String,
         config: SchedulerConfig,
     ) -> Result<Self, String> {
+        let uncached = Arc::new(tokenizer.without_cache());
         let tokenizer = Arc::new(tokenizer);
         let (scheduler, _thread) = Scheduler::start(model, tokenizer.clone(), config)?;
         let model_id =
             dir.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Ok(Served { scheduler, tokenizer, chat, model_id, created, fingerprint, dir })
+        Ok(Served { scheduler, tokenizer, uncached, chat, model_id, created, fingerprint, dir })
     }
 
     /// Loads the model, run or Hugging Face directory `dir` (blocking: call it off the runtime).
