@@ -1,6 +1,7 @@
 //! Regression tests for the hardening issue's serving findings, each named after its finding:
-//! large prompts are bounded and tokenized off the runtime (4), and a connection that never
-//! finishes its request head is closed (9, slowloris).
+//! large prompts are bounded and tokenized off the runtime (4), chat prompts match transformers'
+//! `apply_chat_template` token for token (8), and a connection that never finishes its request
+//! head is closed (9, slowloris).
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use truthgpt_config::{ModelConfig, Positional};
 use truthgpt_data::Tokenizer;
 use truthgpt_model::Model;
 use truthgpt_serve::template::ChatFormat;
-use truthgpt_serve::{router, AppState, Options, PromptBounds, SchedulerConfig, Served};
+use truthgpt_serve::{router, AppState, Message, Options, PromptBounds, SchedulerConfig, Served};
 
 const TEXT: &str = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.";
 
@@ -178,4 +179,28 @@ async fn finding_9_slowloris_connections_are_closed_after_the_header_read_timeou
     assert!(!closed.unwrap().contains("200 OK"), "half a request line is never answered as a request");
     stop.send(()).unwrap();
     server.await.unwrap();
+}
+
+/// Hardening finding 8: a model's own chat template gives the prompt transformers gives, text and
+/// token ids, for `chat_template.jinja` (SmolLM2's ChatML) and for the list of named templates in
+/// `tokenizer_config.json` (Zephyr's, whose block tags sit on their own lines). The fixtures are
+/// `scripts/make_chat_fixtures.py`'s, with transformers' `apply_chat_template` output.
+#[test]
+fn finding_8_chat_prompts_match_transformers_apply_chat_template() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat");
+    for name in ["chatml", "named"] {
+        let dir = root.join(name);
+        let format = ChatFormat::for_model(&dir).unwrap();
+        assert!(matches!(format, ChatFormat::Jinja { .. }), "{name}: the model's template is used");
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+        let expected: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        for case in expected["cases"].as_array().unwrap() {
+            let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+            let text = format.render(&messages).unwrap();
+            assert_eq!(text, case["text"].as_str().unwrap(), "{name}: the rendered prompt");
+            let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+            assert_eq!(tokenizer.encode(&text).unwrap(), ids, "{name}: the prompt's token ids");
+        }
+    }
 }
