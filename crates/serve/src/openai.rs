@@ -69,6 +69,7 @@ pub struct Params {
     pub model: Option<String>,
     /// Tokens to generate at most (default 16), cut to what the context leaves.
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "integer_max_tokens")]
     pub max_tokens: Option<usize>,
     /// 0 is greedy (and cacheable); default 1.
     #[schema(minimum = 0.0, maximum = 2.0)]
@@ -77,6 +78,7 @@ pub struct Params {
     #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub top_p: Option<f64>,
     /// Makes sampling reproducible (and cacheable).
+    #[serde(default, deserialize_with = "integer_seed")]
     pub seed: Option<u64>,
     pub stop: Option<Stop>,
     #[serde(default)]
@@ -85,7 +87,20 @@ pub struct Params {
     pub stream_options: Option<StreamOptions>,
     /// Only 1.
     #[schema(minimum = 1, maximum = 1)]
+    #[serde(default, deserialize_with = "integer_n")]
     pub n: Option<usize>,
+}
+
+fn integer_max_tokens<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    body::integer(d, "max_tokens")
+}
+
+fn integer_seed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    body::integer(d, "seed")
+}
+
+fn integer_n<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    body::integer(d, "n")
 }
 
 /// The sampling fields' documented bounds, which both endpoints' bodies carry (flattened).

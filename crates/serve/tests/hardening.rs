@@ -204,3 +204,21 @@ fn finding_8_chat_prompts_match_transformers_apply_chat_template() {
         }
     }
 }
+
+/// Found by schemathesis's positive_data_acceptance: the document says `max_tokens`, `seed` and
+/// `n` are integers, and to JSON Schema `2.0` is one; serde refused it with 400.
+#[tokio::test]
+async fn schemathesis_integral_numbers_are_integers() {
+    let app = app_with(Options::default());
+    let body = json!({"prompt": "To be", "max_tokens": 2.0, "seed": 7.0, "n": 1.0});
+    let (status, answer) = call(&app, "POST", "/v1/completions", Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["usage"]["completion_tokens"], 2, "{answer}");
+    for (field, value) in [("max_tokens", json!(2.5)), ("seed", json!(-1)), ("seed", json!(1e20))] {
+        let mut body = json!({"prompt": "To be"});
+        body[field] = value.clone();
+        let (status, answer) = call(&app, "POST", "/v1/completions", Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {value}: {answer}");
+        assert!(message(&answer).starts_with(field), "the error names the field: {answer}");
+    }
+}
