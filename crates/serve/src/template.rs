@@ -1,8 +1,8 @@
 //! Chat prompts: the model's own Jinja template, from `chat_template.jinja` or
-//! `tokenizer_config.json` as transformers finds it (rendered with
-//! minijinja and its Python-compatible methods, as transformers' `apply_chat_template` renders
-//! it, with trim_blocks and lstrip_blocks), or, without one, the default format: each message as `<|role|>\ncontent\n`, then
-//! `<|assistant|>\n` for the reply.
+//! `tokenizer_config.json` as transformers finds it (rendered with minijinja and its
+//! Python-compatible methods, as transformers' `apply_chat_template` renders it, with
+//! trim_blocks and lstrip_blocks), or, without one, the default format: each message as
+//! `<|role|>\ncontent\n`, then `<|assistant|>\n` for the reply.
 
 use std::path::Path;
 
