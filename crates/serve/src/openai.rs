@@ -31,17 +31,31 @@ use crate::scheduler::{Event, Job, SchedulerError, Slot};
 use crate::state::{AppState, Served, TenantUsage};
 use crate::types::Message;
 
-/// `stop` takes up to this many strings (as OpenAI's API), each at most `MAX_STOP_BYTES` long.
+/// `stop` takes up to this many strings (as OpenAI's API), each at most `MAX_STOP_CHARS` long
+/// (characters, as JSON Schema's `maxLength` counts them).
 const MAX_STOP_STRINGS: usize = 4;
-const MAX_STOP_BYTES: usize = 128;
+const MAX_STOP_CHARS: usize = 128;
 
-/// `stop`: one string or several (at most 4, each at most 128 bytes).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+/// `stop`: one string or several (at most 4, each at most 128 characters).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
     Many(Vec<String>),
 }
+
+/// Written by hand: the derive cannot state the bounds, and the document must say what
+/// [`Asked::check`] refuses (schemathesis found 5 stop strings refused by a schema that allowed them).
+impl utoipa::PartialSchema for Stop {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let one = || ObjectBuilder::new().schema_type(Type::String).max_length(Some(MAX_STOP_CHARS));
+        let many = ArrayBuilder::new().items(one()).max_items(Some(MAX_STOP_STRINGS));
+        OneOfBuilder::new().item(one()).item(many).into()
+    }
+}
+
+impl ToSchema for Stop {}
 
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct StreamOptions {
@@ -542,10 +556,10 @@ impl Asked {
         if stop.len() > MAX_STOP_STRINGS {
             return Err(ApiError::invalid(format!("`stop` takes at most {MAX_STOP_STRINGS} strings")));
         }
-        if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        if let Some(long) = stop.iter().find(|s| s.chars().count() > MAX_STOP_CHARS) {
             return Err(ApiError::invalid(format!(
-                "a `stop` string is {} bytes; the limit is {MAX_STOP_BYTES}",
-                long.len()
+                "a `stop` string is {} characters; the limit is {MAX_STOP_CHARS}",
+                long.chars().count()
             )));
         }
         Ok(Asked { max_tokens, sampling, stop, seed: params.seed })
