@@ -337,7 +337,8 @@ pub enum BenchCommand {
     /// Start `truthgpt serve` on a model and measure it over loopback: one streaming client
     /// against --clients at once (aggregate tokens/s, every text checked against the single
     /// client's), a --load-secs load test (statuses, server RSS), and a burst over capacity
-    /// against a rate-limited server (429/503, never another 5xx).
+    /// against a rate-limited server (429/503, never another 5xx); or, with --scenario, a Redis
+    /// outage or a burst of large prompts.
     Serve(BenchServeArgs),
     /// Time full training steps (forward, backward, AdamW) on random tokens; prints one JSON line.
     Train(BenchTrainArgs),
@@ -420,6 +421,23 @@ pub struct BenchServeArgs {
     /// Seconds of the load test (2x --clients clients, at the server's capacity); 0 skips it.
     #[arg(long, default_value_t = 60)]
     pub load_secs: u64,
+    /// What to measure: the phases above, a Redis outage, or large prompts (docs/serving.md).
+    #[arg(long, value_enum, default_value_t = Scenario::Standard)]
+    pub scenario: Scenario,
+    /// Seconds of each measured phase of `--scenario redis-outage` (the outage's among them).
+    #[arg(long, default_value_t = 20)]
+    pub outage_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// One client, --clients at once, the load test and the overload burst.
+    Standard,
+    /// The request mix without Redis, then with its Redis killed (needs redis-server), then
+    /// the time until the circuit closes once Redis is back.
+    RedisOutage,
+    /// RSS and `/health` latency around 16 concurrent 1 MiB prompts.
+    LargePrompts,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,9 @@
 //!    sampling the server's RSS;
 //! 4. `overload`: a burst far over capacity against a rate-limited server with a short queue,
 //!    which must answer 429 or 503 (with `Retry-After`) and never another 5xx.
+//!
+//! `--scenario redis-outage` and `--scenario large-prompts` run [`crate::bench_resilience`]
+//! instead.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -25,7 +28,7 @@ use serde_json::{json, Value};
 use crate::args::BenchServeArgs;
 
 /// Prompts from the plays the quickstart learns, so the texts are realistic.
-const PROMPTS: &[&str] = &[
+pub(crate) const PROMPTS: &[&str] = &[
     "ROMEO:\nBut soft, what light",
     "JULIET:\nO Romeo, Romeo",
     "HAMLET:\nTo be, or not to be",
@@ -44,10 +47,10 @@ const PROMPTS: &[&str] = &[
     "MARK ANTONY:\nFriends, Romans, countrymen",
 ];
 
-/// The server child process, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
+/// A child process (the server, or a Redis), killed when dropped.
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) url: String,
 }
 
 impl Drop for Server {
@@ -58,7 +61,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    fn start(model: &Path, config: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn start(model: &Path, config: &Path) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating this executable")?;
         let mut child = Command::new(exe)
             .args(["serve", "--model"])
@@ -87,7 +90,7 @@ impl Server {
     }
 
     /// Resident set size of the server process, in MiB.
-    fn rss_mib(&self) -> Option<f64> {
+    pub(crate) fn rss_mib(&self) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         let kb: f64 =
             status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
@@ -164,6 +167,9 @@ fn print(line: Value) {
 }
 
 pub fn run(args: &BenchServeArgs) -> anyhow::Result<()> {
+    if args.scenario != crate::args::Scenario::Standard {
+        return crate::bench_resilience::run(args, args.scenario);
+    }
     ensure!(
         args.clients > 0 && args.rounds > 0 && args.max_tokens > 0,
         "--clients, --rounds, --max-tokens must be positive"

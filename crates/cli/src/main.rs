@@ -4,6 +4,7 @@ mod args;
 mod bench;
 mod bench_gemm;
 mod bench_kernels;
+mod bench_resilience;
 mod bench_serve;
 mod config_cmd;
 mod data_cmd;

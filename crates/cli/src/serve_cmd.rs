@@ -10,7 +10,8 @@ use figment::Figment;
 use serde_json::json;
 use truthgpt_serve::config::KeyConfig;
 use truthgpt_serve::{
-    router, AppState, Authenticator, Options, RateLimits, Role, SchedulerConfig, ServeConfig, Served, Store,
+    router, AppState, Authenticator, Options, PromptBounds, RateLimits, Redis, Role, SchedulerConfig,
+    ServeConfig, Served, Store,
 };
 
 use crate::args::ServeArgs;
@@ -68,6 +69,12 @@ fn settings(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
         config.queue
     );
     ensure!(config.kv_blocks != Some(0), "kv_blocks must be at least 1");
+    ensure!(config.header_read_timeout_ms > 0, "header_read_timeout_ms must be at least 1");
+    let circuit = config.redis_circuit;
+    ensure!(
+        circuit.timeout_ms > 0 && circuit.probe_ms > 0 && circuit.open_after > 0,
+        "redis_circuit: timeout_ms, probe_ms and open_after must each be at least 1 ({circuit:?})"
+    );
     Ok(config)
 }
 
@@ -91,30 +98,27 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         eprintln!("warning: no keys or JWT settings; the API is open to anyone who can reach it");
     }
 
+    truthgpt_serve::prompt::return_large_allocations();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         let redis = match &config.redis {
-            Some(url) => {
-                let client = redis::Client::open(url.as_str()).with_context(|| format!("--redis {url}"))?;
-                Some(
-                    client
-                        .get_connection_manager()
-                        .await
-                        .with_context(|| format!("connecting to Redis at {url}"))?,
-                )
-            }
+            Some(url) => Some(
+                Redis::connect(url, config.redis_circuit)
+                    .await
+                    .with_context(|| format!("connecting to Redis at {url}"))?,
+            ),
             None => None,
         };
         let store = |prefix: &'static str, capacity: u64, ttl: u64| match &redis {
-            Some(connection) => Store::redis(connection.clone(), prefix, Duration::from_secs(ttl)),
+            Some(redis) => Store::redis(redis.clone(), prefix, capacity, Duration::from_secs(ttl)),
             None => Store::memory(capacity, Duration::from_secs(ttl)),
         };
         let options = Options {
             auth,
             limits: RateLimits::new(config.limits.requests_per_minute, config.limits.tokens_per_minute).map(
                 |limits| match &redis {
-                    Some(connection) => limits.shared(connection.clone()),
+                    Some(redis) => limits.shared(redis.clone()),
                     None => limits,
                 },
             ),
@@ -122,6 +126,10 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 .then(|| store("truthgpt:cache:", config.cache.capacity, config.cache.ttl_secs)),
             sessions: store("truthgpt:session:", config.sessions.capacity, config.sessions.ttl_secs),
             max_body_bytes: config.max_body_bytes,
+            prompt_bounds: PromptBounds {
+                max_bytes: config.max_prompt_bytes,
+                max_tokens: config.max_prompt_tokens,
+            },
         };
 
         let model_dir = config.model.clone();
@@ -150,7 +158,8 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         let (stopping, stopped) = tokio::sync::watch::channel(false);
         let drain_secs = config.drain_secs;
         let signalled = state.clone();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let header_read_timeout = Duration::from_millis(config.header_read_timeout_ms);
+        let server = truthgpt_serve::http::serve(listener, app, header_read_timeout, async move {
             shutdown_signal().await;
             eprintln!("shutting down: no new connections; in-flight requests get {drain_secs}s");
             signalled.stop_sockets();
@@ -158,7 +167,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         });
         // HTTP connections drain inside `server`; WebSockets, which it does not track, after it.
         let drained = async move {
-            server.await.context("serving")?;
+            server.await;
             state.sockets_closed().await;
             anyhow::Ok(())
         };

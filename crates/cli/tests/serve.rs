@@ -361,10 +361,19 @@ async fn keys_and_tokens_never_reach_the_log() {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// A Redis of our own on a free port, or `None` (with a note) where redis-server is missing and
 /// `TRUTHGPT_REQUIRE_REDIS` is unset. CI sets it, so there the test cannot be skipped.
 fn redis_server(dir: &Path) -> Option<(Server, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
+    redis_server_on(dir, port).map(|server| (server, format!("redis://127.0.0.1:{port}/")))
+}
+
+/// A Redis on `port` (a restart takes the port its predecessor had).
+fn redis_server_on(dir: &Path, port: u16) -> Option<Server> {
     let spawned = std::process::Command::new("redis-server")
         .args([
             "--port",
@@ -389,11 +398,29 @@ fn redis_server(dir: &Path) -> Option<(Server, String)> {
     let server = Server(child);
     for _ in 0..100 {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some((server, format!("redis://127.0.0.1:{port}/")));
+            return Some(server);
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     panic!("redis-server did not listen on {port}");
+}
+
+/// The keys matching `pattern` in the Redis on `port`, asked with an inline `KEYS` command.
+fn redis_keys(port: u16, pattern: &str) -> Vec<String> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(&stream, "KEYS {pattern}\r\n").unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let count: usize = line.trim().strip_prefix('*').and_then(|n| n.parse().ok()).expect(&line);
+    (0..count)
+        .map(|_| {
+            let (mut length, mut key) = (String::new(), String::new());
+            reader.read_line(&mut length).unwrap();
+            reader.read_line(&mut key).unwrap();
+            key.trim_end().to_string()
+        })
+        .collect()
 }
 
 /// Two replicas, one Redis: 5 requests per minute hold across both, and an answer cached by one
@@ -438,4 +465,65 @@ fn two_replicas_share_limits_and_cache_through_redis() {
     assert_eq!(text(&from_a), text(&from_b));
     let (_, metrics) = call(&address_b, "GET", "/metrics", Some("sk-cache"), "");
     assert!(metrics.contains("cache_requests_total{result=\"hit\"} 1"), "{metrics}");
+}
+
+/// Hardening finding 2: Redis killed under a running server. Every request still answers (from
+/// this process's limits, cache and sessions), the circuit opens and says so in the metrics and
+/// the log; Redis restarted on its port is used again once a probe sees it, with no restart.
+#[test]
+fn finding_2_redis_outage_degrades_to_local_state_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(redis) = redis_server_on(tmp.path(), port) else { return };
+    let url = format!("redis://127.0.0.1:{port}/");
+    let model = model_dir(tmp.path());
+    let args = ["--api-key", "sk-a", "--requests-per-minute", "1000", "--redis", url.as_str()];
+    let (_server, address, log) = start_with(&model, &args, &[]);
+    let greedy = |prompt: &str| json!({"prompt": prompt, "max_tokens": 3, "temperature": 0}).to_string();
+    let (status, response) = call(&address, "POST", "/v1/completions", Some("sk-a"), &greedy("To be"));
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(redis_keys(port, "truthgpt:cache:*").len(), 1, "the answer is cached in Redis");
+
+    drop(redis);
+    let chat = |id: &str| {
+        json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "temperature": 0,
+            "conversation_id": id})
+        .to_string()
+    };
+    for i in 0..6 {
+        let (status, response) = call(&address, "GET", "/v1/models", Some("sk-a"), "");
+        assert_eq!(status, 200, "{response}");
+        let (status, response) =
+            call(&address, "POST", "/v1/completions", Some("sk-a"), &greedy(&format!("Prompt {i}")));
+        assert_eq!(status, 200, "{response}");
+    }
+    // The conversation goes on in this process's sessions: the second turn's prompt holds the first.
+    let prompt_tokens: Vec<u64> = (0..2)
+        .map(|_| {
+            let (status, response) =
+                call(&address, "POST", "/v1/chat/completions", Some("sk-a"), &chat("outage"));
+            assert_eq!(status, 200, "{response}");
+            let body: Value = serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap();
+            body["usage"]["prompt_tokens"].as_u64().unwrap()
+        })
+        .collect();
+    assert!(prompt_tokens[0] < prompt_tokens[1], "{prompt_tokens:?}");
+    let (_, metrics) = call(&address, "GET", "/metrics", Some("sk-a"), "");
+    assert!(metrics.contains("redis_circuit_open 1"), "{metrics}");
+    assert!(metrics.contains("redis_circuit_transitions_total{state=\"open\"} 1"), "{metrics}");
+    assert!(log.lock().unwrap().contains("Redis circuit open"), "{}", log.lock().unwrap());
+
+    let _redis = redis_server_on(tmp.path(), port).unwrap();
+    let closed = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        call(&address, "GET", "/metrics", Some("sk-a"), "").1.contains("redis_circuit_open 0")
+    });
+    assert!(closed, "the circuit closed after Redis came back: {}", log.lock().unwrap());
+    assert!(log.lock().unwrap().contains("Redis circuit closed"));
+    let (status, response) = call(&address, "POST", "/v1/completions", Some("sk-a"), &greedy("Back"));
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(redis_keys(port, "truthgpt:cache:*").len(), 1, "the new Redis holds the new answer");
+    let (status, response) = call(&address, "POST", "/v1/chat/completions", Some("sk-a"), &chat("after"));
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(redis_keys(port, "truthgpt:session:*").len(), 1, "and the new conversation");
 }

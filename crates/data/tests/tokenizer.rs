@@ -130,3 +130,13 @@ fn vocab_size_covers_the_largest_id_when_ids_have_gaps() {
     assert_eq!(tokenizer.vocab_size(), 10);
     assert!(tokenizer.check_fits(2).is_err());
 }
+
+/// The serving path tokenizes large prompts without the word cache; the ids must not change.
+#[test]
+fn the_uncached_tokenizer_gives_the_same_ids() {
+    let tokenizer = trained();
+    let text = "the quick brown fox jumps over the lazy dog; the dog sleeps. ".repeat(50);
+    let uncached = tokenizer.without_cache();
+    assert_eq!(uncached.encode(&text).unwrap(), tokenizer.encode(&text).unwrap());
+    assert_eq!(uncached.encode(&text).unwrap(), tokenizer.encode(&text).unwrap(), "with the cache warm");
+}

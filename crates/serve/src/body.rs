@@ -7,8 +7,9 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::FromRequest;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Number, Value};
 
 use crate::bounds::Bounds;
 use crate::error::ApiError;
@@ -73,4 +74,21 @@ impl From<BodyRejection> for ApiError {
             BodyRejection::Invalid(message) => ApiError::invalid(message),
         }
     }
+}
+
+/// The optional non-negative integer `field` as JSON Schema (and so the OpenAPI document) counts
+/// one: `433` or `433.0`, a number without a fraction. serde alone refuses `433.0` for an integer
+/// field. The errors name the field, since paths are lost through `#[serde(flatten)]`.
+pub fn integer<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D, field: &str) -> Result<Option<T>, D::Error> {
+    let Some(number) = Option::<Number>::deserialize(d)? else { return Ok(None) };
+    // 2^64 as f64: the first whole number past u64::MAX.
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(f))
+            .map(|f| f as u64)
+    });
+    let whole =
+        whole.ok_or_else(|| D::Error::custom(format!("{field}: {number} is not a non-negative integer")))?;
+    T::try_from(whole).map(Some).map_err(|_| D::Error::custom(format!("{field}: {number} is out of range")))
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::prompt::PromptBounds;
 use crate::types::Role;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -23,8 +24,16 @@ pub struct ServeConfig {
     pub kv_blocks: Option<usize>,
     /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
     pub drain_secs: u64,
+    /// Milliseconds a connection may take to send a request's head (line and headers), counted
+    /// from when the server waits for it; slower ones (slowloris) are closed.
+    pub header_read_timeout_ms: u64,
     /// Largest request body; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Largest prompt in bytes, after the chat template and a conversation's history; larger
+    /// ones get 413 before they are tokenized.
+    pub max_prompt_bytes: usize,
+    /// Most prompt tokens; more get 400 (the model's context bounds them too).
+    pub max_prompt_tokens: usize,
     pub keys: Vec<KeyConfig>,
     pub jwt: Option<JwtConfig>,
     pub limits: LimitsConfig,
@@ -33,6 +42,8 @@ pub struct ServeConfig {
     /// `redis://host:port/db`: rate limits, the response cache and sessions are then shared by
     /// every replica pointing at it.
     pub redis: Option<String>,
+    /// How long Redis may take, and when the server stops asking it.
+    pub redis_circuit: RedisCircuit,
 }
 
 impl Default for ServeConfig {
@@ -45,13 +56,17 @@ impl Default for ServeConfig {
             queue: 64,
             kv_blocks: None,
             drain_secs: 30,
+            header_read_timeout_ms: 10_000,
             max_body_bytes: 1 << 20,
+            max_prompt_bytes: PromptBounds::default().max_bytes,
+            max_prompt_tokens: PromptBounds::default().max_tokens,
             keys: vec![],
             jwt: None,
             limits: LimitsConfig::default(),
             cache: CacheConfig::default(),
             sessions: SessionsConfig::default(),
             redis: None,
+            redis_circuit: RedisCircuit::default(),
         }
     }
 }
@@ -153,5 +168,25 @@ pub struct SessionsConfig {
 impl Default for SessionsConfig {
     fn default() -> Self {
         SessionsConfig { capacity: 10_000, ttl_secs: 3600 }
+    }
+}
+
+/// Redis's deadlines and circuit breaker ([`crate::backend`]): a Redis that is down or slow costs
+/// a request at most `timeout_ms`, and only until `open_after` such failures in a row open the
+/// circuit; then every request uses this process's limits, cache and sessions at once.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisCircuit {
+    /// Most milliseconds one command (or a probe's connect) may take.
+    pub timeout_ms: u64,
+    /// Failures in a row (timeouts, refused or dropped connections) that open the circuit.
+    pub open_after: u32,
+    /// Milliseconds between probes while open: the longest a recovered Redis waits to be used.
+    pub probe_ms: u64,
+}
+
+impl Default for RedisCircuit {
+    fn default() -> Self {
+        RedisCircuit { timeout_ms: 50, open_after: 3, probe_ms: 250 }
     }
 }

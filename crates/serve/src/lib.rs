@@ -3,10 +3,14 @@
 //! - [`scheduler`]: continuous batching over the model's paged key/value pool, on its own thread;
 //! - [`openai`]: the `/v1` handlers, streaming server-sent events or answering whole, with the
 //!   response cache and conversation sessions; [`ws`]: the same over a WebSocket;
+//! - [`http`]: the accept loop, with a header-read timeout and graceful shutdown;
 //! - [`admin`]: `/admin/*` (reload, keys, usage);
 //! - [`auth`]: API keys and JWTs, then role checks per route group, as layers;
 //! - [`limits`]: requests and tokens per minute per caller, in process or in Redis;
+//! - [`backend`]: Redis behind deadlines and a circuit breaker, so an outage degrades to local
+//!   state instead of stalling requests;
 //! - [`telemetry`]: Prometheus metrics as a layer, and `/metrics`;
+//! - [`prompt`]: prompt bounds, and tokenization of large prompts off the async runtime;
 //! - [`template`]: chat templates; [`store`]: memory or Redis key-value store; [`state`]: what
 //!   the handlers share; [`config`]: the server's settings; [`error`]: OpenAI-shaped errors;
 //!   [`types`]: the vocabulary several of them speak (roles, chat messages).
@@ -16,12 +20,15 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backend;
 pub mod body;
 pub mod bounds;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod limits;
 pub mod openai;
+pub mod prompt;
 pub mod scheduler;
 pub mod state;
 pub mod store;
@@ -48,8 +55,10 @@ use utoipa_axum::routes;
 use error::ApiError;
 
 pub use auth::Authenticator;
+pub use backend::Redis;
 pub use config::ServeConfig;
 pub use limits::RateLimits;
+pub use prompt::PromptBounds;
 pub use scheduler::{Scheduler, SchedulerConfig};
 pub use state::{AppState, Options, Served};
 pub use store::Store;
@@ -87,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .layer(Extension(Arc::new(doc)))
         // Layers run outermost last-added: the request id exists before the trace span opens.
         .route_layer(middleware::from_fn(telemetry::record))
+        .layer(middleware::from_fn(prompt::return_memory_after_large))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {

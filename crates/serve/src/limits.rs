@@ -1,7 +1,7 @@
 //! Rate limits per caller ([`Principal::id`]): token buckets of requests per minute and of tokens
 //! per minute, both GCRA (the algorithm governor implements). In one process governor keeps them;
 //! with `--redis` a Lua script keeps them in Redis, on Redis's clock, so every replica draws on
-//! the same buckets.
+//! the same buckets; while Redis is unavailable ([`crate::backend`]), this process's again.
 //!
 //! [`limit`] is the layer: it spends one request and leaves a [`Budget`] in the request's
 //! extensions, which the generation handlers spend once they know a request's size (prompt tokens
@@ -13,6 +13,9 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::auth::Principal;
+use crate::backend::Redis;
+use crate::error::ApiError;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
@@ -21,10 +24,6 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
-use redis::aio::ConnectionManager;
-
-use crate::auth::Principal;
-use crate::error::ApiError;
 
 type Limiter =
     RateLimiter<Arc<str>, DefaultKeyedStateStore<Arc<str>>, DefaultClock, StateInformationMiddleware>;
@@ -85,7 +84,7 @@ pub struct Decision {
 pub struct RateLimits {
     requests: Option<Bucket>,
     tokens: Option<Bucket>,
-    redis: Option<(ConnectionManager, redis::Script)>,
+    redis: Option<(Redis, Arc<redis::Script>)>,
 }
 
 impl RateLimits {
@@ -97,8 +96,8 @@ impl RateLimits {
     }
 
     /// Keeps the buckets in Redis instead, shared with every process using the same server.
-    pub fn shared(mut self, redis: ConnectionManager) -> Self {
-        self.redis = Some((redis, redis::Script::new(GCRA)));
+    pub fn shared(mut self, redis: Redis) -> Self {
+        self.redis = Some((redis, Arc::new(redis::Script::new(GCRA))));
         self
     }
 
@@ -107,26 +106,24 @@ impl RateLimits {
         let Some(cost) = NonZeroU32::new(cost) else {
             return Decision { allowed: true, remaining: u64::from(burst), retry_after: Duration::ZERO };
         };
-        if let Some((connection, script)) = &self.redis {
+        if let Some((redis, script)) = &self.redis {
             let interval = 60_000_000 / u64::from(burst);
             let key = format!("truthgpt:limit:{}:{caller}", bucket.name);
-            let mut connection = connection.clone();
-            let result: redis::RedisResult<(u8, i64, i64)> =
-                script.key(key).arg(interval).arg(burst).arg(cost.get()).invoke_async(&mut connection).await;
-            match result {
-                Ok((allowed, remaining, wait)) => {
-                    return Decision {
-                        allowed: allowed == 1,
-                        remaining: remaining.max(0) as u64,
-                        retry_after: Duration::from_micros(wait.max(0) as u64),
-                    }
-                }
-                // Redis being down must not take the API down with it: fall back to this
-                // process's buckets, and say so.
-                Err(e) => {
-                    tracing::warn!(error = %e, "rate limits: Redis failed; using this process's buckets");
-                    metrics::counter!("ratelimit_backend_errors_total").increment(1);
-                }
+            let script = script.clone();
+            // Redis down or its circuit open: this process's buckets, at once.
+            let drawn = redis
+                .call("ratelimit", |mut c| async move {
+                    let mut invocation = script.key(key);
+                    invocation.arg(interval).arg(burst).arg(cost.get());
+                    invocation.invoke_async::<(u8, i64, i64)>(&mut c).await
+                })
+                .await;
+            if let Some((allowed, remaining, wait)) = drawn {
+                return Decision {
+                    allowed: allowed == 1,
+                    remaining: remaining.max(0) as u64,
+                    retry_after: Duration::from_micros(wait.max(0) as u64),
+                };
             }
         }
         let clock = DefaultClock::default();

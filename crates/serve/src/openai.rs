@@ -31,17 +31,31 @@ use crate::scheduler::{Event, Job, SchedulerError, Slot};
 use crate::state::{AppState, Served, TenantUsage};
 use crate::types::Message;
 
-/// `stop` takes up to this many strings (as OpenAI's API), each at most `MAX_STOP_BYTES` long.
+/// `stop` takes up to this many strings (as OpenAI's API), each at most `MAX_STOP_CHARS` long
+/// (characters, as JSON Schema's `maxLength` counts them).
 const MAX_STOP_STRINGS: usize = 4;
-const MAX_STOP_BYTES: usize = 128;
+const MAX_STOP_CHARS: usize = 128;
 
-/// `stop`: one string or several (at most 4, each at most 128 bytes).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+/// `stop`: one string or several (at most 4, each at most 128 characters).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
     Many(Vec<String>),
 }
+
+/// Written by hand: the derive cannot state the bounds, and the document must say what
+/// [`Asked::check`] refuses (schemathesis found 5 stop strings refused by a schema that allowed them).
+impl utoipa::PartialSchema for Stop {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let one = || ObjectBuilder::new().schema_type(Type::String).max_length(Some(MAX_STOP_CHARS));
+        let many = ArrayBuilder::new().items(one()).max_items(Some(MAX_STOP_STRINGS));
+        OneOfBuilder::new().item(one()).item(many).into()
+    }
+}
+
+impl ToSchema for Stop {}
 
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct StreamOptions {
@@ -69,6 +83,7 @@ pub struct Params {
     pub model: Option<String>,
     /// Tokens to generate at most (default 16), cut to what the context leaves.
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "integer_max_tokens")]
     pub max_tokens: Option<usize>,
     /// 0 is greedy (and cacheable); default 1.
     #[schema(minimum = 0.0, maximum = 2.0)]
@@ -77,6 +92,7 @@ pub struct Params {
     #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub top_p: Option<f64>,
     /// Makes sampling reproducible (and cacheable).
+    #[serde(default, deserialize_with = "integer_seed")]
     pub seed: Option<u64>,
     pub stop: Option<Stop>,
     #[serde(default)]
@@ -85,7 +101,20 @@ pub struct Params {
     pub stream_options: Option<StreamOptions>,
     /// Only 1.
     #[schema(minimum = 1, maximum = 1)]
+    #[serde(default, deserialize_with = "integer_n")]
     pub n: Option<usize>,
+}
+
+fn integer_max_tokens<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    body::integer(d, "max_tokens")
+}
+
+fn integer_seed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    body::integer(d, "seed")
+}
+
+fn integer_n<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    body::integer(d, "n")
 }
 
 /// The sampling fields' documented bounds, which both endpoints' bodies carry (flattened).
@@ -365,7 +394,7 @@ impl Generation {
         }
         let served = state.served();
         let (kind, prompt, conversation) = prompt_of(state, &served, caller, input).await?;
-        let ids = served.tokenizer.encode(&prompt).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let ids = state.prompts.tokenize(&served.tokenizer, &served.uncached, prompt).await?;
         let asked = Asked::check(params, &ids, served.scheduler.max_seq_len)?;
         // Tokens/min pay for generation: charged on a cache miss only, but a request too large
         // for any minute's budget is refused either way.
@@ -527,10 +556,10 @@ impl Asked {
         if stop.len() > MAX_STOP_STRINGS {
             return Err(ApiError::invalid(format!("`stop` takes at most {MAX_STOP_STRINGS} strings")));
         }
-        if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        if let Some(long) = stop.iter().find(|s| s.chars().count() > MAX_STOP_CHARS) {
             return Err(ApiError::invalid(format!(
-                "a `stop` string is {} bytes; the limit is {MAX_STOP_BYTES}",
-                long.len()
+                "a `stop` string is {} characters; the limit is {MAX_STOP_CHARS}",
+                long.chars().count()
             )));
         }
         Ok(Asked { max_tokens, sampling, stop, seed: params.seed })

@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Authenticator;
 use crate::limits::RateLimits;
+use crate::prompt::{PromptBounds, Prompts};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::store::Store;
 use crate::template::ChatFormat;
@@ -24,6 +25,8 @@ use crate::template::ChatFormat;
 pub struct Served {
     pub scheduler: Scheduler,
     pub tokenizer: Arc<Tokenizer>,
+    /// The same without its word cache, for large prompts ([`Tokenizer::without_cache`]).
+    pub uncached: Arc<Tokenizer>,
     pub chat: ChatFormat,
     /// The id `/v1/models` lists and responses carry: the directory's name.
     pub model_id: String,
@@ -43,12 +46,13 @@ impl Served {
         fingerprint: String,
         config: SchedulerConfig,
     ) -> Result<Self, String> {
+        let uncached = Arc::new(tokenizer.without_cache());
         let tokenizer = Arc::new(tokenizer);
         let (scheduler, _thread) = Scheduler::start(model, tokenizer.clone(), config)?;
         let model_id =
             dir.file_name().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Ok(Served { scheduler, tokenizer, chat, model_id, created, fingerprint, dir })
+        Ok(Served { scheduler, tokenizer, uncached, chat, model_id, created, fingerprint, dir })
     }
 
     /// Loads the model, run or Hugging Face directory `dir` (blocking: call it off the runtime).
@@ -134,6 +138,7 @@ pub struct Options {
     pub sessions: Store,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    pub prompt_bounds: PromptBounds,
 }
 
 impl Default for Options {
@@ -144,6 +149,7 @@ impl Default for Options {
             cache: Some(Store::memory(4096, Duration::from_secs(600))),
             sessions: Store::memory(10_000, Duration::from_secs(3600)),
             max_body_bytes: 1 << 20,
+            prompt_bounds: PromptBounds::default(),
         }
     }
 }
@@ -159,6 +165,7 @@ pub struct Shared {
     pub sessions: Store,
     pub usage: UsageBook,
     pub max_body_bytes: usize,
+    pub prompts: Prompts,
     /// WebSockets outlive axum's graceful shutdown (it tracks HTTP connections only): each open
     /// socket holds a receiver of this flag, which turns true when the server stops.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -188,6 +195,7 @@ impl AppState {
             sessions: options.sessions,
             usage: UsageBook::default(),
             max_body_bytes: options.max_body_bytes,
+            prompts: Prompts::new(options.prompt_bounds),
             stopping: tokio::sync::watch::Sender::new(false),
         }))
     }

@@ -1,11 +1,12 @@
 //! Chat prompts: the model's own Jinja template, from `chat_template.jinja` or
-//! `tokenizer_config.json` as transformers finds it (rendered with
-//! minijinja and its Python-compatible methods, as transformers' `apply_chat_template` renders
-//! it), or, without one, the default format: each message as `<|role|>\ncontent\n`, then
-//! `<|assistant|>\n` for the reply.
+//! `tokenizer_config.json` as transformers finds it (rendered with minijinja and its
+//! Python-compatible methods, as transformers' `apply_chat_template` renders it, with
+//! trim_blocks and lstrip_blocks), or, without one, the default format: each message as
+//! `<|role|>\ncontent\n`, then `<|assistant|>\n` for the reply.
 
 use std::path::Path;
 
+use minijinja::syntax::SyntaxConfig;
 use minijinja::{context, Environment, Error, ErrorKind, Value};
 
 use truthgpt_interop::hf;
@@ -66,6 +67,10 @@ impl ChatFormat {
 
     pub fn jinja(template: String, bos_token: String, eos_token: String) -> Result<Self, Error> {
         let mut env = Environment::new();
+        // As transformers' sandboxed Jinja environment: a block tag's own line leaves no
+        // whitespace behind (Zephyr's template put blank lines around every message otherwise).
+        let syntax = SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build()?;
+        env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |message: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, message))

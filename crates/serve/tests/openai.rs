@@ -237,7 +237,12 @@ async fn bad_requests_get_openai_errors() {
     let (status, body) =
         post(&app, "/v1/completions", json!({"prompt": "hi", "stop": "x".repeat(129)})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body.contains("129 bytes; the limit is 128"), "{body}");
+    assert!(body.contains("129 characters; the limit is 128"), "{body}");
+    // Characters, as the document's maxLength counts them: 128 two-byte ones pass.
+    let (status, body) =
+        post(&app, "/v1/completions", json!({"prompt": "hi", "max_tokens": 1, "stop": "é".repeat(128)}))
+            .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     for (method, path, status, needle) in [
         ("GET", "/v1/completions", StatusCode::METHOD_NOT_ALLOWED, "/v1/completions does not take GET"),
         ("POST", "/v1/nowhere", StatusCode::NOT_FOUND, "POST /v1/nowhere: no such route"),
