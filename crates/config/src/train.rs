@@ -21,8 +21,8 @@ pub enum Schedule {
 pub enum Precision {
     #[default]
     F32,
-    /// Mixed precision: bf16 operands with f32 sums, on CPUs that multiply bf16 (Intel AMX);
-    /// f32 products on the others.
+    /// Mixed precision: bf16 operands with f32 sums, on CPUs that multiply bf16 (Intel AMX,
+    /// AVX512_BF16); f32 products on the others.
     Bf16,
 }
 
