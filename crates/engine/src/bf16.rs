@@ -152,12 +152,14 @@ pub(crate) unsafe fn block(unit: Unit, p: &Product, r0: usize, rows: usize, c0: 
                     // SAFETY: as above; the unit is available.
                     unsafe {
                         let dst = p.dst.add((r0 + ic) * p.dst_rs + c0 + jc);
+                        let pair =
+                            Pair { dst, dst_rs: p.dst_rs, out, a, b, mc, nc, kc, scale: p.scale, accumulate };
                         if unit == Unit::Amx {
                             pack::<true>(a, p.lhs, r0 + ic, mc, pc, kc);
-                            tiles(dst, p.dst_rs, out, a, b, mc, nc, kc, p.scale, accumulate);
+                            tiles(&pair);
                         } else {
                             pack::<false>(a, p.lhs, r0 + ic, mc, pc, kc);
-                            dot_tiles(dst, p.dst_rs, out, a, b, mc, nc, kc, p.scale, accumulate);
+                            dot_tiles(&pair);
                         }
                     }
                 }
@@ -170,11 +172,11 @@ pub(crate) unsafe fn block(unit: Unit, p: &Product, r0: usize, rows: usize, c0: 
     });
 }
 
-/// Every 32 x 32 block of one packed block pair: the tile products over the depth, then the f32
-/// sums scaled and written (or added) to `dst`, clipped to `mc x nc`.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f")]
-unsafe fn tiles(
+/// One packed block pair (`mc x kc` of `a`, `kc x nc` of `b`), where its `mc x nc` products go
+/// (`dst`, rows `dst_rs` apart: written, or added to when `accumulate`, times `scale`), and the
+/// f32 block the kernels stage them in (`out`, 32 x 32).
+#[derive(Clone, Copy)]
+struct Pair {
     dst: *mut f32,
     dst_rs: usize,
     out: *mut f32,
@@ -185,7 +187,13 @@ unsafe fn tiles(
     kc: usize,
     scale: f32,
     accumulate: bool,
-) {
+}
+
+/// Every 32 x 32 block of one packed block pair: the tile products over the depth, then the f32
+/// sums scaled and written (or added) to `dst`, clipped to `mc x nc`.
+#[target_feature(enable = "avx512f")]
+unsafe fn tiles(pair: &Pair) {
+    let Pair { dst, dst_rs, out, a, b, mc, nc, kc, scale, accumulate } = *pair;
     let chunks = kc.div_ceil(TK);
     let strip_len = chunks * TILE_LEN;
     for j in (0..nc).step_by(32) {
@@ -254,20 +262,9 @@ unsafe fn product32(
 /// Every 8 x 32 register block of one packed block pair on the dot kernel; both operands are
 /// packed depth-pair major (`pack::<false>`), so line `x` of a strip's pair `r` is lane `x % 16`
 /// of that tile row.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn dot_tiles(
-    dst: *mut f32,
-    dst_rs: usize,
-    out: *mut f32,
-    a: *const u16,
-    b: *const u16,
-    mc: usize,
-    nc: usize,
-    kc: usize,
-    scale: f32,
-    accumulate: bool,
-) {
+unsafe fn dot_tiles(pair: &Pair) {
+    let Pair { dst, dst_rs, out, a, b, mc, nc, kc, scale, accumulate } = *pair;
     let chunks = kc.div_ceil(TK);
     let strip_len = chunks * TILE_LEN;
     let bh = |v: __m512i| unsafe { std::mem::transmute::<__m512i, __m512bh>(v) };

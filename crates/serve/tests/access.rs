@@ -3,47 +3,28 @@
 //! WebSocket ends with its token; usage, sessions and cached answers stay within their tenant;
 //! reloads empty the cache.
 
+mod common;
+
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use common::model_and_tokenizer;
 use http_body_util::BodyExt;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tower::ServiceExt;
-use truthgpt_config::{Config, ModelConfig, Positional};
-use truthgpt_data::Tokenizer;
-use truthgpt_model::Model;
 use truthgpt_serve::config::{JwtConfig, KeyConfig};
 use truthgpt_serve::template::ChatFormat;
 use truthgpt_serve::{router, AppState, Authenticator, Options, Role, SchedulerConfig, Served};
 
-const TEXT: &str = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.";
 const SECRET: &str = "an HS256 secret of at least 32 bytes";
 const AUDIENCE: &str = "truthgpt";
 const OPEN: [&str; 3] = ["/health", "/ready", "/openapi.json"];
 
 fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-fn model_and_tokenizer(seed: u64) -> (Config, Model, Tokenizer) {
-    let tokenizer = Tokenizer::train_bpe_from_texts(&[TEXT; 4], 280).unwrap();
-    let model = ModelConfig {
-        vocab_size: 280,
-        d_model: 32,
-        n_layers: 1,
-        n_heads: 2,
-        n_kv_heads: 2,
-        d_ff: 64,
-        max_seq_len: 96,
-        positional: Positional::Rope,
-        init_std: 0.3,
-        ..ModelConfig::default()
-    };
-    let config = Config { model: model.clone(), ..Config::default() };
-    (config, Model::new(&model, seed), tokenizer)
 }
 
 const SCHEDULER: SchedulerConfig =

@@ -3,40 +3,26 @@
 //! `apply_chat_template` token for token (8), and a connection that never finishes its request
 //! head is closed (9, slowloris).
 
+mod common;
+
 use std::io::{Read, Write};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use common::model_and_tokenizer;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
-use truthgpt_config::{ModelConfig, Positional};
 use truthgpt_data::Tokenizer;
-use truthgpt_model::Model;
 use truthgpt_serve::template::ChatFormat;
 use truthgpt_serve::{router, AppState, Message, Options, PromptBounds, SchedulerConfig, Served};
-
-const TEXT: &str = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer.";
 
 const SCHEDULER: SchedulerConfig =
     SchedulerConfig { max_batch: 2, queue: 16, block_size: 8, kv_blocks: Some(32) };
 
 fn app_with(options: Options) -> axum::Router {
-    let tokenizer = Tokenizer::train_bpe_from_texts(&[TEXT; 4], 280).unwrap();
-    let model = ModelConfig {
-        vocab_size: 280,
-        d_model: 32,
-        n_layers: 1,
-        n_heads: 2,
-        n_kv_heads: 2,
-        d_ff: 64,
-        max_seq_len: 96,
-        positional: Positional::Rope,
-        init_std: 0.3,
-        ..ModelConfig::default()
-    };
-    let model = Model::new(&model, 3);
+    let (_, model, tokenizer) = model_and_tokenizer(3);
     let served =
         Served::start(model, tokenizer, ChatFormat::Default, "tiny".into(), "fp".into(), SCHEDULER).unwrap();
     router(AppState::new(served, SCHEDULER, options))
