@@ -359,6 +359,10 @@ pub enum BenchCommand {
     /// `gemm` crate) on the twelve products of a `torch-tiny-reference` training step,
     /// alternated round by round; one JSON line per product and their geometric means.
     Gemm(BenchGemmArgs),
+    /// Time the quantized product of each ggml type with each kernel this CPU runs (AVX-512
+    /// VNNI where present, against the portable one) and against the f32 product of the same
+    /// weights, alternated; one JSON line per type and row count, with weight GB/s.
+    Qmatmul(BenchQmatmulArgs),
     /// Time each CUDA kernel against its CPU twin at GPT-2 small's sizes (outputs compared
     /// first); one JSON line per kernel with both times, the speed-up and the GPU's TFLOP/s.
     Kernels(BenchKernelsArgs),
@@ -382,6 +386,42 @@ pub struct BenchGemmArgs {
     /// Size of the rayon pool; default: one per logical CPU.
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchQmatmulArgs {
+    /// The weight's shape `IN,OUT`; default TinyLlama's feed-forward up projection.
+    #[arg(long, value_name = "IN,OUT", default_value = "2048,5632", value_parser = parse_pair)]
+    pub shape: [usize; 2],
+    /// Activation rows: 1 is a decoding step, more a batch or a prompt.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,128")]
+    pub rows: Vec<usize>,
+    /// ggml types, by name.
+    #[arg(long, value_delimiter = ',', default_value = "F16,Q8_0,Q4_0,Q4_K,Q5_K,Q6_K", value_parser = parse_ggml_type)]
+    pub types: Vec<truthgpt_quant::GgmlType>,
+    /// Rounds; each times every kernel once, and the medians are reported.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Size of the rayon pool; default: one per logical CPU.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+fn parse_pair(s: &str) -> Result<[usize; 2], String> {
+    let dims: Option<Vec<usize>> = s.split(',').map(|d| d.trim().parse().ok()).collect();
+    match dims.as_deref() {
+        Some(&[a, b]) => Ok([a, b]),
+        _ => Err(format!("`{s}` is not two integers `IN,OUT`")),
+    }
+}
+
+fn parse_ggml_type(s: &str) -> Result<truthgpt_quant::GgmlType, String> {
+    truthgpt_quant::GgmlType::ALL.iter().copied().find(|t| t.name().eq_ignore_ascii_case(s)).ok_or_else(
+        || {
+            let names: Vec<_> = truthgpt_quant::GgmlType::ALL.iter().map(|t| t.name()).collect();
+            format!("`{s}` is not a ggml type; types are {}", names.join(", "))
+        },
+    )
 }
 
 #[derive(Debug, Args)]

@@ -31,5 +31,6 @@ pub mod optim;
 #[cfg(target_arch = "x86_64")]
 mod packed;
 pub mod par;
+pub mod qmatmul;
 pub mod rng;
 pub mod rope;

@@ -120,7 +120,7 @@ impl Block for BlockQ4_1 {
 
 /// The 5-bit values of Q5_0/Q5_1: nibbles as Q4_0, and bit `i` of the little-endian `qh` is
 /// bit 4 of `q[i]`.
-fn five_bit(qh: [u8; 4], qs: &[u8; 16], i: usize) -> u8 {
+pub(crate) fn five_bit(qh: [u8; 4], qs: &[u8; 16], i: usize) -> u8 {
     let nibble = if i < 16 { qs[i] & 0xF } else { qs[i - 16] >> 4 };
     let high = (u32::from_le_bytes(qh) >> i) as u8 & 1;
     nibble | (high << 4)
@@ -168,7 +168,7 @@ impl Block for BlockQ5_1 {
 /// The 2-bit field of element `i` of a K-quant whose 256 values are packed four to a byte in two
 /// halves of 32 bytes: element `i` is in byte `32 * (i / 128) + i % 32`, at bit
 /// `2 * ((i % 128) / 32)`. Q2_K's and Q3_K's `qs` and Q6_K's `qh` use it.
-fn two_bit(bytes: &[u8], i: usize) -> u8 {
+pub(crate) fn two_bit(bytes: &[u8], i: usize) -> u8 {
     (bytes[32 * (i / 128) + i % 32] >> (2 * ((i % 128) / 32))) & 3
 }
 
@@ -259,7 +259,7 @@ pub struct BlockQ4_K {
 }
 
 /// The 4-bit field of element `i` of Q4_K/Q5_K's `qs`.
-fn k_nibble(qs: &[u8; QK_K / 2], i: usize) -> u8 {
+pub(crate) fn k_nibble(qs: &[u8; QK_K / 2], i: usize) -> u8 {
     let (j, l) = (i / 32, i % 32);
     (qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 0xF
 }
@@ -322,11 +322,14 @@ impl Block for BlockQ6_K {
         for (g, y) in y.chunks_exact_mut(16).enumerate() {
             let dl = d * self.scales[g] as f32;
             for (k, y) in y.iter_mut().enumerate() {
-                let i = 16 * g + k;
-                let low = (self.ql[64 * (i / 128) + i % 64] >> (4 * ((i % 128) / 64))) & 0xF;
-                let q = (low | (two_bit(&self.qh, i) << 4)) as i32 - 32;
-                *y = dl * q as f32;
+                *y = dl * (q6_k_value(self, 16 * g + k) as i32 - 32) as f32;
             }
         }
     }
+}
+
+/// Element `i` of a Q6_K block, before its offset of 32: 0..=63.
+pub(crate) fn q6_k_value(b: &BlockQ6_K, i: usize) -> u8 {
+    let low = (b.ql[64 * (i / 128) + i % 64] >> (4 * ((i % 128) / 64))) & 0xF;
+    low | (two_bit(&b.qh, i) << 4)
 }

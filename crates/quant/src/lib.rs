@@ -16,6 +16,7 @@
 
 pub mod blocks;
 mod error;
+pub mod int;
 mod rtn;
 
 pub use blocks::Block;

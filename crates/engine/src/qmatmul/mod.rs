@@ -1,0 +1,310 @@
+//! Products with weights in ggml's quantized blocks, never dequantized whole: `y (N, OUT) =
+//! x (N, IN) @ W (OUT, IN)^T` where each row of `W` is a run of blocks straight from a GGUF file.
+//!
+//! The activations are quantized to 8 bits per block ([`Q8Acts`], as llama.cpp does), then each
+//! (weight row, activation row) pair is an integer dot product with a few float operations per
+//! group of 16 or 32 ([`truthgpt_quant::int`] has the algebra). The float types (F32, F16, BF16)
+//! are converted on the fly and multiplied in f32.
+//!
+//! Kernels ([`QKernel`]), chosen at run time:
+//! - [`QKernel::Portable`]: plain Rust over [`truthgpt_quant::int::dot_row`], every type;
+//! - [`QKernel::Avx512Vnni`]: `vpdpbusd` on 64 bytes at once, for Q8_0, Q4_0, Q4_K, Q5_K,
+//!   Q6_K and F16/BF16, the types of llama.cpp's usual files (Q4_K_M mixes Q4_K and Q6_K); the
+//!   others fall back to the portable kernel row by row.
+//!
+//! Every kernel is checked against the portable one, and the portable one against the reference
+//! path [`reference_forward`] (dequantize a row to f32, multiply in f32), in tests/qmatmul.rs.
+//! Output rows are split over threads; the activations' buffer is per thread and reused, so a
+//! decoding step allocates nothing once warm.
+
+#[cfg(target_arch = "x86_64")]
+mod vnni;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use truthgpt_quant::blocks::*;
+use truthgpt_quant::int::{act_block, dot_row, IntBlock, Q8Acts};
+use truthgpt_quant::{dequantize_row, GgmlType, QuantError};
+
+use crate::par::DisjointPtr;
+
+/// The bytes a [`QWeight`] views: a memory-mapped file, or an owned buffer.
+pub type Storage = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// A (rows, cols) matrix of one ggml type, each row `cols / block` whole blocks, viewed in place
+/// in its storage.
+#[derive(Clone)]
+pub struct QWeight {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    storage: Storage,
+    offset: usize,
+}
+
+impl fmt::Debug for QWeight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "QWeight({} {} x {} at byte {})", self.ty, self.rows, self.cols, self.offset)
+    }
+}
+
+impl QWeight {
+    /// The matrix whose bytes start at `offset` in `storage`. Fails unless each row is whole
+    /// blocks and the bytes lie inside the storage.
+    pub fn new(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        storage: Storage,
+        offset: usize,
+    ) -> Result<Self, QuantError> {
+        ty.bytes_for(cols as u64)?;
+        let len = ty.bytes_for((rows as u64).saturating_mul(cols as u64))?;
+        let have = (*storage).as_ref().len();
+        if offset.checked_add(len).is_none_or(|end| end > have) {
+            return Err(QuantError::Size {
+                ty,
+                elements: rows * cols,
+                want: len,
+                got: have.saturating_sub(offset),
+            });
+        }
+        Ok(QWeight { ty, rows, cols, storage, offset })
+    }
+
+    /// Quantizes `w (rows, cols)` to `ty` by round-to-nearest into an owned buffer.
+    pub fn quantize(ty: GgmlType, w: &[f32], rows: usize, cols: usize) -> Result<Self, QuantError> {
+        let mut bytes = Vec::new();
+        for row in w[..rows * cols].chunks_exact(cols) {
+            truthgpt_quant::quantize_row(ty, row, &mut bytes)?;
+        }
+        QWeight::new(ty, rows, cols, Arc::new(bytes), 0)
+    }
+
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The matrix's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        let len = self.rows * self.row_bytes();
+        &(*self.storage).as_ref()[self.offset..][..len]
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block_elements() * self.ty.block_bytes()
+    }
+
+    /// Row `r`'s bytes.
+    pub fn row(&self, r: usize) -> &[u8] {
+        let b = self.row_bytes();
+        &self.bytes()[r * b..][..b]
+    }
+
+    /// Row `r` as f32 (the reference path's decode).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        dequantize_row(self.ty, self.row(r), &mut out[..self.cols]).expect("sizes checked in QWeight::new");
+    }
+}
+
+/// A quantized product's kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QKernel {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
+}
+
+impl QKernel {
+    /// The fastest kernel this CPU runs.
+    pub fn best() -> QKernel {
+        *QKernel::available().last().expect("the portable kernel always runs")
+    }
+
+    /// Every kernel this CPU runs, slowest first.
+    pub fn available() -> Vec<QKernel> {
+        let mut kernels = vec![QKernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        if vnni::available() {
+            kernels.push(QKernel::Avx512Vnni);
+        }
+        kernels
+    }
+}
+
+thread_local! {
+    /// The calling thread's quantized activations, reused across products.
+    static ACTS: RefCell<Q8Acts> = RefCell::default();
+}
+
+/// Multiply-adds per task below which a product is not split over threads.
+const TASK_WORK: usize = 1 << 18;
+
+/// `out (N, OUT) = x (N, IN) @ w^T + bias`, with the fastest kernel.
+pub fn qlinear_forward(out: &mut [f32], x: &[f32], w: &QWeight, bias: Option<&[f32]>, n: usize) {
+    qlinear_forward_with(QKernel::best(), out, x, w, bias, n);
+}
+
+/// [`qlinear_forward`] with a given kernel, one of [`QKernel::available`].
+pub fn qlinear_forward_with(
+    kernel: QKernel,
+    out: &mut [f32],
+    x: &[f32],
+    w: &QWeight,
+    bias: Option<&[f32]>,
+    n: usize,
+) {
+    let (k, oc) = (w.cols, w.rows);
+    assert!(x.len() >= n * k && out.len() >= n * oc, "qlinear_forward: operands too short");
+    assert!(QKernel::available().contains(&kernel), "qlinear_forward: this CPU cannot run {kernel:?}");
+    let out = &mut out[..n * oc];
+    match act_block(w.ty) {
+        None => product(kernel, out, &Acts::Float(&x[..n * k]), w, n),
+        Some(block) => ACTS.with_borrow_mut(|acts| {
+            acts.quantize(x, n, k, block);
+            product(kernel, out, &Acts::Int(acts), w, n);
+        }),
+    }
+    if let Some(bias) = bias {
+        for row in out.chunks_exact_mut(oc) {
+            row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+        }
+    }
+}
+
+/// The activations as a kernel sees them.
+enum Acts<'a> {
+    Float(&'a [f32]),
+    Int(&'a Q8Acts),
+}
+
+/// Splits the output columns (weight rows) over threads, each task writing its columns of every
+/// row of `out`.
+fn product(kernel: QKernel, out: &mut [f32], acts: &Acts, w: &QWeight, n: usize) {
+    let oc = w.rows;
+    let out = DisjointPtr::new(out);
+    let per_task = TASK_WORK.div_ceil(n * w.cols).max(1);
+    let threads = rayon::current_num_threads();
+    let per_task = per_task.max(oc.div_ceil(4 * threads));
+    // Whole groups of four weight rows per task, the vector kernels' tile.
+    let per_task = per_task.next_multiple_of(4);
+    let run = |cols: Range<usize>| columns(kernel, &out, acts, w, n, cols);
+    if oc > per_task && threads > 1 {
+        (0..oc.div_ceil(per_task))
+            .into_par_iter()
+            .for_each(|t| run(t * per_task..oc.min((t + 1) * per_task)));
+    } else {
+        run(0..oc);
+    }
+}
+
+/// Output columns `cols` of every row.
+fn columns(kernel: QKernel, out: &DisjointPtr, acts: &Acts, w: &QWeight, n: usize, cols: Range<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == QKernel::Avx512Vnni {
+        // SAFETY: `available` confirmed the CPU features; this task alone writes `cols`.
+        if unsafe { vnni::columns(out, acts, w, n, cols.clone()) } {
+            return;
+        }
+    }
+    let _ = kernel;
+    portable_columns(out, acts, w, n, cols);
+}
+
+/// Writes `out[r * w.rows + c]` for rows `0..n` and columns `cols` through `dot(c, r)`.
+fn write_columns(
+    out: &DisjointPtr,
+    oc: usize,
+    n: usize,
+    cols: Range<usize>,
+    dot: impl Fn(usize, usize) -> f32,
+) {
+    for r in 0..n {
+        // SAFETY: the caller's task alone writes these columns.
+        let row = unsafe { out.slice(r * oc + cols.start, cols.len()) };
+        for (y, c) in row.iter_mut().zip(cols.clone()) {
+            *y = dot(c, r);
+        }
+    }
+}
+
+fn portable_columns(out: &DisjointPtr, acts: &Acts, w: &QWeight, n: usize, cols: Range<usize>) {
+    macro_rules! int {
+        ($block:ty) => {
+            portable_int::<$block>(out, acts, w, n, cols)
+        };
+    }
+    macro_rules! float {
+        ($block:ty) => {
+            portable_float::<$block>(out, acts, w, n, cols)
+        };
+    }
+    match w.ty {
+        GgmlType::F32 => float!(F32Le),
+        GgmlType::F16 => float!(F16Le),
+        GgmlType::BF16 => float!(Bf16Le),
+        GgmlType::Q8_0 => int!(BlockQ8_0),
+        GgmlType::Q4_0 => int!(BlockQ4_0),
+        GgmlType::Q4_1 => int!(BlockQ4_1),
+        GgmlType::Q5_0 => int!(BlockQ5_0),
+        GgmlType::Q5_1 => int!(BlockQ5_1),
+        GgmlType::Q2_K => int!(BlockQ2_K),
+        GgmlType::Q3_K => int!(BlockQ3_K),
+        GgmlType::Q4_K => int!(BlockQ4_K),
+        GgmlType::Q5_K => int!(BlockQ5_K),
+        GgmlType::Q6_K => int!(BlockQ6_K),
+    }
+}
+
+fn portable_int<B: IntBlock>(out: &DisjointPtr, acts: &Acts, w: &QWeight, n: usize, cols: Range<usize>) {
+    let Acts::Int(acts) = acts else { unreachable!("integer types take quantized activations") };
+    write_columns(out, w.rows, n, cols, |c, r| {
+        let (qs, d, sums) = acts.row(r);
+        dot_row::<B>(bytemuck::cast_slice(w.row(c)), qs, d, sums)
+    });
+}
+
+/// Float weights, decoded 16 at a time and multiplied in f32.
+fn portable_float<B: Block>(out: &DisjointPtr, acts: &Acts, w: &QWeight, n: usize, cols: Range<usize>) {
+    let Acts::Float(x) = acts else { unreachable!("float types take f32 activations") };
+    let k = w.cols;
+    write_columns(out, w.rows, n, cols, |c, r| {
+        let blocks: &[B] = bytemuck::cast_slice(w.row(c));
+        let x = &x[r * k..][..k];
+        let mut decoded = [0f32; 16];
+        let mut sum = 0.0f32;
+        for (chunk, x) in blocks.chunks(16).zip(x.chunks(16)) {
+            for (block, y) in chunk.iter().zip(&mut decoded) {
+                block.dequantize(std::slice::from_mut(y));
+            }
+            sum += decoded.iter().zip(x).map(|(w, x)| w * x).sum::<f32>();
+        }
+        sum
+    });
+}
+
+/// The reference path: each weight row dequantized to f32 (bit-exact with ggml), multiplied by
+/// the unquantized activations in f64. What the exactness tests compare against.
+pub fn reference_forward(out: &mut [f32], x: &[f32], w: &QWeight, n: usize) {
+    let (k, oc) = (w.cols, w.rows);
+    let mut row = vec![0f32; k];
+    for c in 0..oc {
+        w.dequantize_row(c, &mut row);
+        for r in 0..n {
+            let dot: f64 = row.iter().zip(&x[r * k..][..k]).map(|(&w, &x)| w as f64 * x as f64).sum();
+            out[r * oc + c] = dot as f32;
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! AVX-512 VNNI kernels for the quantized products: `vpdpbusd` multiplies 64 unsigned weight
+//! bytes by 64 signed activation bytes and sums each four into sixteen i32 lanes, one
+//! instruction per 64 elements.
+//!
+//! Every type is walked in super-blocks of 256 elements (a K-quant block, or eight 32-element
+//! blocks), four chunks of 64 each. Per super-block a weight row gives its per-16-element group
+//! scales `a16` and corrections `c16` (`a * OFFSET + m`, see [`truthgpt_quant::int`]), and an
+//! activation row its group scales `dx16` and sums `S16`; per chunk the weight row gives its 64
+//! unsigned bytes in element order. A pair of rows then accumulates, lane by lane,
+//!
+//! ```text
+//!   acc += f32(vpdpbusd(u, q)) * a16[g] * dx16[g]      (per chunk; lane l is group 4c + l / 4)
+//!   acc -= c16 * dx16 * S16                            (per super-block; lane g is group g)
+//! ```
+//!
+//! and the product is the sum of `acc`'s lanes. A tile of four weight rows by up to four
+//! activation rows shares each decoded chunk: decode costs once per weight row, not per pair.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use truthgpt_quant::int::{Q8Acts, SUM_GROUP};
+use truthgpt_quant::{GgmlType, QK_K};
+
+use super::{Acts, QWeight};
+use crate::par::DisjointPtr;
+
+/// Weight rows per tile.
+const ROWS: usize = 4;
+/// Activation rows per tile, at most.
+const ACT_ROWS: usize = 4;
+
+pub(super) fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// Output columns `cols` of every row of `out`, if this kernel covers `w`'s type and shape;
+/// returns false (writing nothing) if not, for the portable kernel to do it.
+///
+/// # Safety
+/// The CPU must pass [`available`]; `out` holds `n * w.rows()` values of which this task alone
+/// writes columns `cols`; `acts` holds `n` rows of `w.cols()`.
+pub(super) unsafe fn columns(
+    out: &DisjointPtr,
+    acts: &Acts,
+    w: &QWeight,
+    n: usize,
+    cols: Range<usize>,
+) -> bool {
+    let k = w.cols();
+    match (acts, w.ty()) {
+        (Acts::Int(x), ty) if k.is_multiple_of(QK_K) => {
+            // SAFETY: the caller's contract, and `k` is whole super-blocks of every type.
+            unsafe {
+                match ty {
+                    GgmlType::Q8_0 => int_columns::<Q8_0>(out, x, w, n, cols),
+                    GgmlType::Q4_0 => int_columns::<Q4_0>(out, x, w, n, cols),
+                    GgmlType::Q4_K => int_columns::<Q4K>(out, x, w, n, cols),
+                    GgmlType::Q5_K => int_columns::<Q5K>(out, x, w, n, cols),
+                    GgmlType::Q6_K => int_columns::<Q6K>(out, x, w, n, cols),
+                    _ => return false,
+                }
+            }
+        }
+        (Acts::Float(x), GgmlType::F16 | GgmlType::BF16 | GgmlType::F32) if k.is_multiple_of(16) => {
+            // SAFETY: as above; `k` is whole 16-lane chunks.
+            unsafe { float_columns(out, x, w, n, cols) }
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// A weight type's super-block, as the tile loop reads it.
+trait Kind {
+    /// Bytes per 256 elements.
+    const SUPER_BYTES: usize;
+    /// Whether activations have one scale per 256 (the K-quants) or per 32.
+    const ACT_BLOCK: usize;
+    /// `(a16, c16)` of the super-block at `p`.
+    ///
+    /// # Safety
+    /// `p` points at `SUPER_BYTES` readable bytes; the CPU passes [`available`].
+    unsafe fn scales(p: *const u8) -> (__m512, __m512);
+    /// The unsigned bytes of chunk `c` (0..4) of the super-block at `p`, in element order.
+    ///
+    /// # Safety
+    /// As [`Kind::scales`].
+    unsafe fn chunk(p: *const u8, c: usize) -> __m512i;
+}
+
+/// Eight f16 values `stride` bytes apart, starting at `p`, as 16 f32 lanes, each twice
+/// (lane `g` holds value `g / 2`): the per-16 scales of eight 32-element blocks.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn f16_scales_by_block(p: *const u8, stride: usize) -> __m512 {
+    let mut h = [0u16; 8];
+    for (b, h) in h.iter_mut().enumerate() {
+        // SAFETY: the caller vouches for eight blocks at `p`.
+        *h = unsafe { p.add(b * stride).cast::<u16>().read_unaligned() };
+    }
+    // SAFETY: `h` is 16 bytes.
+    let d = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr().cast()) });
+    twice(d)
+}
+
+/// 8 lanes to 16, each twice.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn twice(v: __m256) -> __m512 {
+    let idx = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(v))
+}
+
+/// Q8_0: 34-byte blocks, `d` then 32 signed bytes; unsigned by flipping the sign bit
+/// (`OFFSET` 128).
+struct Q8_0;
+
+impl Kind for Q8_0 {
+    const SUPER_BYTES: usize = 8 * 34;
+    const ACT_BLOCK: usize = 32;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn scales(p: *const u8) -> (__m512, __m512) {
+        let a = unsafe { f16_scales_by_block(p, 34) };
+        (a, _mm512_mul_ps(a, _mm512_set1_ps(128.0)))
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn chunk(p: *const u8, c: usize) -> __m512i {
+        // SAFETY: blocks 2c and 2c + 1 lie in the super-block.
+        let (lo, hi) = unsafe {
+            (_mm256_loadu_si256(p.add(68 * c + 2).cast()), _mm256_loadu_si256(p.add(68 * c + 36).cast()))
+        };
+        let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        _mm512_xor_si512(v, _mm512_set1_epi8(0x80u8 as i8))
+    }
+}
+
+/// Q4_0: 18-byte blocks, `d` then 16 bytes of nibbles (element `j` low, `j + 16` high);
+/// `OFFSET` 8.
+struct Q4_0;
+
+impl Kind for Q4_0 {
+    const SUPER_BYTES: usize = 8 * 18;
+    const ACT_BLOCK: usize = 32;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn scales(p: *const u8) -> (__m512, __m512) {
+        let a = unsafe { f16_scales_by_block(p, 18) };
+        (a, _mm512_mul_ps(a, _mm512_set1_ps(8.0)))
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn chunk(p: *const u8, c: usize) -> __m512i {
+        // SAFETY: blocks 2c and 2c + 1 lie in the super-block.
+        let (q0, q1) = unsafe {
+            (_mm_loadu_si128(p.add(36 * c + 2).cast()), _mm_loadu_si128(p.add(36 * c + 20).cast()))
+        };
+        let v = _mm256_set_m128i(q1, q0);
+        let mask = _mm256_set1_epi8(0xF);
+        let (lo, hi) = (_mm256_and_si256(v, mask), _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask));
+        // [lo q0, lo q1, hi q0, hi q1] in 16-byte lanes, to [lo q0, hi q0, lo q1, hi q1].
+        let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+        _mm512_shuffle_i64x2::<0b11_01_10_00>(z, z)
+    }
+}
+
+/// Q4_K/Q5_K's eight 6-bit scales and minimums as `(d * sc, dmin * m)` per 16 elements.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn k4_scales(p: *const u8) -> (__m512, __m512) {
+    // SAFETY: the caller vouches for the block's first 16 bytes.
+    let (d, dmin, scales) = unsafe {
+        let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()));
+        (
+            _mm_cvtss_f32(dd),
+            _mm_cvtss_f32(_mm_shuffle_ps::<1>(dd, dd)),
+            p.add(4).cast::<[u8; 12]>().read_unaligned(),
+        )
+    };
+    let (mut sc, mut m) = ([0u8; 16], [0u8; 16]);
+    for j in 0..8 {
+        (sc[j], m[j]) = truthgpt_quant::blocks::scale_min_k4(&scales, j);
+    }
+    // SAFETY: both arrays are 16 bytes; only the first 8 are used.
+    let (sc, m) = unsafe { (_mm_loadl_epi64(sc.as_ptr().cast()), _mm_loadl_epi64(m.as_ptr().cast())) };
+    let to_f32 = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+    (
+        twice(_mm256_mul_ps(to_f32(sc), _mm256_set1_ps(d))),
+        twice(_mm256_mul_ps(to_f32(m), _mm256_set1_ps(dmin))),
+    )
+}
+
+/// Q4_K/Q5_K's nibbles of chunk `c`: 32 bytes whose low nibbles are elements `64c..64c + 32`
+/// and high nibbles the next 32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn k4_nibbles(qs: *const u8, c: usize) -> __m512i {
+    // SAFETY: the caller vouches for 128 bytes at `qs`.
+    let v = unsafe { _mm256_loadu_si256(qs.add(32 * c).cast()) };
+    let mask = _mm256_set1_epi8(0xF);
+    let (lo, hi) = (_mm256_and_si256(v, mask), _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask));
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// Q4_K: `d`, `dmin`, 12 bytes of scales, 128 of nibbles; `OFFSET` 0, minimums per 32.
+struct Q4K;
+
+impl Kind for Q4K {
+    const SUPER_BYTES: usize = 144;
+    const ACT_BLOCK: usize = QK_K;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn scales(p: *const u8) -> (__m512, __m512) {
+        unsafe { k4_scales(p) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn chunk(p: *const u8, c: usize) -> __m512i {
+        unsafe { k4_nibbles(p.add(16), c) }
+    }
+}
+
+/// Q5_K: Q4_K plus 32 bytes `qh` (before the nibbles) whose bit `j` of byte `l` is bit 4 of
+/// element `32j + l`.
+struct Q5K;
+
+impl Kind for Q5K {
+    const SUPER_BYTES: usize = 176;
+    const ACT_BLOCK: usize = QK_K;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn scales(p: *const u8) -> (__m512, __m512) {
+        unsafe { k4_scales(p) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn chunk(p: *const u8, c: usize) -> __m512i {
+        // SAFETY: `qh` is bytes 16..48 and the nibbles 48..176 of the block.
+        let (low, qh) = unsafe { (k4_nibbles(p.add(48), c), _mm256_loadu_si256(p.add(16).cast())) };
+        let qh = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), qh);
+        // Elements 64c..64c + 32 take bit 2c, the next 32 bit 2c + 1.
+        let bits = _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_set1_epi8((1u8 << (2 * c)) as i8)),
+            _mm256_set1_epi8((1u8 << (2 * c + 1)) as i8),
+        );
+        let high = _mm512_test_epi8_mask(qh, bits);
+        _mm512_or_si512(low, _mm512_maskz_mov_epi8(high, _mm512_set1_epi8(16)))
+    }
+}
+
+/// Q6_K: 128 bytes `ql`, 64 bytes `qh`, 16 signed scales, `d`; `OFFSET` 32, groups of 16.
+struct Q6K;
+
+impl Kind for Q6K {
+    const SUPER_BYTES: usize = 210;
+    const ACT_BLOCK: usize = QK_K;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn scales(p: *const u8) -> (__m512, __m512) {
+        // SAFETY: scales are bytes 192..208 and `d` 208..210 of the block.
+        let (sc, d) = unsafe {
+            let d = _mm_cvtph_ps(_mm_cvtsi32_si128(p.add(208).cast::<u16>().read_unaligned() as i32));
+            (_mm_loadu_si128(p.add(192).cast()), _mm_cvtss_f32(d))
+        };
+        let a = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)), _mm512_set1_ps(d));
+        (a, _mm512_mul_ps(a, _mm512_set1_ps(32.0)))
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn chunk(p: *const u8, c: usize) -> __m512i {
+        // Half `c / 2` of 128 elements: `ql` bytes 64h.. (low nibbles its first 64 elements,
+        // high the last), `qh` bytes 128 + 32h.. (bits 2j of byte l: element 32j + l).
+        let (h, part) = (c / 2, c % 2);
+        // SAFETY: both loads lie in the block.
+        let (ql, qh) = unsafe {
+            (_mm512_loadu_si512(p.add(64 * h).cast()), _mm256_loadu_si256(p.add(128 + 32 * h).cast()))
+        };
+        let mask = _mm512_set1_epi8(0xF);
+        let low = if part == 0 {
+            _mm512_and_si512(ql, mask)
+        } else {
+            _mm512_and_si512(_mm512_srli_epi16::<4>(ql), mask)
+        };
+        // Elements 64p + l take bits 4p of byte l for l < 32, bits 4p + 2 of byte l - 32 after.
+        let qh = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), qh);
+        let shift = (4 * part) as i16;
+        let counts = _mm512_inserti64x4::<1>(_mm512_set1_epi16(shift), _mm256_set1_epi16(shift + 2));
+        let high = _mm512_and_si512(_mm512_srlv_epi16(qh, counts), _mm512_set1_epi8(3));
+        _mm512_or_si512(low, _mm512_slli_epi16::<4>(high))
+    }
+}
+
+/// Lane `l` of chunk `c` belongs to group `4c + l / 4`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn chunk_lanes(v: __m512, c: usize) -> __m512 {
+    let base = 4 * c as i32;
+    let idx = _mm512_add_epi32(
+        _mm512_set1_epi32(base),
+        _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+    );
+    _mm512_permutexvar_ps(idx, v)
+}
+
+/// An activation row: its bytes, block scales and sums per 16.
+#[derive(Clone, Copy)]
+struct ActRow {
+    qs: *const i8,
+    d: *const f32,
+    sums: *const i32,
+}
+
+/// # Safety
+/// See [`columns`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn int_columns<T: Kind>(out: &DisjointPtr, x: &Q8Acts, w: &QWeight, n: usize, cols: Range<usize>) {
+    let act_row = |r: usize| {
+        let (qs, d, sums) = x.row(r);
+        ActRow { qs: qs.as_ptr(), d: d.as_ptr(), sums: sums.as_ptr() }
+    };
+    let supers = w.cols() / QK_K;
+    for c0 in cols.clone().step_by(ROWS) {
+        let width = ROWS.min(cols.end - c0);
+        // A ragged last tile repeats its last weight row and drops the repeated results.
+        let wr: [*const u8; ROWS] = std::array::from_fn(|i| w.row(c0 + i.min(width - 1)).as_ptr());
+        let mut r0 = 0;
+        while r0 < n {
+            let take = ACT_ROWS.min(n - r0);
+            let xr: [ActRow; ACT_ROWS] = std::array::from_fn(|j| act_row(r0 + j.min(take - 1)));
+            // SAFETY: the rows hold `supers` super-blocks each (the caller's contract).
+            let sums = unsafe {
+                match take {
+                    1 => int_tile::<T, 1>(wr, xr, supers),
+                    2 => int_tile::<T, 2>(wr, xr, supers),
+                    3 => int_tile::<T, 3>(wr, xr, supers),
+                    _ => int_tile::<T, 4>(wr, xr, supers),
+                }
+            };
+            store(out, w.rows(), r0, c0, width, take, &sums);
+            r0 += take;
+        }
+    }
+}
+
+/// Writes `sums[j][i]` (activation row `r0 + j`, weight row `c0 + i`) for the tile's real rows.
+fn store(
+    out: &DisjointPtr,
+    oc: usize,
+    r0: usize,
+    c0: usize,
+    width: usize,
+    take: usize,
+    sums: &[[f32; ROWS]; ACT_ROWS],
+) {
+    for (j, sums) in sums[..take].iter().enumerate() {
+        // SAFETY: the caller's task alone writes these columns.
+        let row = unsafe { out.slice((r0 + j) * oc + c0, width) };
+        row.copy_from_slice(&sums[..width]);
+    }
+}
+
+/// The `ROWS x C` products of one tile, as `[activation row][weight row]`.
+///
+/// # Safety
+/// Each weight row holds `supers` super-blocks of `T`, and so do the first `C` rows of `x`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn int_tile<T: Kind, const C: usize>(
+    w: [*const u8; ROWS],
+    x: [ActRow; ACT_ROWS],
+    supers: usize,
+) -> [[f32; ROWS]; ACT_ROWS] {
+    let mut acc = [[_mm512_setzero_ps(); C]; ROWS];
+    for s in 0..supers {
+        // SAFETY (every load below): super-block `s` lies within each row (the caller's contract).
+        let ws: [*const u8; ROWS] = std::array::from_fn(|i| unsafe { w[i].add(s * T::SUPER_BYTES) });
+        let scales: [(__m512, __m512); ROWS] = std::array::from_fn(|i| unsafe { T::scales(ws[i]) });
+        let mut dx16 = [_mm512_setzero_ps(); C];
+        for j in 0..C {
+            let row = x[j];
+            dx16[j] = if T::ACT_BLOCK == QK_K {
+                _mm512_set1_ps(unsafe { *row.d.add(s) })
+            } else {
+                twice(unsafe { _mm256_loadu_ps(row.d.add(8 * s)) })
+            };
+            let s16 =
+                _mm512_cvtepi32_ps(unsafe { _mm512_loadu_si512(row.sums.add(s * QK_K / SUM_GROUP).cast()) });
+            let t16 = _mm512_mul_ps(dx16[j], s16);
+            for i in 0..ROWS {
+                acc[i][j] = _mm512_fnmadd_ps(scales[i].1, t16, acc[i][j]);
+            }
+        }
+        for c in 0..4 {
+            let u: [__m512i; ROWS] = std::array::from_fn(|i| unsafe { T::chunk(ws[i], c) });
+            let a: [__m512; ROWS] = std::array::from_fn(|i| chunk_lanes(scales[i].0, c));
+            for j in 0..C {
+                let q = unsafe { _mm512_loadu_si512(x[j].qs.add(s * QK_K + 64 * c).cast()) };
+                let dx = if T::ACT_BLOCK == QK_K { dx16[j] } else { chunk_lanes(dx16[j], c) };
+                for i in 0..ROWS {
+                    let dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), u[i], q));
+                    acc[i][j] = _mm512_fmadd_ps(dot, _mm512_mul_ps(a[i], dx), acc[i][j]);
+                }
+            }
+        }
+    }
+    reduce(&acc)
+}
+
+/// Each accumulator's lanes summed, as `[activation row][weight row]`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn reduce<const C: usize>(acc: &[[__m512; C]; ROWS]) -> [[f32; ROWS]; ACT_ROWS] {
+    let mut sums = [[0f32; ROWS]; ACT_ROWS];
+    for (i, acc) in acc.iter().enumerate() {
+        for (j, &acc) in acc.iter().enumerate() {
+            sums[j][i] = _mm512_reduce_add_ps(acc);
+        }
+    }
+    sums
+}
+
+/// Float weights (F32, F16, BF16) against f32 activations, 16 lanes at a time.
+///
+/// # Safety
+/// See [`columns`]; `w.cols()` is a multiple of 16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn float_columns(out: &DisjointPtr, x: &[f32], w: &QWeight, n: usize, cols: Range<usize>) {
+    let k = w.cols();
+    let ty = w.ty();
+    for c0 in cols.clone().step_by(ROWS) {
+        let width = ROWS.min(cols.end - c0);
+        let wr: [*const u8; ROWS] = std::array::from_fn(|i| w.row(c0 + i.min(width - 1)).as_ptr());
+        let mut r0 = 0;
+        while r0 < n {
+            let take = ACT_ROWS.min(n - r0);
+            let xs: [*const f32; ACT_ROWS] =
+                std::array::from_fn(|j| x[(r0 + j.min(take - 1)) * k..].as_ptr());
+            macro_rules! tile {
+                ($kind:literal) => {
+                    match take {
+                        1 => float_tile::<$kind, 1>(wr, xs, k),
+                        2 => float_tile::<$kind, 2>(wr, xs, k),
+                        3 => float_tile::<$kind, 3>(wr, xs, k),
+                        _ => float_tile::<$kind, 4>(wr, xs, k),
+                    }
+                };
+            }
+            // SAFETY: every row holds `k` elements (the caller's contract).
+            let sums = unsafe {
+                match ty {
+                    GgmlType::F16 => tile!(0),
+                    GgmlType::BF16 => tile!(1),
+                    _ => tile!(2),
+                }
+            };
+            store(out, w.rows(), r0, c0, width, take, &sums);
+            r0 += take;
+        }
+    }
+}
+
+/// A tile of float products over the first `C` activation rows; `KIND` 0 is F16, 1 BF16, 2 F32.
+///
+/// # Safety
+/// Every row holds `k` elements.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn float_tile<const KIND: u8, const C: usize>(
+    w: [*const u8; ROWS],
+    x: [*const f32; ACT_ROWS],
+    k: usize,
+) -> [[f32; ROWS]; ACT_ROWS] {
+    let mut acc = [[_mm512_setzero_ps(); C]; ROWS];
+    for p in (0..k).step_by(16) {
+        // SAFETY: `p + 16 <= k`, within every row.
+        let ws: [__m512; ROWS] = std::array::from_fn(|i| unsafe {
+            match KIND {
+                0 => _mm512_cvtph_ps(_mm256_loadu_si256(w[i].add(2 * p).cast())),
+                1 => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                    w[i].add(2 * p).cast(),
+                )))),
+                _ => _mm512_loadu_ps(w[i].add(4 * p).cast()),
+            }
+        });
+        for j in 0..C {
+            let xv = unsafe { _mm512_loadu_ps(x[j].add(p)) };
+            for i in 0..ROWS {
+                acc[i][j] = _mm512_fmadd_ps(ws[i], xv, acc[i][j]);
+            }
+        }
+    }
+    reduce(&acc)
+}

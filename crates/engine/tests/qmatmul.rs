@@ -1,0 +1,176 @@
+//! The quantized products, for every ggml type:
+//! - the portable integer kernel against the reference path (each weight row dequantized to
+//!   f32, dotted in f64 with the unquantized activations), within the bound that quantizing the
+//!   activations to 8 bits allows;
+//! - every vector kernel this CPU runs against the portable one, within float rounding;
+//! - NaN in the activations reaches the output, and the split over threads changes nothing.
+
+use std::sync::Arc;
+
+use half::f16;
+use truthgpt_engine::close::max_abs_diff;
+use truthgpt_engine::qmatmul::{qlinear_forward_with, reference_forward, QKernel, QWeight};
+use truthgpt_engine::rng::Rng;
+use truthgpt_quant::GgmlType;
+
+/// Byte offsets of a block's f16 scales, which random bytes would make infinite or NaN.
+fn scale_offsets(ty: GgmlType) -> &'static [usize] {
+    match ty {
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::Q6_K => &[208],
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => &[],
+    }
+}
+
+/// A random (rows, cols) matrix of `ty`: random bytes with finite scales of about 0.01 for the
+/// quantized types, normal values for the float ones.
+fn random_weight(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> QWeight {
+    let mut values = vec![0f32; rows * cols];
+    rng.fill_normal(&mut values, 1.0);
+    let bytes: Vec<u8> = match ty {
+        GgmlType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        GgmlType::F16 => values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
+        GgmlType::BF16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+        _ => {
+            let mut bytes: Vec<u8> =
+                (0..ty.bytes_for((rows * cols) as u64).unwrap()).map(|_| rng.next_u64() as u8).collect();
+            for block in bytes.chunks_exact_mut(ty.block_bytes()) {
+                for &at in scale_offsets(ty) {
+                    let scale = 0.005 + 0.01 * rng.uniform();
+                    block[at..at + 2].copy_from_slice(&f16::from_f32(scale).to_le_bytes());
+                }
+            }
+            bytes
+        }
+    };
+    QWeight::new(ty, rows, cols, Arc::new(bytes), 0).unwrap()
+}
+
+/// The largest error quantizing `x` to 8 bits in blocks of `block` can make in each output:
+/// `sum |w| * d / 2` with `d = max|x| / 127` per block, plus float rounding (all there is when
+/// `block` is `None`: the float types multiply the activations unquantized).
+fn error_bound(w: &QWeight, x: &[f32], n: usize, block: Option<usize>) -> Vec<f32> {
+    let (k, oc) = (w.cols(), w.rows());
+    let mut row = vec![0f32; k];
+    let mut bound = vec![0f32; n * oc];
+    for c in 0..oc {
+        w.dequantize_row(c, &mut row);
+        for r in 0..n {
+            let x = &x[r * k..][..k];
+            let mut b = 0.0f64;
+            for (wb, xb) in row.chunks(block.unwrap_or(k)).zip(x.chunks(block.unwrap_or(k))) {
+                let magnitude: f64 = wb.iter().zip(xb).map(|(w, x)| (w * x).abs() as f64).sum();
+                b += 1e-5 * magnitude;
+                if block.is_some() {
+                    let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    let wsum: f64 = wb.iter().map(|w| w.abs() as f64).sum();
+                    b += wsum * (amax as f64 / 127.0 / 2.0);
+                }
+            }
+            bound[r * oc + c] = b as f32;
+        }
+    }
+    bound
+}
+
+const SHAPES: [(usize, usize); 3] = [(13, 512), (4, 256), (9, 768)];
+
+fn run(kernel: QKernel, w: &QWeight, x: &[f32], n: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; n * w.rows()];
+    qlinear_forward_with(kernel, &mut out, x, w, None, n);
+    out
+}
+
+#[test]
+fn portable_kernel_is_the_reference_within_the_activation_bound() {
+    let mut rng = Rng::new(7);
+    for &ty in GgmlType::ALL {
+        for (oc, k) in SHAPES {
+            let w = random_weight(ty, oc, k, &mut rng);
+            for n in [1, 3, 6] {
+                let mut x = vec![0f32; n * k];
+                rng.fill_normal(&mut x, 1.0);
+                let got = run(QKernel::Portable, &w, &x, n);
+                let mut want = vec![0f32; n * oc];
+                reference_forward(&mut want, &x, &w, n);
+                let bound = error_bound(&w, &x, n, truthgpt_quant::int::act_block(ty));
+                for (i, ((g, want), bound)) in got.iter().zip(&want).zip(&bound).enumerate() {
+                    assert!(
+                        (g - want).abs() <= *bound,
+                        "{ty} {oc}x{k} n={n} [{i}]: {g} vs {want}, bound {bound}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_kernel_matches_the_portable_one() {
+    let kernels = QKernel::available();
+    eprintln!("kernels on this CPU: {kernels:?}");
+    let mut rng = Rng::new(11);
+    for &ty in GgmlType::ALL {
+        for (oc, k) in SHAPES {
+            let w = random_weight(ty, oc, k, &mut rng);
+            for n in [1, 2, 3, 4, 5, 9] {
+                let mut x = vec![0f32; n * k];
+                rng.fill_normal(&mut x, 1.0);
+                let want = run(QKernel::Portable, &w, &x, n);
+                let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                for &kernel in &kernels {
+                    let got = run(kernel, &w, &x, n);
+                    let diff = max_abs_diff(&got, &want);
+                    assert!(diff <= 2e-5 * scale as f64, "{kernel:?} {ty} {oc}x{k} n={n}: max diff {diff}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn nan_in_the_activations_reaches_the_output() {
+    let mut rng = Rng::new(3);
+    for &ty in GgmlType::ALL {
+        let w = random_weight(ty, 8, 256, &mut rng);
+        let mut x = vec![0.5f32; 2 * 256];
+        x[256 + 100] = f32::NAN;
+        for kernel in QKernel::available() {
+            let out = run(kernel, &w, &x, 2);
+            assert!(out[..8].iter().all(|v| v.is_finite()), "{kernel:?} {ty}: clean row");
+            assert!(out[8..].iter().all(|v| v.is_nan()), "{kernel:?} {ty}: NaN row {:?}", &out[8..]);
+        }
+    }
+}
+
+#[test]
+fn threads_and_bias_change_nothing_but_the_bias() {
+    // 1,024 x 2,048 is large enough to be split over threads; one thread computes it whole.
+    let mut rng = Rng::new(5);
+    let (oc, k, n) = (1024, 2048, 3);
+    let w = random_weight(GgmlType::Q4_K, oc, k, &mut rng);
+    let mut x = vec![0f32; n * k];
+    rng.fill_normal(&mut x, 1.0);
+    let bias: Vec<f32> = (0..oc).map(|i| i as f32).collect();
+    for kernel in QKernel::available() {
+        let single = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let want = single.install(|| run(kernel, &w, &x, n));
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        let mut got = vec![0f32; n * oc];
+        pool.install(|| qlinear_forward_with(kernel, &mut got, &x, &w, Some(&bias), n));
+        let unbiased: Vec<f32> = got.iter().enumerate().map(|(i, v)| v - bias[i % oc]).collect();
+        assert!(max_abs_diff(&unbiased, &want) <= 1e-3, "{kernel:?}");
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let bytes: Arc<Vec<u8>> = Arc::new(vec![0; 34 * 4]);
+    assert!(QWeight::new(GgmlType::Q8_0, 2, 64, bytes.clone(), 0).is_ok());
+    assert!(QWeight::new(GgmlType::Q8_0, 2, 64, bytes.clone(), 1).is_err(), "past the end");
+    assert!(QWeight::new(GgmlType::Q8_0, 3, 64, bytes.clone(), 0).is_err(), "too few bytes");
+    assert!(QWeight::new(GgmlType::Q8_0, 4, 48, bytes, 0).is_err(), "partial blocks");
+}
