@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::ensure;
 use serde_json::json;
 use truthgpt_engine::matmul::{self, Precision};
-use truthgpt_engine::qmatmul::{qlinear_forward_with, QKernel, QWeight};
+use truthgpt_engine::qmatmul::{qlinear_forward_with, QKernel, QMatrix, QWeight};
 use truthgpt_engine::rng::Rng;
 use truthgpt_quant::GgmlType;
 
@@ -22,7 +22,7 @@ pub fn run(args: &BenchQmatmulArgs) -> anyhow::Result<()> {
     let mut dense = vec![0f32; oc * k];
     rng.fill_normal(&mut dense, 0.02);
     for &ty in &args.types {
-        let w = quantized(ty, &dense, oc, k)?;
+        let w = QMatrix::from(quantized(ty, &dense, oc, k)?);
         let mut f32_weight = vec![0f32; oc * k];
         for (r, row) in f32_weight.chunks_exact_mut(k).enumerate() {
             w.dequantize_row(r, row);
@@ -34,7 +34,7 @@ pub fn run(args: &BenchQmatmulArgs) -> anyhow::Result<()> {
             let kernels = QKernel::available();
             // Enough calls per round for ~0.2 s of the slowest side.
             let calls =
-                (2e9 / (2.0 * (n * k * oc) as f64 + 1e9 * (w.bytes().len() as f64 / 10e9))).max(1.0) as usize;
+                (2e9 / (2.0 * (n * k * oc) as f64 + 1e9 * (w.bytes_len() as f64 / 10e9))).max(1.0) as usize;
             let mut seconds = vec![Vec::new(); kernels.len() + 1];
             for round in 0..=args.rounds {
                 for (i, times) in seconds.iter_mut().enumerate() {
@@ -63,12 +63,12 @@ pub fn run(args: &BenchQmatmulArgs) -> anyhow::Result<()> {
             }
             let f32_ms = crate::bench::median(&mut seconds[kernels.len()]) * 1e3;
             let mut line = json!({"type": ty.name(), "rows": n, "in": k, "out": oc, "threads": threads,
-                "weight_bytes": w.bytes().len(), "f32_ms": f32_ms});
+                "weight_bytes": w.bytes_len(), "f32_ms": f32_ms});
             for (kernel, times) in kernels.iter().zip(&mut seconds) {
                 let secs = crate::bench::median(times);
                 let name = format!("{kernel:?}").to_lowercase();
                 line[format!("{name}_ms")] = json!(secs * 1e3);
-                line[format!("{name}_weight_gb_per_s")] = json!(w.bytes().len() as f64 / secs / 1e9);
+                line[format!("{name}_weight_gb_per_s")] = json!(w.bytes_len() as f64 / secs / 1e9);
                 line[format!("{name}_vs_f32")] = json!(f32_ms / (secs * 1e3));
             }
             println!("{line}");

@@ -57,7 +57,7 @@ fn kept_tokenizer_config(dir: &Path) -> anyhow::Result<Option<Vec<u8>>> {
 }
 
 pub fn export_hf(model: &Path, out: &Path) -> anyhow::Result<()> {
-    let saved = checkpoint::load_model(model)?;
+    let saved = checkpoint::load_model_f32(model)?;
     let chat_template = hf::chat_template(&saved.dir)?;
     let exported = hf::export(&saved.model, saved.tokenizer.as_ref(), chat_template.as_ref(), out)?;
     eprintln!(
@@ -71,7 +71,7 @@ pub fn export_hf(model: &Path, out: &Path) -> anyhow::Result<()> {
 }
 
 pub fn export_gguf(model: &Path, out: &Path, dtype: GgufDtypeArg) -> anyhow::Result<()> {
-    let saved = checkpoint::load_model(model)?;
+    let saved = checkpoint::load_model_f32(model)?;
     let dtype = match dtype {
         GgufDtypeArg::F32 => GgufDtype::F32,
         GgufDtypeArg::F16 => GgufDtype::F16,

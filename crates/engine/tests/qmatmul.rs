@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use half::f16;
 use truthgpt_engine::close::max_abs_diff;
-use truthgpt_engine::qmatmul::{qlinear_forward_with, reference_forward, QKernel, QWeight};
+use truthgpt_engine::qmatmul::{qlinear_forward_with, reference_forward, QKernel, QMatrix, QWeight};
 use truthgpt_engine::rng::Rng;
 use truthgpt_quant::GgmlType;
 
@@ -52,7 +52,7 @@ fn random_weight(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> QWeig
 /// The largest error quantizing `x` to 8 bits in blocks of `block` can make in each output:
 /// `sum |w| * d / 2` with `d = max|x| / 127` per block, plus float rounding (all there is when
 /// `block` is `None`: the float types multiply the activations unquantized).
-fn error_bound(w: &QWeight, x: &[f32], n: usize, block: Option<usize>) -> Vec<f32> {
+fn error_bound(w: &QMatrix, x: &[f32], n: usize, block: Option<usize>) -> Vec<f32> {
     let (k, oc) = (w.cols(), w.rows());
     let mut row = vec![0f32; k];
     let mut bound = vec![0f32; n * oc];
@@ -78,7 +78,7 @@ fn error_bound(w: &QWeight, x: &[f32], n: usize, block: Option<usize>) -> Vec<f3
 
 const SHAPES: [(usize, usize); 3] = [(13, 512), (4, 256), (9, 768)];
 
-fn run(kernel: QKernel, w: &QWeight, x: &[f32], n: usize) -> Vec<f32> {
+fn run(kernel: QKernel, w: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; n * w.rows()];
     qlinear_forward_with(kernel, &mut out, x, w, None, n);
     out
@@ -89,7 +89,7 @@ fn portable_kernel_is_the_reference_within_the_activation_bound() {
     let mut rng = Rng::new(7);
     for &ty in GgmlType::ALL {
         for (oc, k) in SHAPES {
-            let w = random_weight(ty, oc, k, &mut rng);
+            let w = QMatrix::from(random_weight(ty, oc, k, &mut rng));
             for n in [1, 3, 6] {
                 let mut x = vec![0f32; n * k];
                 rng.fill_normal(&mut x, 1.0);
@@ -115,7 +115,7 @@ fn every_kernel_matches_the_portable_one() {
     let mut rng = Rng::new(11);
     for &ty in GgmlType::ALL {
         for (oc, k) in SHAPES {
-            let w = random_weight(ty, oc, k, &mut rng);
+            let w = QMatrix::from(random_weight(ty, oc, k, &mut rng));
             for n in [1, 2, 3, 4, 5, 9] {
                 let mut x = vec![0f32; n * k];
                 rng.fill_normal(&mut x, 1.0);
@@ -135,7 +135,7 @@ fn every_kernel_matches_the_portable_one() {
 fn nan_in_the_activations_reaches_the_output() {
     let mut rng = Rng::new(3);
     for &ty in GgmlType::ALL {
-        let w = random_weight(ty, 8, 256, &mut rng);
+        let w = QMatrix::from(random_weight(ty, 8, 256, &mut rng));
         let mut x = vec![0.5f32; 2 * 256];
         x[256 + 100] = f32::NAN;
         for kernel in QKernel::available() {
@@ -151,7 +151,7 @@ fn threads_and_bias_change_nothing_but_the_bias() {
     // 1,024 x 2,048 is large enough to be split over threads; one thread computes it whole.
     let mut rng = Rng::new(5);
     let (oc, k, n) = (1024, 2048, 3);
-    let w = random_weight(GgmlType::Q4_K, oc, k, &mut rng);
+    let w = QMatrix::from(random_weight(GgmlType::Q4_K, oc, k, &mut rng));
     let mut x = vec![0f32; n * k];
     rng.fill_normal(&mut x, 1.0);
     let bias: Vec<f32> = (0..oc).map(|i| i as f32).collect();
@@ -173,4 +173,39 @@ fn bad_shapes_are_errors() {
     assert!(QWeight::new(GgmlType::Q8_0, 2, 64, bytes.clone(), 1).is_err(), "past the end");
     assert!(QWeight::new(GgmlType::Q8_0, 3, 64, bytes.clone(), 0).is_err(), "too few bytes");
     assert!(QWeight::new(GgmlType::Q8_0, 4, 48, bytes, 0).is_err(), "partial blocks");
+}
+
+#[test]
+fn stacked_parts_and_row_orders_are_their_rows() {
+    // q (Q4_K, rows reversed), k (Q6_K) and v (F16) stacked, as a fused projection over a
+    // llama.cpp mix: each output column is its own part's row.
+    let mut rng = Rng::new(13);
+    let k = 512;
+    let q = random_weight(GgmlType::Q4_K, 8, k, &mut rng);
+    let reversed = q.clone().with_row_order((0..8).rev().collect()).unwrap();
+    let parts = [
+        reversed,
+        random_weight(GgmlType::Q6_K, 4, k, &mut rng),
+        random_weight(GgmlType::F16, 4, k, &mut rng),
+    ];
+    let stacked = QMatrix::new(parts.to_vec()).unwrap();
+    let n = 3;
+    let mut x = vec![0f32; n * k];
+    rng.fill_normal(&mut x, 1.0);
+    for kernel in QKernel::available() {
+        let got = run(kernel, &stacked, &x, n);
+        let alone: Vec<Vec<f32>> =
+            parts.iter().map(|p| run(kernel, &QMatrix::from(p.clone()), &x, n)).collect();
+        let plain_q = run(kernel, &QMatrix::from(q.clone()), &x, n);
+        for r in 0..n {
+            let want: Vec<f32> =
+                alone.iter().zip([8, 4, 4]).flat_map(|(a, rows)| a[r * rows..][..rows].to_vec()).collect();
+            assert_eq!(&got[r * 16..][..16], &want[..], "{kernel:?} row {r}");
+            let reversed: Vec<f32> = plain_q[r * 8..][..8].iter().rev().copied().collect();
+            assert_eq!(&got[r * 16..][..8], &reversed[..], "{kernel:?} row order");
+        }
+    }
+    assert!(q.clone().with_row_order(vec![0, 0, 1, 2, 3, 4, 5, 6]).is_err());
+    assert!(q.with_row_order(vec![0, 1]).is_err());
+    assert!(QMatrix::new(vec![]).is_err());
 }

@@ -90,6 +90,11 @@ const TOKEN_UNUSED: i32 = 5;
 /// Writes `model` and its tokenizer as a GGUF v3 file at `out`, which must not exist. The file is
 /// written beside `out`, fsynced and renamed into place, so it appears whole or not at all.
 pub fn export(model: &Model, tokenizer: &Tokenizer, out: &Path, dtype: GgufDtype) -> Result<GgufExported> {
+    if model.is_quantized() {
+        let problem =
+            "the model's weights are quantized; export needs them in f32 (load it dequantized)".into();
+        return Err(InteropError::Unsupported { path: out.into(), problem });
+    }
     if out.exists() {
         return Err(InteropError::Exists { path: out.into() });
     }

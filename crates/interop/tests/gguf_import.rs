@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use truthgpt_config::{ExpertKind, FfnKind, ModelConfig, NormKind, Positional};
 use truthgpt_data::Tokenizer;
 use truthgpt_engine::close::max_abs_diff;
+use truthgpt_interop::gguf::import::Weights;
 use truthgpt_interop::gguf::{self, import, GgufDtype};
 use truthgpt_interop::hf::Family;
 use truthgpt_interop::InteropError;
@@ -25,7 +26,9 @@ fn gguf_fixture(name: &str) -> PathBuf {
 fn mixed_type_files_give_transformers_logits() {
     for (name, family) in [("llama", Family::Llama), ("qwen2", Family::Qwen2), ("gpt2", Family::Gpt2)] {
         let dir = gguf_fixture(name);
-        let mut loaded = import::load(&dir.join("model.gguf")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let path = dir.join("model.gguf");
+        let mut loaded =
+            import::load_with(&path, Weights::Dequantized).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!((loaded.family, loaded.architecture.as_str()), (family, name));
         let (ids, want) = common::expected(&dir);
         let got = loaded.model.forward(&ids, 1, ids.len(), Mode::Eval).unwrap().to_vec();
@@ -39,6 +42,38 @@ fn mixed_type_files_give_transformers_logits() {
             let step = loaded.model.forward_cached(&mut cache, &[id]).unwrap();
             let diff = max_abs_diff(step, &want[i * vocab..(i + 1) * vocab]);
             assert!(diff <= 1e-4, "{name} position {i}: cached logits differ by {diff:e}");
+        }
+    }
+}
+
+/// Through the integer kernels (the default load: matrices stay in their blocks, activations
+/// quantized to 8 bits per block), the same files stay close to transformers' logits on the
+/// dequantized weights. The tolerance is from the measurement (printed), with headroom.
+#[test]
+fn quantized_kernels_stay_close_to_transformers() {
+    for name in ["llama", "qwen2", "gpt2"] {
+        let dir = gguf_fixture(name);
+        let mut loaded = import::load(&dir.join("model.gguf")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(loaded.model.is_quantized(), "{name}: matrices should stay in their blocks");
+        let (ids, want) = common::expected(&dir);
+        let vocab = loaded.model.config.vocab_size;
+        let got = loaded.model.forward(&ids, 1, ids.len(), Mode::Eval).unwrap().to_vec();
+        let diff = max_abs_diff(&got, &want);
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let argmax = |row: &[f32]| (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        let agree = got.chunks(vocab).zip(want.chunks(vocab)).filter(|(g, w)| argmax(g) == argmax(w)).count();
+        let positions = ids.len();
+        println!(
+            "{name:>6}: quantized kernels: max |ours - transformers| = {diff:.2e} (logits up to {scale:.2}), top-1 {agree}/{positions}"
+        );
+        assert!(diff <= 0.05 * scale as f64, "{name}: quantized logits differ from transformers by {diff:e}");
+        assert!(agree * 10 >= positions * 9, "{name}: top-1 agrees at {agree} of {positions} positions");
+        // One token at a time through the KV cache: the same products row by row.
+        let mut cache = loaded.model.new_cache();
+        for (i, &id) in ids.iter().enumerate() {
+            let step = loaded.model.forward_cached(&mut cache, &[id]).unwrap();
+            let diff = max_abs_diff(step, &got[i * vocab..(i + 1) * vocab]);
+            assert!(diff <= 1e-4, "{name} position {i}: cached quantized logits differ by {diff:e}");
         }
     }
 }

@@ -6,13 +6,11 @@
 //! row at once. Keys and values live in a [`KvPool`]. [`KvCache`] is the one-sequence case.
 //! The model's own training buffers are untouched, so a model can decode between training steps.
 
-use truthgpt_engine::embedding;
-
 use crate::attention::{is_fresh_prompt, Cached, Segment};
 use crate::block::{BlockActs, Pass};
 use crate::error::{ModelError, Result};
 use crate::linear::NormSaved;
-use crate::model::Model;
+use crate::model::{embed, Model};
 use crate::paged::{KvPool, SeqKv};
 
 /// Positions per block of the pool of a [`KvCache`].
@@ -206,11 +204,12 @@ impl Model {
             .collect();
         let decoding: Vec<Segment> = segments.iter().filter(|s| !is_fresh_prompt(s)).copied().collect();
 
-        let Model { params, blocks, positions, wte, final_norm, head, .. } = self;
+        let Model { params, blocks, positions, wte, wte_quant, final_norm, head, .. } = self;
         for segment in &segments {
             let table = positions.table(params).map(|table| &table[segment.start * c..]);
             let tokens = &work.tokens[segment.row..segment.row + segment.n];
-            embedding::forward(&mut work.x[segment.row * c..], tokens, wte.of(params), table, segment.n, c);
+            let x = &mut work.x[segment.row * c..];
+            embed(x, tokens, wte.of(params), wte_quant.as_ref(), table, segment.n, c);
         }
         let acts = work.acts.as_mut().expect("ensured above");
         let unique = blocks.len();

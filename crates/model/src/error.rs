@@ -19,6 +19,8 @@ pub enum ModelError {
     CacheMismatch,
     #[error("the key/value pool is full: {needed} more blocks needed, {free} free of {capacity}")]
     KvPoolExhausted { needed: usize, free: usize, capacity: usize },
+    #[error("this model's weights are quantized: it cannot {0} (quantized models run forwards only)")]
+    Quantized(&'static str),
     #[error("tensor `{name}`: {problem}")]
     Tensor { name: String, problem: String },
     #[error("safetensors: {0}")]

@@ -12,6 +12,9 @@ use crate::model::Model;
 impl Model {
     /// Every parameter under its spec name, plus the MoE selection biases, as safetensors bytes.
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        if self.is_quantized() {
+            return Err(ModelError::Quantized("be saved as f32 safetensors"));
+        }
         let mut tensors: Vec<(String, TensorView)> = Vec::with_capacity(self.specs.len());
         for spec in &self.specs {
             let bytes = bytemuck::cast_slice(spec.handle.of(&self.params));
@@ -50,6 +53,9 @@ impl Model {
     /// Copies every parameter from `<prefix><name>` in `tensors`. Every parameter must be present,
     /// f32, and of the exact shape; extra tensors are ignored.
     pub fn load_params(&mut self, tensors: &SafeTensors, prefix: &str) -> Result<()> {
+        if self.is_quantized() {
+            return Err(ModelError::Quantized("load f32 parameters"));
+        }
         for spec in &self.specs {
             let key = format!("{prefix}{}", spec.name);
             let view = tensors

@@ -3,10 +3,12 @@
 use truthgpt_config::NormKind;
 use truthgpt_engine::matmul::{self, Precision};
 use truthgpt_engine::norm;
+use truthgpt_engine::qmatmul::{self, QMatrix};
 
 use crate::params::{pair_mut, Init, ParamBuilder, P};
 
-/// `y (N, OUT) = x (N, IN) @ weight (OUT, IN)^T + bias (OUT)`, its products at `precision`.
+/// `y (N, OUT) = x (N, IN) @ weight (OUT, IN)^T + bias (OUT)`, its products at `precision`, or
+/// with the weight in quantized blocks (`quant`, then `weight` is empty: inference only).
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: P,
@@ -14,20 +16,26 @@ pub struct Linear {
     pub inp: usize,
     pub out: usize,
     pub precision: Precision,
+    pub quant: Option<QMatrix>,
 }
 
 impl Linear {
     pub fn new(pb: &mut ParamBuilder, name: &str, inp: usize, out: usize, bias: bool, std: f32) -> Self {
-        pb.scope(name, |pb| Linear {
-            weight: pb.add("weight", &[out, inp], Init::Normal(std)),
-            bias: bias.then(|| pb.add("bias", &[out], Init::Zeros)),
-            inp,
-            out,
-            precision: Precision::F32,
+        pb.scope(name, |pb| {
+            let (weight, quant) = match pb.take_quantized("weight", [out, inp]) {
+                Some((weight, q)) => (weight, Some(q)),
+                None => (pb.add("weight", &[out, inp], Init::Normal(std)), None),
+            };
+            let bias = bias.then(|| pb.add("bias", &[out], Init::Zeros));
+            Linear { weight, bias, inp, out, precision: Precision::F32, quant }
         })
     }
 
     pub fn forward(&self, params: &[f32], y: &mut [f32], x: &[f32], n: usize) {
+        if let Some(q) = &self.quant {
+            let bias = self.bias.map(|b| b.of(params));
+            return qmatmul::qlinear_forward(&mut y[..n * self.out], &x[..n * self.inp], q, bias, n);
+        }
         matmul::linear_forward(
             self.precision,
             &mut y[..n * self.out],
@@ -40,7 +48,8 @@ impl Linear {
         );
     }
 
-    /// `dx` is written, or added to when `accumulate_dx`; parameter gradients accumulate.
+    /// `dx` is written, or added to when `accumulate_dx`; parameter gradients accumulate. Not
+    /// for quantized weights: callers refuse to train a quantized model ([`crate::Model::is_quantized`]).
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
@@ -52,6 +61,7 @@ impl Linear {
         n: usize,
         accumulate_dx: bool,
     ) {
+        assert!(self.quant.is_none(), "backward through a quantized linear");
         let (dweight, dbias) = pair_mut(grads, self.weight, self.bias);
         matmul::linear_backward(
             self.precision,

@@ -6,8 +6,11 @@
 //! replays the dropout of the forward before it. With gradient checkpointing only the residual stream between blocks is kept; each
 //! block's internals are recomputed, one block at a time, in backward.
 
+use std::collections::HashMap;
 use truthgpt_config::{ModelConfig, NormPosition, Positional};
+
 use truthgpt_engine::matmul::{Gemm, Precision};
+use truthgpt_engine::qmatmul::QMatrix;
 use truthgpt_engine::{embedding, loss, rng::dropout_inplace};
 
 use crate::block::{Block, BlockActs, BlockScratch, DropoutSeeds, FeedForward, Pass};
@@ -54,6 +57,8 @@ pub struct Model {
     pub params: Vec<f32>,
     pub grads: Vec<f32>,
     pub(crate) wte: P,
+    /// The token embedding in quantized blocks, when `wte` is empty.
+    pub(crate) wte_quant: Option<QMatrix>,
     pub(crate) positions: PositionTable,
     /// Unique parameter sets; layer `l` uses `blocks[l % blocks.len()]` (one set when shared).
     pub(crate) blocks: Vec<Block>,
@@ -94,18 +99,31 @@ struct State {
 impl Model {
     /// Builds a model with freshly initialised parameters. The config must be validated.
     pub fn new(config: &ModelConfig, seed: u64) -> Self {
-        Self::build(config, |pb| pb.finish(seed))
+        Self::build(config, ParamBuilder::default(), |pb| pb.finish(seed))
     }
 
     /// Builds a model whose parameters are all zero, to load weights into.
     pub fn zeroed(config: &ModelConfig) -> Self {
-        Self::build(config, ParamBuilder::finish_zeroed)
+        Self::build(config, ParamBuilder::default(), ParamBuilder::finish_zeroed)
     }
 
-    fn build(config: &ModelConfig, finish: impl FnOnce(ParamBuilder) -> (Vec<ParamSpec>, Vec<f32>)) -> Self {
+    /// [`Model::zeroed`], except that the matrices in `quantized` (by spec name: the token
+    /// embedding and any linear layer's `weight`) stay in their blocks and take no room in the
+    /// flat buffers. Such a model runs forwards only: [`Model::is_quantized`].
+    pub fn zeroed_quantized(config: &ModelConfig, quantized: HashMap<String, QMatrix>) -> Self {
+        Self::build(config, ParamBuilder::with_quantized(quantized), ParamBuilder::finish_zeroed)
+    }
+
+    fn build(
+        config: &ModelConfig,
+        mut pb: ParamBuilder,
+        finish: impl FnOnce(ParamBuilder) -> (Vec<ParamSpec>, Vec<f32>),
+    ) -> Self {
         let m = config;
-        let mut pb = ParamBuilder::default();
-        let wte = pb.add("embed.tokens", &[m.vocab_size, m.d_model], Init::Normal(m.init_std));
+        let (wte, wte_quant) = match pb.take_quantized("embed.tokens", [m.vocab_size, m.d_model]) {
+            Some((wte, q)) => (wte, Some(q)),
+            None => (pb.add("embed.tokens", &[m.vocab_size, m.d_model], Init::Normal(m.init_std)), None),
+        };
         let positions = match m.positional {
             Positional::Learned => PositionTable::Learned(pb.add(
                 "embed.positions",
@@ -124,7 +142,14 @@ impl Model {
         let final_norm = (m.norm_position == NormPosition::Pre)
             .then(|| Norm::new(&mut pb, "norm_f", m.norm, m.d_model, m.norm_eps, m.bias));
         let head = if m.tie_embeddings {
-            Linear { weight: wte, bias: None, inp: m.d_model, out: m.vocab_size, precision: Precision::F32 }
+            Linear {
+                weight: wte,
+                bias: None,
+                inp: m.d_model,
+                out: m.vocab_size,
+                precision: Precision::F32,
+                quant: wte_quant.clone(),
+            }
         } else {
             Linear::new(&mut pb, "head", m.d_model, m.vocab_size, false, m.init_std)
         };
@@ -136,6 +161,7 @@ impl Model {
             params,
             grads,
             wte,
+            wte_quant,
             positions,
             blocks,
             final_norm,
@@ -147,6 +173,12 @@ impl Model {
 
     pub fn num_params(&self) -> usize {
         self.params.len()
+    }
+
+    /// Whether some weights are in quantized blocks: such a model runs forwards (evaluation,
+    /// generation, serving) but cannot be trained or saved as f32.
+    pub fn is_quantized(&self) -> bool {
+        self.specs.iter().any(|s| s.quantized)
     }
 
     /// Recompute block activations in backward instead of keeping them (frees the buffers now).
@@ -288,12 +320,15 @@ impl Model {
             Mode::Train { dropout_seed } if dropout > 0.0 => Some(dropout_seed),
             Mode::Train { .. } | Mode::Eval => None,
         };
-        let Model { params, blocks, state, positions, wte, final_norm, head, checkpointing, .. } = self;
+        let Model {
+            params, blocks, state, positions, wte, wte_quant, final_norm, head, checkpointing, ..
+        } = self;
         let s = state.as_mut().expect("state was just ensured");
         s.tokens.copy_from_slice(tokens);
         s.logits_are_grads = false;
         s.dropout_seed = dropout_seed;
-        embedding::forward(&mut s.residual[..n * c], tokens, wte.of(params), positions.table(params), t, c);
+        let residual = &mut s.residual[..n * c];
+        embed(residual, tokens, wte.of(params), wte_quant.as_ref(), positions.table(params), t, c);
         if let Some(seed) = dropout_seed {
             dropout_inplace(&mut s.residual[..n * c], dropout, seed ^ EMBEDDING_DROPOUT);
         }
@@ -452,4 +487,26 @@ pub(crate) fn dropout_seeds(seed: Option<u64>, layer: usize) -> Option<DropoutSe
         let base = s ^ (layer as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407);
         DropoutSeeds { attn: base ^ 1, ffn: base ^ 2 }
     })
+}
+
+/// Writes the embeddings of `tokens` (rows of `out`) from the f32 table `wte`, or from `quant`
+/// when the table is in quantized blocks, plus row `n % t` of the position table when
+/// positions act there.
+pub(crate) fn embed(
+    out: &mut [f32],
+    tokens: &[u32],
+    wte: &[f32],
+    quant: Option<&QMatrix>,
+    positions: Option<&[f32]>,
+    t: usize,
+    c: usize,
+) {
+    let Some(q) = quant else { return embedding::forward(out, tokens, wte, positions, t, c) };
+    for (n, (row, &tok)) in out.chunks_exact_mut(c).zip(tokens).enumerate() {
+        q.dequantize_row(tok as usize, row);
+        if let Some(table) = positions {
+            let p = n % t;
+            row.iter_mut().zip(&table[p * c..(p + 1) * c]).for_each(|(o, w)| *o += w);
+        }
+    }
 }

@@ -2,6 +2,9 @@
 //! same layout), so the optimiser, clipping and checkpointing are single passes. Modules hold
 //! [`P`] handles into it; the table of [`ParamSpec`]s names every tensor.
 
+use std::collections::HashMap;
+
+use truthgpt_engine::qmatmul::QMatrix;
 use truthgpt_engine::rng::Rng;
 
 /// A handle to one parameter tensor inside the flat buffers.
@@ -56,6 +59,9 @@ pub struct ParamSpec {
     pub init: Init,
     /// AdamW weight decay applies (matrices), or not (norm gains, biases, 1-D tables).
     pub decay: bool,
+    /// The tensor is held in quantized blocks by its module, not in the flat buffers (its
+    /// handle is empty).
+    pub quantized: bool,
 }
 
 /// Collects tensors while modules are built; [`ParamBuilder::finish`] allocates and initialises.
@@ -64,6 +70,8 @@ pub struct ParamBuilder {
     specs: Vec<ParamSpec>,
     len: usize,
     prefix: Vec<String>,
+    /// Quantized matrices to use instead of f32 tensors, by full name.
+    quantized: HashMap<String, QMatrix>,
 }
 
 impl ParamBuilder {
@@ -80,9 +88,38 @@ impl ParamBuilder {
     fn push(&mut self, name: &str, shape: &[usize], init: Init, decay: bool) -> P {
         let handle = P { offset: self.len, len: shape.iter().product() };
         self.len += handle.len;
-        let full = self.prefix.iter().map(String::as_str).chain([name]).collect::<Vec<_>>().join(".");
-        self.specs.push(ParamSpec { name: full, shape: shape.to_vec(), handle, init, decay });
+        let name = self.full_name(name);
+        self.specs.push(ParamSpec { name, shape: shape.to_vec(), handle, init, decay, quantized: false });
         handle
+    }
+
+    fn full_name(&self, name: &str) -> String {
+        self.prefix.iter().map(String::as_str).chain([name]).collect::<Vec<_>>().join(".")
+    }
+
+    /// A builder whose tensors named in `quantized` are taken from there
+    /// ([`ParamBuilder::take_quantized`]) instead of being allocated.
+    pub fn with_quantized(quantized: HashMap<String, QMatrix>) -> Self {
+        ParamBuilder { quantized, ..Default::default() }
+    }
+
+    /// The quantized matrix given for `<prefix>.<name>`, if any, recorded in the spec table with
+    /// an empty handle. Its shape must be `shape` (the caller checked it against the file).
+    pub fn take_quantized(&mut self, name: &str, shape: [usize; 2]) -> Option<(P, QMatrix)> {
+        let full = self.full_name(name);
+        let q = self.quantized.remove(&full)?;
+        assert_eq!([q.rows(), q.cols()], shape, "quantized `{full}` has the wrong shape");
+        let handle = P { offset: self.len, len: 0 };
+        let spec = ParamSpec {
+            name: full,
+            shape: shape.to_vec(),
+            handle,
+            init: Init::Zeros,
+            decay: true,
+            quantized: true,
+        };
+        self.specs.push(spec);
+        Some((handle, q))
     }
 
     /// Runs `f` with `name` pushed onto the prefix, mirroring checkpoint key nesting.
@@ -112,6 +149,7 @@ impl ParamBuilder {
     /// for weights about to be loaded: initialising 100M parameters only to overwrite them would
     /// cost a second.
     pub fn finish_zeroed(self) -> (Vec<ParamSpec>, Vec<f32>) {
+        assert!(self.quantized.is_empty(), "quantized tensors no module took: {:?}", self.quantized.keys());
         (self.specs, truthgpt_engine::memory::zeroed(self.len))
     }
 }

@@ -24,7 +24,8 @@ use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use truthgpt_config::Config;
 use truthgpt_data::{fsio, Tokenizer};
-use truthgpt_interop::gguf::{self, import::GgufModel};
+use truthgpt_interop::gguf;
+use truthgpt_interop::gguf::import::{GgufModel, Weights};
 use truthgpt_interop::hf::{self, HfModel};
 use truthgpt_model::{io::f32_values, Model, Trainer};
 
@@ -127,10 +128,20 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 }
 
 /// Loads the model a model or run directory holds, checking every file against the manifest, the
-/// model of a Hugging Face directory, or a GGUF file's (dequantized to f32).
+/// model of a Hugging Face directory, or a GGUF file's (its matrices kept in their quantized
+/// blocks: for inference).
 pub fn load_model(path: &Path) -> Result<SavedModel> {
+    load_model_as(path, Weights::Quantized)
+}
+
+/// [`load_model`] with every weight in f32, a GGUF file's dequantized: for training and export.
+pub fn load_model_f32(path: &Path) -> Result<SavedModel> {
+    load_model_as(path, Weights::Dequantized)
+}
+
+fn load_model_as(path: &Path, weights: Weights) -> Result<SavedModel> {
     if gguf::read::is_gguf_file(path) {
-        let GgufModel { model, tokenizer, .. } = gguf::import::load(path)?;
+        let GgufModel { model, tokenizer, .. } = gguf::import::load_with(path, weights)?;
         let config = hf::config::settings_for(&model.config);
         // Logits need no tokenizer; text commands report its absence when they need it.
         return Ok(SavedModel { dir: path.to_path_buf(), config, model, tokenizer: tokenizer.ok() });

@@ -17,7 +17,9 @@ pub mod run;
 pub mod source;
 pub mod text;
 
-pub use checkpoint::{load_checkpoint, load_model, save_model, Checkpoint, SavedModel, TrainerState};
+pub use checkpoint::{
+    load_checkpoint, load_model, load_model_f32, save_model, Checkpoint, SavedModel, TrainerState,
+};
 pub use error::{Result, TrainError};
 pub use eval::{evaluate, Evaluation};
 pub use run::{Observer, Outcome, Record, RunOptions};

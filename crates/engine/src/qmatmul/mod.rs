@@ -44,6 +44,9 @@ pub struct QWeight {
     cols: usize,
     storage: Storage,
     offset: usize,
+    /// Row `r` of the matrix is stored row `order[r]` (llama.cpp's files permute q and k rows
+    /// for their RoPE pairing); `None` is the identity.
+    order: Option<Arc<[u32]>>,
 }
 
 impl fmt::Debug for QWeight {
@@ -73,7 +76,24 @@ impl QWeight {
                 got: have.saturating_sub(offset),
             });
         }
-        Ok(QWeight { ty, rows, cols, storage, offset })
+        Ok(QWeight { ty, rows, cols, storage, offset, order: None })
+    }
+
+    /// The same storage with row `r` read from stored row `order[r]`; `order` must be a
+    /// permutation of the rows.
+    pub fn with_row_order(mut self, order: Vec<u32>) -> Result<Self, String> {
+        let mut seen = vec![false; self.rows];
+        for &r in &order {
+            match seen.get_mut(r as usize) {
+                Some(s) if !*s => *s = true,
+                _ => return Err(format!("row order is not a permutation of {} rows", self.rows)),
+            }
+        }
+        if order.len() != self.rows {
+            return Err(format!("row order has {} rows, the matrix {}", order.len(), self.rows));
+        }
+        self.order = Some(order.into());
+        Ok(self)
     }
 
     /// Quantizes `w (rows, cols)` to `ty` by round-to-nearest into an owned buffer.
@@ -97,7 +117,7 @@ impl QWeight {
         self.cols
     }
 
-    /// The matrix's bytes.
+    /// The matrix's bytes, in stored row order.
     pub fn bytes(&self) -> &[u8] {
         let len = self.rows * self.row_bytes();
         &(*self.storage).as_ref()[self.offset..][..len]
@@ -109,8 +129,9 @@ impl QWeight {
 
     /// Row `r`'s bytes.
     pub fn row(&self, r: usize) -> &[u8] {
+        let stored = self.order.as_ref().map_or(r, |o| o[r] as usize);
         let b = self.row_bytes();
-        &self.bytes()[r * b..][..b]
+        &self.bytes()[stored * b..][..b]
     }
 
     /// Row `r` as f32 (the reference path's decode).
@@ -152,8 +173,63 @@ thread_local! {
 /// Multiply-adds per task below which a product is not split over threads.
 const TASK_WORK: usize = 1 << 18;
 
+/// A matrix stacked by rows from parts that may differ in type: our fused q/k/v or gate/up
+/// projections over a file's separate tensors, whose types llama.cpp's mixes choose one by one
+/// (Q4_K_M keeps some `attn_v` in Q6_K beside a Q4_K `attn_q`).
+#[derive(Debug, Clone)]
+pub struct QMatrix {
+    parts: Vec<QWeight>,
+    rows: usize,
+}
+
+impl QMatrix {
+    /// The rows of `parts`, in order; they must share their column count.
+    pub fn new(parts: Vec<QWeight>) -> Result<Self, String> {
+        let Some(first) = parts.first() else { return Err("a matrix needs at least one part".into()) };
+        if let Some(p) = parts.iter().find(|p| p.cols != first.cols) {
+            return Err(format!("parts of {} and {} columns cannot be stacked", first.cols, p.cols));
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        Ok(QMatrix { parts, rows })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.parts[0].cols
+    }
+
+    pub fn parts(&self) -> &[QWeight] {
+        &self.parts
+    }
+
+    /// Bytes of all parts.
+    pub fn bytes_len(&self) -> usize {
+        self.parts.iter().map(|p| p.bytes().len()).sum()
+    }
+
+    /// Row `r` as f32 (embedding lookups, the reference path).
+    pub fn dequantize_row(&self, mut r: usize, out: &mut [f32]) {
+        for p in &self.parts {
+            if r < p.rows {
+                return p.dequantize_row(r, out);
+            }
+            r -= p.rows;
+        }
+        panic!("row {r} past the matrix's {} rows", self.rows);
+    }
+}
+
+impl From<QWeight> for QMatrix {
+    fn from(w: QWeight) -> Self {
+        QMatrix { rows: w.rows, parts: vec![w] }
+    }
+}
+
 /// `out (N, OUT) = x (N, IN) @ w^T + bias`, with the fastest kernel.
-pub fn qlinear_forward(out: &mut [f32], x: &[f32], w: &QWeight, bias: Option<&[f32]>, n: usize) {
+pub fn qlinear_forward(out: &mut [f32], x: &[f32], w: &QMatrix, bias: Option<&[f32]>, n: usize) {
     qlinear_forward_with(QKernel::best(), out, x, w, bias, n);
 }
 
@@ -162,21 +238,35 @@ pub fn qlinear_forward_with(
     kernel: QKernel,
     out: &mut [f32],
     x: &[f32],
-    w: &QWeight,
+    w: &QMatrix,
     bias: Option<&[f32]>,
     n: usize,
 ) {
-    let (k, oc) = (w.cols, w.rows);
+    let (k, oc) = (w.cols(), w.rows);
     assert!(x.len() >= n * k && out.len() >= n * oc, "qlinear_forward: operands too short");
+    assert!(bias.is_none_or(|b| b.len() == oc), "qlinear_forward: bias of the wrong length");
     assert!(QKernel::available().contains(&kernel), "qlinear_forward: this CPU cannot run {kernel:?}");
     let out = &mut out[..n * oc];
-    match act_block(w.ty) {
-        None => product(kernel, out, &Acts::Float(&x[..n * k]), w, n),
-        Some(block) => ACTS.with_borrow_mut(|acts| {
-            acts.quantize(x, n, k, block);
-            product(kernel, out, &Acts::Int(acts), w, n);
-        }),
-    }
+    let (ptr, x) = (DisjointPtr::new(out), &x[..n * k]);
+    ACTS.with_borrow_mut(|acts| {
+        // Quantized once per block length: parts of one length share the activations.
+        let mut quantized = None;
+        let mut offset = 0;
+        for part in &w.parts {
+            let out = Out { ptr: &ptr, ld: oc, offset };
+            match act_block(part.ty) {
+                None => product(kernel, out, &Acts::Float(x), part, n),
+                Some(block) => {
+                    if quantized != Some(block) {
+                        acts.quantize(x, n, k, block);
+                        quantized = Some(block);
+                    }
+                    product(kernel, out, &Acts::Int(acts), part, n);
+                }
+            }
+            offset += part.rows;
+        }
+    });
     if let Some(bias) = bias {
         for row in out.chunks_exact_mut(oc) {
             row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
@@ -190,17 +280,37 @@ enum Acts<'a> {
     Int(&'a Q8Acts),
 }
 
+/// Where a part's products go: activation row `r` and weight row `c` to
+/// `out[r * ld + offset + c]`.
+#[derive(Clone, Copy)]
+struct Out<'a> {
+    ptr: &'a DisjointPtr,
+    ld: usize,
+    offset: usize,
+}
+
+impl Out<'_> {
+    /// Columns `cols` of row `r`.
+    ///
+    /// # Safety
+    /// No other task may access them meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, r: usize, cols: Range<usize>) -> &mut [f32] {
+        // SAFETY: the caller's contract; `slice` checks the bounds.
+        unsafe { self.ptr.slice(r * self.ld + self.offset + cols.start, cols.len()) }
+    }
+}
+
 /// Splits the output columns (weight rows) over threads, each task writing its columns of every
 /// row of `out`.
-fn product(kernel: QKernel, out: &mut [f32], acts: &Acts, w: &QWeight, n: usize) {
+fn product(kernel: QKernel, out: Out, acts: &Acts, w: &QWeight, n: usize) {
     let oc = w.rows;
-    let out = DisjointPtr::new(out);
     let per_task = TASK_WORK.div_ceil(n * w.cols).max(1);
     let threads = rayon::current_num_threads();
     let per_task = per_task.max(oc.div_ceil(4 * threads));
     // Whole groups of four weight rows per task, the vector kernels' tile.
     let per_task = per_task.next_multiple_of(4);
-    let run = |cols: Range<usize>| columns(kernel, &out, acts, w, n, cols);
+    let run = |cols: Range<usize>| columns(kernel, out, acts, w, n, cols);
     if oc > per_task && threads > 1 {
         (0..oc.div_ceil(per_task))
             .into_par_iter()
@@ -211,7 +321,7 @@ fn product(kernel: QKernel, out: &mut [f32], acts: &Acts, w: &QWeight, n: usize)
 }
 
 /// Output columns `cols` of every row.
-fn columns(kernel: QKernel, out: &DisjointPtr, acts: &Acts, w: &QWeight, n: usize, cols: Range<usize>) {
+fn columns(kernel: QKernel, out: Out, acts: &Acts, w: &QWeight, n: usize, cols: Range<usize>) {
     #[cfg(target_arch = "x86_64")]
     if kernel == QKernel::Avx512Vnni {
         // SAFETY: `available` confirmed the CPU features; this task alone writes `cols`.
@@ -223,24 +333,18 @@ fn columns(kernel: QKernel, out: &DisjointPtr, acts: &Acts, w: &QWeight, n: usiz
     portable_columns(out, acts, w, n, cols);
 }
 
-/// Writes `out[r * w.rows + c]` for rows `0..n` and columns `cols` through `dot(c, r)`.
-fn write_columns(
-    out: &DisjointPtr,
-    oc: usize,
-    n: usize,
-    cols: Range<usize>,
-    dot: impl Fn(usize, usize) -> f32,
-) {
+/// Writes output columns `cols` of rows `0..n` through `dot(c, r)`.
+fn write_columns(out: Out, n: usize, cols: Range<usize>, dot: impl Fn(usize, usize) -> f32) {
     for r in 0..n {
         // SAFETY: the caller's task alone writes these columns.
-        let row = unsafe { out.slice(r * oc + cols.start, cols.len()) };
+        let row = unsafe { out.row(r, cols.clone()) };
         for (y, c) in row.iter_mut().zip(cols.clone()) {
             *y = dot(c, r);
         }
     }
 }
 
-fn portable_columns(out: &DisjointPtr, acts: &Acts, w: &QWeight, n: usize, cols: Range<usize>) {
+fn portable_columns(out: Out, acts: &Acts, w: &QWeight, n: usize, cols: Range<usize>) {
     macro_rules! int {
         ($block:ty) => {
             portable_int::<$block>(out, acts, w, n, cols)
@@ -268,19 +372,19 @@ fn portable_columns(out: &DisjointPtr, acts: &Acts, w: &QWeight, n: usize, cols:
     }
 }
 
-fn portable_int<B: IntBlock>(out: &DisjointPtr, acts: &Acts, w: &QWeight, n: usize, cols: Range<usize>) {
+fn portable_int<B: IntBlock>(out: Out, acts: &Acts, w: &QWeight, n: usize, cols: Range<usize>) {
     let Acts::Int(acts) = acts else { unreachable!("integer types take quantized activations") };
-    write_columns(out, w.rows, n, cols, |c, r| {
+    write_columns(out, n, cols, |c, r| {
         let (qs, d, sums) = acts.row(r);
         dot_row::<B>(bytemuck::cast_slice(w.row(c)), qs, d, sums)
     });
 }
 
 /// Float weights, decoded 16 at a time and multiplied in f32.
-fn portable_float<B: Block>(out: &DisjointPtr, acts: &Acts, w: &QWeight, n: usize, cols: Range<usize>) {
+fn portable_float<B: Block>(out: Out, acts: &Acts, w: &QWeight, n: usize, cols: Range<usize>) {
     let Acts::Float(x) = acts else { unreachable!("float types take f32 activations") };
     let k = w.cols;
-    write_columns(out, w.rows, n, cols, |c, r| {
+    write_columns(out, n, cols, |c, r| {
         let blocks: &[B] = bytemuck::cast_slice(w.row(c));
         let x = &x[r * k..][..k];
         let mut decoded = [0f32; 16];
@@ -297,8 +401,8 @@ fn portable_float<B: Block>(out: &DisjointPtr, acts: &Acts, w: &QWeight, n: usiz
 
 /// The reference path: each weight row dequantized to f32 (bit-exact with ggml), multiplied by
 /// the unquantized activations in f64. What the exactness tests compare against.
-pub fn reference_forward(out: &mut [f32], x: &[f32], w: &QWeight, n: usize) {
-    let (k, oc) = (w.cols, w.rows);
+pub fn reference_forward(out: &mut [f32], x: &[f32], w: &QMatrix, n: usize) {
+    let (k, oc) = (w.cols(), w.rows);
     let mut row = vec![0f32; k];
     for c in 0..oc {
         w.dequantize_row(c, &mut row);

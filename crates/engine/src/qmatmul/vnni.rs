@@ -22,8 +22,7 @@ use std::ops::Range;
 use truthgpt_quant::int::{Q8Acts, SUM_GROUP};
 use truthgpt_quant::{GgmlType, QK_K};
 
-use super::{Acts, QWeight};
-use crate::par::DisjointPtr;
+use super::{Acts, Out, QWeight};
 
 /// Weight rows per tile.
 const ROWS: usize = 4;
@@ -43,13 +42,7 @@ pub(super) fn available() -> bool {
 /// # Safety
 /// The CPU must pass [`available`]; `out` holds `n * w.rows()` values of which this task alone
 /// writes columns `cols`; `acts` holds `n` rows of `w.cols()`.
-pub(super) unsafe fn columns(
-    out: &DisjointPtr,
-    acts: &Acts,
-    w: &QWeight,
-    n: usize,
-    cols: Range<usize>,
-) -> bool {
+pub(super) unsafe fn columns(out: Out, acts: &Acts, w: &QWeight, n: usize, cols: Range<usize>) -> bool {
     let k = w.cols();
     match (acts, w.ty()) {
         (Acts::Int(x), ty) if k.is_multiple_of(QK_K) => {
@@ -318,7 +311,7 @@ struct ActRow {
 /// # Safety
 /// See [`columns`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn int_columns<T: Kind>(out: &DisjointPtr, x: &Q8Acts, w: &QWeight, n: usize, cols: Range<usize>) {
+unsafe fn int_columns<T: Kind>(out: Out, x: &Q8Acts, w: &QWeight, n: usize, cols: Range<usize>) {
     let act_row = |r: usize| {
         let (qs, d, sums) = x.row(r);
         ActRow { qs: qs.as_ptr(), d: d.as_ptr(), sums: sums.as_ptr() }
@@ -341,25 +334,17 @@ unsafe fn int_columns<T: Kind>(out: &DisjointPtr, x: &Q8Acts, w: &QWeight, n: us
                     _ => int_tile::<T, 4>(wr, xr, supers),
                 }
             };
-            store(out, w.rows(), r0, c0, width, take, &sums);
+            store(out, r0, c0, width, take, &sums);
             r0 += take;
         }
     }
 }
 
 /// Writes `sums[j][i]` (activation row `r0 + j`, weight row `c0 + i`) for the tile's real rows.
-fn store(
-    out: &DisjointPtr,
-    oc: usize,
-    r0: usize,
-    c0: usize,
-    width: usize,
-    take: usize,
-    sums: &[[f32; ROWS]; ACT_ROWS],
-) {
+fn store(out: Out, r0: usize, c0: usize, width: usize, take: usize, sums: &[[f32; ROWS]; ACT_ROWS]) {
     for (j, sums) in sums[..take].iter().enumerate() {
         // SAFETY: the caller's task alone writes these columns.
-        let row = unsafe { out.slice((r0 + j) * oc + c0, width) };
+        let row = unsafe { out.row(r0 + j, c0..c0 + width) };
         row.copy_from_slice(&sums[..width]);
     }
 }
@@ -429,7 +414,7 @@ fn reduce<const C: usize>(acc: &[[__m512; C]; ROWS]) -> [[f32; ROWS]; ACT_ROWS] 
 /// # Safety
 /// See [`columns`]; `w.cols()` is a multiple of 16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn float_columns(out: &DisjointPtr, x: &[f32], w: &QWeight, n: usize, cols: Range<usize>) {
+unsafe fn float_columns(out: Out, x: &[f32], w: &QWeight, n: usize, cols: Range<usize>) {
     let k = w.cols();
     let ty = w.ty();
     for c0 in cols.clone().step_by(ROWS) {
@@ -458,7 +443,7 @@ unsafe fn float_columns(out: &DisjointPtr, x: &[f32], w: &QWeight, n: usize, col
                     _ => tile!(2),
                 }
             };
-            store(out, w.rows(), r0, c0, width, take, &sums);
+            store(out, r0, c0, width, take, &sums);
             r0 += take;
         }
     }

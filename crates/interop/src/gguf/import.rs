@@ -1,5 +1,9 @@
-//! GGUF models as our [`Model`], through the f32 reference path: every tensor is dequantized
-//! ([`truthgpt_quant`]) into our parameters.
+//! GGUF models as our [`Model`]. By default ([`Weights::Quantized`]) the embedding and every
+//! linear layer's weight stay in the file's blocks, memory-mapped, and run through the engine's
+//! quantized products ([`truthgpt_engine::qmatmul`]); only norms and biases become f32. The
+//! reference path ([`Weights::Dequantized`]) dequantizes every tensor ([`truthgpt_quant`]) into
+//! f32 parameters, which is what the parity tests against transformers use and what training
+//! needs.
 //!
 //! Architectures (`general.architecture`): `llama` (Llama, Mistral, TinyLlama, SmolLM; with
 //! `llama.expert_count`, Mixtral), `qwen2` and `gpt2`. Any other is refused by name.
@@ -15,7 +19,7 @@
 //! Refused: RoPE frequency factors (`rope_freqs.weight`, Llama 3 scaling) and RoPE scaling other
 //! than linear, partial rotary dims, and head sizes other than `embedding_length / head_count`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use truthgpt_config::{
@@ -23,7 +27,9 @@ use truthgpt_config::{
     RopeScalingKind,
 };
 use truthgpt_data::Tokenizer;
+use truthgpt_engine::qmatmul::QMatrix;
 use truthgpt_model::Model;
+use truthgpt_quant::GgmlType;
 
 use super::read::Gguf;
 use super::value::Value;
@@ -47,12 +53,26 @@ pub struct GgufModel {
 /// The architectures we import.
 pub const ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "gpt2"];
 
-/// Loads the GGUF model at `path`, dequantizing every tensor to f32.
+/// How a GGUF model's matrices are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// In the file's blocks (F32 matrices become f32 parameters): inference.
+    Quantized,
+    /// Every tensor dequantized to f32: the reference path, and trainable.
+    Dequantized,
+}
+
+/// Loads the GGUF model at `path` with its matrices in their blocks ([`Weights::Quantized`]).
 pub fn load(path: &Path) -> Result<GgufModel> {
+    load_with(path, Weights::Quantized)
+}
+
+/// Loads the GGUF model at `path`, its matrices held as `weights` says.
+pub fn load_with(path: &Path, weights: Weights) -> Result<GgufModel> {
     let g = Gguf::open(path)?;
     let meta = Meta { g: &g, arch: architecture(&g)? };
     let (family, config) = config(&meta)?;
-    let model = load_weights(&g, family, &config)?;
+    let model = load_weights(&g, family, &config, weights)?;
     let tokenizer = vocab::tokenizer(&g).and_then(|t| {
         t.check_fits(config.vocab_size)?;
         Ok(t)
@@ -252,7 +272,7 @@ fn locate(g: &Gguf, map: &hf::Mapping, hf_name: &str, hf_shape: &[usize]) -> Res
 /// Fills a model from the file's tensors. Every tensor's presence and dims are checked before the
 /// model is allocated, so metadata claiming a model far larger than the file fails on a tensor,
 /// not on an allocation.
-fn load_weights(g: &Gguf, family: Family, config: &ModelConfig) -> Result<Model> {
+fn load_weights(g: &Gguf, family: Family, config: &ModelConfig, weights: Weights) -> Result<Model> {
     let maps = hf::tensor_map(family, config);
     let mut used = BTreeSet::new();
     for map in &maps {
@@ -269,12 +289,19 @@ fn load_weights(g: &Gguf, family: Family, config: &ModelConfig) -> Result<Model>
     }
     check_all_used(g, &used, family)?;
 
-    let mut model = Model::zeroed(config);
+    let quantized = match weights {
+        Weights::Quantized => matrices(g, &maps, family, config)?,
+        Weights::Dequantized => HashMap::new(),
+    };
+    let mut model = Model::zeroed_quantized(config, quantized);
     let mut stack: Option<Stack> = None;
     for map in &maps {
         let spec = model.specs.iter().find(|s| s.name == map.ours).ok_or_else(|| {
             unsupported(g, format!("our {family:?} model has no tensor `{}` (a bug in tensor_map)", map.ours))
         })?;
+        if spec.quantized {
+            continue;
+        }
         let out = spec.handle.of_mut(&mut model.params);
         let mut row = 0;
         for (hf_name, hf_shape) in &map.parts {
@@ -297,15 +324,58 @@ fn load_weights(g: &Gguf, family: Family, config: &ModelConfig) -> Result<Model>
     Ok(model)
 }
 
-/// `values` into our rows, undoing llama.cpp's RoPE permutation of `llama` q and k.
-fn copy_part(values: &[f32], dst: &mut [f32], hf_name: &str, family: Family, m: &ModelConfig) {
-    let heads = match family {
+/// The matrices that stay in their blocks: the token embedding and every linear layer's weight
+/// (our 2-D tensors but the learned position table), unless all their parts are F32. Each part
+/// views its tensor in the file; `llama` q and k rows are read in Hugging Face order.
+fn matrices(
+    g: &Gguf,
+    maps: &[hf::Mapping],
+    family: Family,
+    m: &ModelConfig,
+) -> Result<HashMap<String, QMatrix>> {
+    let mut out = HashMap::new();
+    for map in maps.iter().filter(|map| map.ours != "embed.positions") {
+        let mut parts = Vec::new();
+        for (hf_name, hf_shape) in &map.parts {
+            let (target, shape) = locate(g, map, hf_name, hf_shape)?;
+            let &[rows, cols] = &shape[..] else { break };
+            let (name, index) = match target {
+                Target::Plain(name) => (name, 0),
+                Target::Expert { name, expert } => (name, expert),
+            };
+            let t = g.tensor(&name).ok_or_else(|| missing(g, format!("tensor `{name}`")))?;
+            let mut w = g.matrix(t, index, rows, cols)?;
+            if let Some(heads) = rope_heads(hf_name, family, m) {
+                let ids: Vec<f32> = (0..rows).map(|r| r as f32).collect();
+                let mut order = vec![0.0; rows];
+                permute_rope(&ids, &mut order, heads, 1, RopeOrder::FromGguf);
+                w = w.with_row_order(order.iter().map(|&r| r as u32).collect()).map_err(|e| invalid(g, e))?;
+            }
+            parts.push(w);
+        }
+        if parts.len() == map.parts.len() && parts.iter().any(|p| p.ty() != GgmlType::F32) {
+            out.insert(
+                map.ours.clone(),
+                QMatrix::new(parts).map_err(|e| invalid(g, format!("{}: {e}", map.ours)))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The heads whose rows llama.cpp permuted for its RoPE pairing, if `hf_name` is a `llama` q or k.
+fn rope_heads(hf_name: &str, family: Family, m: &ModelConfig) -> Option<usize> {
+    match family {
         Family::Qwen2 | Family::Gpt2 => None,
         _ if hf_name.contains("self_attn.q_proj.") => Some(m.n_heads),
         _ if hf_name.contains("self_attn.k_proj.") => Some(m.n_kv_heads),
         _ => None,
-    };
-    match heads {
+    }
+}
+
+/// `values` into our rows, undoing llama.cpp's RoPE permutation of `llama` q and k.
+fn copy_part(values: &[f32], dst: &mut [f32], hf_name: &str, family: Family, m: &ModelConfig) {
+    match rope_heads(hf_name, family, m) {
         Some(heads) => {
             let cols = if hf_name.ends_with(".weight") { m.d_model } else { 1 };
             permute_rope(values, dst, heads, cols, RopeOrder::FromGguf);

@@ -15,8 +15,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
+use truthgpt_engine::qmatmul::{QWeight, Storage};
 use truthgpt_quant::GgmlType;
 
 use super::value::{Array, Value, ValueType};
@@ -67,23 +69,51 @@ impl TensorInfo {
     }
 }
 
+/// A memory-mapped file, shared by the quantized matrices that view it.
+#[derive(Clone)]
+pub struct Mapped(Arc<Mmap>);
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// A parsed GGUF file over its bytes: a memory map ([`Gguf::open`]) or any buffer
 /// ([`Gguf::from_bytes`]).
-pub struct Gguf<B: AsRef<[u8]> = Mmap> {
+pub struct Gguf<B: AsRef<[u8]> = Mapped> {
     path: PathBuf,
     bytes: B,
     header: Header,
 }
 
-impl Gguf<Mmap> {
+impl Gguf<Mapped> {
     /// Maps and parses the GGUF file at `path`.
-    pub fn open(path: &Path) -> Result<Gguf<Mmap>> {
+    pub fn open(path: &Path) -> Result<Gguf<Mapped>> {
         let io = |source| InteropError::Io { path: path.into(), source };
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: the map is read-only; a file changed underneath while loading is the hazard
         // every mmap-based loader (llama.cpp's included) accepts.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        Gguf::from_bytes(path, map)
+        Gguf::from_bytes(path, Mapped(Arc::new(map)))
+    }
+}
+
+impl<B: AsRef<[u8]> + Clone + Send + Sync + 'static> Gguf<B> {
+    /// Tensor `t`'s stacked matrix `index` of `rows x cols` (the whole tensor for index 0 of a
+    /// 2-D one; one expert of a 3-D stack), viewed in place in the file's bytes.
+    pub fn matrix(&self, t: &TensorInfo, index: usize, rows: usize, cols: usize) -> Result<QWeight> {
+        let per = t.ty.bytes_for((rows * cols) as u64).map_err(|e| self.tensor_error(t, e.to_string()))?;
+        if (index + 1) * per > t.bytes {
+            return Err(self.tensor_error(t, format!("has no matrix {index} of {rows} x {cols}")));
+        }
+        let storage: Storage = Arc::new(self.bytes.clone());
+        let offset = self.header.data_start + t.offset as usize + index * per;
+        QWeight::new(t.ty, rows, cols, storage, offset).map_err(|e| self.tensor_error(t, e.to_string()))
+    }
+
+    fn tensor_error(&self, t: &TensorInfo, problem: String) -> InteropError {
+        InteropError::Tensor { path: self.path.clone(), name: t.name.clone(), problem }
     }
 }
 

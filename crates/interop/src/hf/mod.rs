@@ -369,6 +369,11 @@ pub fn export(
     chat_template: Option<&Value>,
     out: &Path,
 ) -> Result<Exported> {
+    if model.is_quantized() {
+        let problem =
+            "the model's weights are quantized; export needs them in f32 (load it dequantized)".into();
+        return Err(InteropError::Unsupported { path: out.into(), problem });
+    }
     if out.exists() {
         return Err(InteropError::Exists { path: out.into() });
     }
