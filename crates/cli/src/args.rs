@@ -363,6 +363,10 @@ pub enum BenchCommand {
     /// VNNI where present, against the portable one) and against the f32 product of the same
     /// weights, alternated; one JSON line per type and row count, with weight GB/s.
     Qmatmul(BenchQmatmulArgs),
+    /// Time a saved model's (any --model, GGUF included) prompt and decoding speed as
+    /// llama.cpp's llama-bench does (-p, -n), and with --batch S, S sequences decoded together;
+    /// one JSON line of tokens/s.
+    Decode(BenchDecodeArgs),
     /// Time each CUDA kernel against its CPU twin at GPT-2 small's sizes (outputs compared
     /// first); one JSON line per kernel with both times, the speed-up and the GPU's TFLOP/s.
     Kernels(BenchKernelsArgs),
@@ -382,6 +386,28 @@ pub struct BenchKernelsArgs {
 pub struct BenchGemmArgs {
     /// Rounds; each times every kernel once, and the medians are reported.
     #[arg(long, default_value_t = 7)]
+    pub rounds: usize,
+    /// Size of the rayon pool; default: one per logical CPU.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchDecodeArgs {
+    /// A model or run directory, a Hugging Face directory or a GGUF file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prompt length of the prefill test (llama-bench's -p).
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Tokens generated one at a time from an empty context (llama-bench's -n).
+    #[arg(long, default_value_t = 64)]
+    pub tokens: usize,
+    /// Also decode this many sequences together through the paged pool.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Rounds after an untimed one; medians are reported.
+    #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Size of the rayon pool; default: one per logical CPU.
     #[arg(long)]

@@ -390,7 +390,7 @@ pub fn init_threads(threads: Option<usize>) -> anyhow::Result<usize> {
     Ok(rayon::current_num_threads())
 }
 
-fn random_tokens(rng: &mut Rng, len: usize, vocab: usize) -> Vec<u32> {
+pub fn random_tokens(rng: &mut Rng, len: usize, vocab: usize) -> Vec<u32> {
     (0..len).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
 }
 

@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod bench_decode;
 mod bench_gemm;
 mod bench_kernels;
 mod bench_qmatmul;
@@ -65,6 +66,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Skinny(args)) => bench::skinny(&args),
         Command::Bench(BenchCommand::Gemm(args)) => bench_gemm::run(&args),
         Command::Bench(BenchCommand::Qmatmul(args)) => bench_qmatmul::run(&args),
+        Command::Bench(BenchCommand::Decode(args)) => bench_decode::run(&args),
         Command::Quickstart(args) => quickstart::run(&args),
         Command::Tokenizer(TokenizerCommand::Train { data, vocab_size, out, jsonl_field }) => {
             data_cmd::train_tokenizer(&data, vocab_size, &out, &jsonl_field)

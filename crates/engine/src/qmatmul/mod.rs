@@ -166,8 +166,9 @@ impl QKernel {
 }
 
 thread_local! {
-    /// The calling thread's quantized activations, reused across products.
-    static ACTS: RefCell<Q8Acts> = RefCell::default();
+    /// The calling thread's quantized activations, and a copy in a vector kernel's piece order,
+    /// reused across products.
+    static ACTS: RefCell<(Q8Acts, Vec<i8>)> = RefCell::default();
 }
 
 /// Multiply-adds per task below which a product is not split over threads.
@@ -248,23 +249,29 @@ pub fn qlinear_forward_with(
     assert!(QKernel::available().contains(&kernel), "qlinear_forward: this CPU cannot run {kernel:?}");
     let out = &mut out[..n * oc];
     let (ptr, x) = (DisjointPtr::new(out), &x[..n * k]);
-    ACTS.with_borrow_mut(|acts| {
-        // Quantized once per block length: parts of one length share the activations.
+    ACTS.with_borrow_mut(|(acts, permuted)| {
+        // Quantized once per block length, permuted once per piece order: parts share them.
         let mut quantized = None;
+        let mut order = None;
         let mut offset = 0;
         for part in &w.parts {
             let out = Out { ptr: &ptr, ld: oc, offset };
-            match act_block(part.ty) {
-                None => product(kernel, out, &Acts::Float(x), part, n),
-                Some(block) => {
-                    if quantized != Some(block) {
-                        acts.quantize(x, n, k, block);
-                        quantized = Some(block);
-                    }
-                    product(kernel, out, &Acts::Int(acts), part, n);
-                }
-            }
             offset += part.rows;
+            let Some(block) = act_block(part.ty) else {
+                product(kernel, out, &Acts::Float(x), part, n);
+                continue;
+            };
+            if quantized != Some(block) {
+                acts.quantize(x, n, k, block);
+                (quantized, order) = (Some(block), None);
+            }
+            let wanted = kernel_piece_order(kernel, part);
+            if wanted.is_some() && order != wanted {
+                vnni_permute(&acts.qs, permuted, wanted);
+                order = wanted;
+            }
+            let permuted = wanted.map(|_| &permuted[..]);
+            product(kernel, out, &Acts::Int { acts, permuted }, part, n);
         }
     });
     if let Some(bias) = bias {
@@ -274,10 +281,29 @@ pub fn qlinear_forward_with(
     }
 }
 
-/// The activations as a kernel sees them.
+/// The piece order `kernel` wants activations in for `w`, if not the natural one.
+fn kernel_piece_order(kernel: QKernel, w: &QWeight) -> Option<&'static [u8; 16]> {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == QKernel::Avx512Vnni && w.cols.is_multiple_of(truthgpt_quant::QK_K) {
+        return vnni::piece_order(w.ty);
+    }
+    let _ = (kernel, w);
+    None
+}
+
+fn vnni_permute(qs: &[i8], out: &mut Vec<i8>, order: Option<&'static [u8; 16]>) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(order) = order {
+        vnni::permute_pieces(qs, out, order);
+    }
+    let _ = (qs, out, order);
+}
+
+/// The activations as a kernel sees them: f32 for the float types, else quantized, and for a
+/// vector kernel that wants them so, their bytes in its piece order.
 enum Acts<'a> {
     Float(&'a [f32]),
-    Int(&'a Q8Acts),
+    Int { acts: &'a Q8Acts, permuted: Option<&'a [i8]> },
 }
 
 /// Where a part's products go: activation row `r` and weight row `c` to
@@ -373,7 +399,7 @@ fn portable_columns(out: Out, acts: &Acts, w: &QWeight, n: usize, cols: Range<us
 }
 
 fn portable_int<B: IntBlock>(out: Out, acts: &Acts, w: &QWeight, n: usize, cols: Range<usize>) {
-    let Acts::Int(acts) = acts else { unreachable!("integer types take quantized activations") };
+    let Acts::Int { acts, .. } = acts else { unreachable!("integer types take quantized activations") };
     write_columns(out, n, cols, |c, r| {
         let (qs, d, sums) = acts.row(r);
         dot_row::<B>(bytemuck::cast_slice(w.row(c)), qs, d, sums)

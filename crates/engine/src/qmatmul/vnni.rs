@@ -28,6 +28,8 @@ use super::{Acts, Out, QWeight};
 const ROWS: usize = 4;
 /// Activation rows per tile, at most.
 const ACT_ROWS: usize = 4;
+/// Bytes ahead of the current super-block that each weight row prefetches.
+const PREFETCH: usize = 768;
 
 pub(super) fn available() -> bool {
     is_x86_feature_detected!("avx512f")
@@ -45,20 +47,20 @@ pub(super) fn available() -> bool {
 pub(super) unsafe fn columns(out: Out, acts: &Acts, w: &QWeight, n: usize, cols: Range<usize>) -> bool {
     let k = w.cols();
     match (acts, w.ty()) {
-        (Acts::Int(x), ty) if k.is_multiple_of(QK_K) => {
+        (&Acts::Int { acts: x, permuted: p }, ty) if k.is_multiple_of(QK_K) => {
             // SAFETY: the caller's contract, and `k` is whole super-blocks of every type.
             unsafe {
                 match ty {
-                    GgmlType::Q8_0 => int_columns::<Q8_0>(out, x, w, n, cols),
-                    GgmlType::Q4_0 => int_columns::<Q4_0>(out, x, w, n, cols),
-                    GgmlType::Q4_K => int_columns::<Q4K>(out, x, w, n, cols),
-                    GgmlType::Q5_K => int_columns::<Q5K>(out, x, w, n, cols),
-                    GgmlType::Q6_K => int_columns::<Q6K>(out, x, w, n, cols),
+                    GgmlType::Q8_0 => int_columns::<Q8_0>(out, x, p, w, n, cols),
+                    GgmlType::Q4_0 => int_columns::<Q4_0>(out, x, p, w, n, cols),
+                    GgmlType::Q4_K => int_columns::<Q4K>(out, x, p, w, n, cols),
+                    GgmlType::Q5_K => int_columns::<Q5K>(out, x, p, w, n, cols),
+                    GgmlType::Q6_K => int_columns::<Q6K>(out, x, p, w, n, cols),
                     _ => return false,
                 }
             }
         }
-        (Acts::Float(x), GgmlType::F16 | GgmlType::BF16 | GgmlType::F32) if k.is_multiple_of(16) => {
+        (&Acts::Float(x), GgmlType::F16 | GgmlType::BF16 | GgmlType::F32) if k.is_multiple_of(16) => {
             // SAFETY: as above; `k` is whole 16-lane chunks.
             unsafe { float_columns(out, x, w, n, cols) }
         }
@@ -71,6 +73,10 @@ pub(super) unsafe fn columns(out: Out, acts: &Acts, w: &QWeight, n: usize, cols:
 trait Kind {
     /// Bytes per 256 elements.
     const SUPER_BYTES: usize;
+    /// The super-block's 16 pieces of 16 elements in the order the chunks hold them: chunk `c`
+    /// is natural pieces `ORDER[4c..4c + 4]`. Activations are laid out the same way
+    /// ([`permute_pieces`]) so that each chunk is one plain load of its weights.
+    const ORDER: [u8; 16] = NATURAL;
     /// Whether activations have one scale per 256 (the K-quants) or per 32.
     const ACT_BLOCK: usize;
     /// `(a16, c16)` of the super-block at `p`.
@@ -83,6 +89,31 @@ trait Kind {
     /// # Safety
     /// As [`Kind::scales`].
     unsafe fn chunk(p: *const u8, c: usize) -> __m512i;
+}
+
+const NATURAL: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+
+/// Q4_K/Q5_K's nibbles: 64 bytes hold sub-blocks `4h..4h + 4`, the low nibbles of the first 32
+/// bytes sub-block `4h`, their high nibbles `4h + 1`, the next 32 bytes `4h + 2` and `4h + 3`.
+/// Chunk `2h` takes the low nibbles of all 64 bytes, chunk `2h + 1` the high ones.
+const K4_ORDER: [u8; 16] = [0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15];
+
+/// The piece order the kernel for `ty` wants its activations in, where it is not the natural
+/// one.
+pub(super) fn piece_order(ty: GgmlType) -> Option<&'static [u8; 16]> {
+    matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K).then_some(&K4_ORDER)
+}
+
+/// Copies `src` (rows of whole super-blocks) to `dst` with each super-block's 16-element pieces
+/// in `order`.
+pub(super) fn permute_pieces(src: &[i8], dst: &mut Vec<i8>, order: &[u8; 16]) {
+    dst.resize(src.len(), 0);
+    for (s, d) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(QK_K)) {
+        for (p, &from) in order.iter().enumerate() {
+            let from = from as usize * 16;
+            d[p * 16..p * 16 + 16].copy_from_slice(&s[from..from + 16]);
+        }
+    }
 }
 
 /// Eight f16 values `stride` bytes apart, starting at `p`, as 16 f32 lanes, each twice
@@ -162,42 +193,38 @@ impl Kind for Q4_0 {
     }
 }
 
-/// Q4_K/Q5_K's eight 6-bit scales and minimums as `(d * sc, dmin * m)` per 16 elements.
+/// Q4_K/Q5_K's eight 6-bit scales and minimums as `(d * sc, dmin * m)` per 16 elements. With
+/// the 12 bytes as words `a`, `b`, `c`: scales 0-3 are the low 6 bits of `a`'s bytes, minimums
+/// 0-3 of `b`'s; scales 4-7 are `c`'s low nibbles under `a`'s top 2 bits, minimums 4-7 `c`'s high
+/// nibbles under `b`'s (see `truthgpt_quant::blocks::scale_min_k4`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 unsafe fn k4_scales(p: *const u8) -> (__m512, __m512) {
     // SAFETY: the caller vouches for the block's first 16 bytes.
-    let (d, dmin, scales) = unsafe {
+    let (dd, [a, b, c]) = unsafe {
         let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()));
-        (
-            _mm_cvtss_f32(dd),
-            _mm_cvtss_f32(_mm_shuffle_ps::<1>(dd, dd)),
-            p.add(4).cast::<[u8; 12]>().read_unaligned(),
-        )
+        (dd, p.add(4).cast::<[u32; 3]>().read_unaligned())
     };
-    let (mut sc, mut m) = ([0u8; 16], [0u8; 16]);
-    for j in 0..8 {
-        (sc[j], m[j]) = truthgpt_quant::blocks::scale_min_k4(&scales, j);
-    }
-    // SAFETY: both arrays are 16 bytes; only the first 8 are used.
-    let (sc, m) = unsafe { (_mm_loadl_epi64(sc.as_ptr().cast()), _mm_loadl_epi64(m.as_ptr().cast())) };
-    let to_f32 = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+    let (d, dmin) = (_mm_cvtss_f32(dd), _mm_cvtss_f32(_mm_shuffle_ps::<1>(dd, dd)));
+    let low6 = 0x3F3F_3F3F;
+    let top2 = |w: u32| ((w >> 6) & 0x0303_0303) << 4;
+    let sc = (a & low6) as u64 | ((((c & 0x0F0F_0F0F) | top2(a)) as u64) << 32);
+    let m = (b & low6) as u64 | (((((c >> 4) & 0x0F0F_0F0F) | top2(b)) as u64) << 32);
+    let to_f32 = |v: u64| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)));
     (
         twice(_mm256_mul_ps(to_f32(sc), _mm256_set1_ps(d))),
         twice(_mm256_mul_ps(to_f32(m), _mm256_set1_ps(dmin))),
     )
 }
 
-/// Q4_K/Q5_K's nibbles of chunk `c`: 32 bytes whose low nibbles are elements `64c..64c + 32`
-/// and high nibbles the next 32.
+/// Q4_K/Q5_K's nibbles of chunk `c` in [`K4_ORDER`].
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 unsafe fn k4_nibbles(qs: *const u8, c: usize) -> __m512i {
     // SAFETY: the caller vouches for 128 bytes at `qs`.
-    let v = unsafe { _mm256_loadu_si256(qs.add(32 * c).cast()) };
-    let mask = _mm256_set1_epi8(0xF);
-    let (lo, hi) = (_mm256_and_si256(v, mask), _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask));
-    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+    let v = unsafe { _mm512_loadu_si512(qs.add(64 * (c / 2)).cast()) };
+    let v = if c % 2 == 0 { v } else { _mm512_srli_epi16::<4>(v) };
+    _mm512_and_si512(v, _mm512_set1_epi8(0xF))
 }
 
 /// Q4_K: `d`, `dmin`, 12 bytes of scales, 128 of nibbles; `OFFSET` 0, minimums per 32.
@@ -205,6 +232,7 @@ struct Q4K;
 
 impl Kind for Q4K {
     const SUPER_BYTES: usize = 144;
+    const ORDER: [u8; 16] = K4_ORDER;
     const ACT_BLOCK: usize = QK_K;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
@@ -224,6 +252,7 @@ struct Q5K;
 
 impl Kind for Q5K {
     const SUPER_BYTES: usize = 176;
+    const ORDER: [u8; 16] = K4_ORDER;
     const ACT_BLOCK: usize = QK_K;
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
@@ -236,10 +265,11 @@ impl Kind for Q5K {
         // SAFETY: `qh` is bytes 16..48 and the nibbles 48..176 of the block.
         let (low, qh) = unsafe { (k4_nibbles(p.add(48), c), _mm256_loadu_si256(p.add(16).cast())) };
         let qh = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), qh);
-        // Elements 64c..64c + 32 take bit 2c, the next 32 bit 2c + 1.
+        // The chunk's first 32 lanes are sub-block `j`, the next 32 `j + 2` (K4_ORDER).
+        let j = 4 * (c / 2) + c % 2;
         let bits = _mm512_inserti64x4::<1>(
-            _mm512_castsi256_si512(_mm256_set1_epi8((1u8 << (2 * c)) as i8)),
-            _mm256_set1_epi8((1u8 << (2 * c + 1)) as i8),
+            _mm512_castsi256_si512(_mm256_set1_epi8((1u8 << j) as i8)),
+            _mm256_set1_epi8((1u8 << (j + 2)) as i8),
         );
         let high = _mm512_test_epi8_mask(qh, bits);
         _mm512_or_si512(low, _mm512_maskz_mov_epi8(high, _mm512_set1_epi8(16)))
@@ -288,15 +318,25 @@ impl Kind for Q6K {
     }
 }
 
-/// Lane `l` of chunk `c` belongs to group `4c + l / 4`.
+/// The per-16 group of each lane of chunk `c` under `order`: lane `l` covers natural piece
+/// `order[4c + l / 4]`.
+const fn lane_groups(order: [u8; 16]) -> [[i32; 16]; 4] {
+    let mut out = [[0; 16]; 4];
+    let mut i = 0;
+    while i < 64 {
+        out[i / 16][i % 16] = order[i / 4] as i32;
+        i += 1;
+    }
+    out
+}
+
+/// `v`'s per-group values spread to the lanes of chunk `c` of a `T` super-block.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn chunk_lanes(v: __m512, c: usize) -> __m512 {
-    let base = 4 * c as i32;
-    let idx = _mm512_add_epi32(
-        _mm512_set1_epi32(base),
-        _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
-    );
+fn chunk_lanes<T: Kind>(v: __m512, c: usize) -> __m512 {
+    let groups = const { lane_groups(T::ORDER) };
+    // SAFETY: each row of `groups` is 16 i32.
+    let idx = unsafe { _mm512_loadu_si512(groups[c].as_ptr().cast()) };
     _mm512_permutexvar_ps(idx, v)
 }
 
@@ -311,9 +351,18 @@ struct ActRow {
 /// # Safety
 /// See [`columns`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn int_columns<T: Kind>(out: Out, x: &Q8Acts, w: &QWeight, n: usize, cols: Range<usize>) {
+unsafe fn int_columns<T: Kind>(
+    out: Out,
+    x: &Q8Acts,
+    permuted: Option<&[i8]>,
+    w: &QWeight,
+    n: usize,
+    cols: Range<usize>,
+) {
+    assert!(T::ORDER == NATURAL || permuted.is_some(), "activations not in the kernel's piece order");
     let act_row = |r: usize| {
         let (qs, d, sums) = x.row(r);
+        let qs = permuted.map_or(qs, |p| &p[r * x.cols..][..x.cols]);
         ActRow { qs: qs.as_ptr(), d: d.as_ptr(), sums: sums.as_ptr() }
     };
     let supers = w.cols() / QK_K;
@@ -364,6 +413,14 @@ unsafe fn int_tile<T: Kind, const C: usize>(
     for s in 0..supers {
         // SAFETY (every load below): super-block `s` lies within each row (the caller's contract).
         let ws: [*const u8; ROWS] = std::array::from_fn(|i| unsafe { w[i].add(s * T::SUPER_BYTES) });
+        // Four rows stream at once, and a memory-mapped file's 4 KiB pages stop the hardware
+        // prefetcher at each page's end: ask for the bytes a little ahead. (A prefetch past the
+        // end of the weights is harmless: it never faults.)
+        for &p in &ws {
+            for line in (0..T::SUPER_BYTES).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + line).cast());
+            }
+        }
         let scales: [(__m512, __m512); ROWS] = std::array::from_fn(|i| unsafe { T::scales(ws[i]) });
         let mut dx16 = [_mm512_setzero_ps(); C];
         for j in 0..C {
@@ -382,10 +439,10 @@ unsafe fn int_tile<T: Kind, const C: usize>(
         }
         for c in 0..4 {
             let u: [__m512i; ROWS] = std::array::from_fn(|i| unsafe { T::chunk(ws[i], c) });
-            let a: [__m512; ROWS] = std::array::from_fn(|i| chunk_lanes(scales[i].0, c));
+            let a: [__m512; ROWS] = std::array::from_fn(|i| chunk_lanes::<T>(scales[i].0, c));
             for j in 0..C {
                 let q = unsafe { _mm512_loadu_si512(x[j].qs.add(s * QK_K + 64 * c).cast()) };
-                let dx = if T::ACT_BLOCK == QK_K { dx16[j] } else { chunk_lanes(dx16[j], c) };
+                let dx = if T::ACT_BLOCK == QK_K { dx16[j] } else { chunk_lanes::<T>(dx16[j], c) };
                 for i in 0..ROWS {
                     let dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), u[i], q));
                     acc[i][j] = _mm512_fmadd_ps(dot, _mm512_mul_ps(a[i], dx), acc[i][j]);
