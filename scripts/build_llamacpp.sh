@@ -8,6 +8,9 @@
 #   PYTHON            a Python with pip (default /work/venv/bin/python, else python3)
 #   JOBS              parallel build jobs (default 2)
 #   LOCK              if set, heavy steps run under `flock $LOCK nice -n 10` (shared machines)
+# CPU only, Release, GGML_NATIVE=ON, no CURL (LLAMA_CURL is deprecated in 0.3.36's llama.cpp and
+# OFF by default; LLAMA_OPENSSL, which replaced it for downloads, is turned off), GGML_OPENMP as it
+# defaults, static libraries.
 set -euo pipefail
 
 LLAMACPP_DIR=${LLAMACPP_DIR:-/work/llamacpp}
@@ -51,7 +54,7 @@ fi
 
 BUILD="$LLAMACPP_DIR/build"
 heavy "$CMAKE" -S "$LL" -B "$BUILD" "${GEN[@]}" \
-  -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+  -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
   -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF \
   -DBUILD_SHARED_LIBS=OFF
