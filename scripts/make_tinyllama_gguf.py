@@ -180,8 +180,11 @@ def main() -> None:
                 print(f"kept {dst}")
                 continue
             tmp = dst.with_suffix(".gguf.part")
-            subprocess.run([str(q), str(f16), str(tmp), t.upper(), str(a.threads)], check=True,
-                           stdout=subprocess.DEVNULL)
+            r = subprocess.run([str(q), str(f16), str(tmp), t.upper(), str(a.threads)],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                sys.exit(f"llama-quantize {t.upper()} failed ({r.returncode}):\n" + "\n".join(
+                    (r.stdout + r.stderr).splitlines()[-20:]))
             os.replace(tmp, dst)
             print(f"wrote {dst} ({dst.stat().st_size / 1e9:.2f} GB, llama-quantize {t.upper()})")
 
