@@ -14,7 +14,7 @@
 #
 #   ROUNDS (5)  THREADS (2)  PROMPT (128)  GEN (64)
 #   LLAMACPP_DIR (/work/llamacpp; llama-bench in bin/, built by scripts/build_llamacpp.sh)
-#   TRUTHGPT (target/release/truthgpt under the repository root)
+#   TRUTHGPT ($CARGO_TARGET_DIR or the repository's target/, then release/truthgpt)
 #   OUT (a directory kept with every round's raw output; default a temporary one)
 #   ONLY_LLAMACPP=1 skips our side.
 #
@@ -29,7 +29,7 @@ GEN=${GEN:-64}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 LLAMACPP_DIR=${LLAMACPP_DIR:-/work/llamacpp}
 LB="$LLAMACPP_DIR/bin/llama-bench"
-TRUTHGPT=${TRUTHGPT:-$ROOT/target/release/truthgpt}
+TRUTHGPT=${TRUTHGPT:-${CARGO_TARGET_DIR:-$ROOT/target}/release/truthgpt}
 PY=${PYTHON:-$( [[ -x /work/venv/bin/python ]] && echo /work/venv/bin/python || echo python3 )}
 
 [[ $# -ge 1 ]] || { echo "usage: $0 FILE.gguf..." >&2; exit 2; }
@@ -61,6 +61,7 @@ run_ours() { # file idx round
   if ! "$TRUTHGPT" bench decode --model "$1" --prompt-tokens "$PROMPT" --tokens "$GEN" \
       --threads "$THREADS" --rounds 1 > "$OUT/ours.$2.$3.json" 2> "$OUT/ours.$2.$3.err"; then
     ours_failed[$2]=1
+    tail -5 "$OUT/ours.$2.$3.err" > "$OUT/ours.$2.failed"
     echo "OUR SIDE FAILED on $1 (round $3; not retried for this file): $(tail -3 "$OUT/ours.$2.$3.err")" >&2
   fi
 }
@@ -134,8 +135,17 @@ for i, f in enumerate(files):
                         ours_prefill_tok_per_s=opp, ours_decode_tok_per_s=otg,
                         ours_prefill_all=[x[0] for x in O], ours_decode_all=[x[1] for x in O],
                         ratio_prefill=rpp, ratio_decode=rtg))
+for i, f in enumerate(files):
+    if why:
+        break
+    failed = os.path.join(out, f"ours.{i}.failed")
+    if os.path.exists(failed):
+        err = " | ".join(l.strip() for l in open(failed).read().splitlines() if l.strip())
+        print(f"OUR SIDE FAILED on {os.path.basename(f)}: {err or 'no message'}")
+    elif all(v is None for v in summary[i]["ours_decode_all"] + summary[i]["ours_prefill_all"]):
+        print(f"OUR SIDE printed no JSON line with prefill_tok_per_s/decode_tok_per_s on {os.path.basename(f)}")
 if why:
-    print(f"our side not measured: {why}")
+    print(f"OUR SIDE NOT MEASURED: {why}")
 print("llama.cpp build:", ", ".join(sorted(builds)) or "?")
 with open(os.path.join(out, "summary.json"), "w") as fh:
     json.dump(dict(llamacpp_build=sorted(builds), results=summary), fh, indent=1)
