@@ -38,7 +38,10 @@ fn bad_names_and_references_are_refused() {
     }
     f.push("m", &src);
     for alias in ["latest", "3", "a@b", ""] {
-        assert!(matches!(f.registry.set_alias("m", alias, Some(1)), Err(Error::InvalidName { .. })), "{alias:?}");
+        assert!(
+            matches!(f.registry.set_alias("m", alias, Some(1)), Err(Error::InvalidName { .. })),
+            "{alias:?}"
+        );
     }
     for text in ["registry:m/0", "registry:m/-1", "registry:m/1.5", "registry:", "registry:m@"] {
         let parsed = VersionRef::parse_model_arg(text).unwrap();
@@ -54,7 +57,9 @@ fn bad_directories_are_refused_and_nothing_is_committed() {
     std::fs::create_dir(&empty).unwrap();
     let with_link = model_dir(f.dir.path(), "linked", 1, 10);
     std::os::unix::fs::symlink("/etc/passwd", with_link.join("passwd")).unwrap();
-    for (dir, message) in [(f.path("absent"), "not a directory"), (empty, "holds no files"), (with_link, "symbolic link")] {
+    for (dir, message) in
+        [(f.path("absent"), "not a directory"), (empty, "holds no files"), (with_link, "symbolic link")]
+    {
         let err = f.registry.push("m", &dir, &f.key, &Default::default()).unwrap_err();
         assert!(err.to_string().contains(message), "{}: {err}", dir.display());
     }

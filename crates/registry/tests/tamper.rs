@@ -38,7 +38,8 @@ fn a_flipped_byte_in_any_blob_is_caught_by_verify_and_by_load() {
     let f = pushed();
     let root = f.registry.root().to_path_buf();
     let v = f.registry.load(&r("m/1")).unwrap();
-    let mut blobs: Vec<(String, u64)> = v.manifest.files.iter().filter(|f| f.size > 0).map(|f| (f.cid.to_string(), f.size)).collect();
+    let mut blobs: Vec<(String, u64)> =
+        v.manifest.files.iter().filter(|f| f.size > 0).map(|f| (f.cid.to_string(), f.size)).collect();
     blobs.push((v.row.manifest.to_string(), 1));
     for (i, (cid, size)) in blobs.iter().enumerate() {
         let path = blob_path(&root, cid);

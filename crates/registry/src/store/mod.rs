@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 pub use local::LocalStore;
 #[cfg(feature = "s3")]
-pub use s3::S3Store;
+pub use s3::{S3Config, S3Store};
 
 use crate::digest::{Digest, Hasher, CHUNK};
 use crate::error::{Error, IoContext, Result};
