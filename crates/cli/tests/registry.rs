@@ -84,7 +84,8 @@ fn generate(model: &str, registry: Option<&Path>) -> String {
 fn a_trained_model_is_pushed_aliased_pulled_and_generates_from_a_registry_reference() {
     let ws = Ws::new();
     std::fs::write(ws.path("config.yaml"), CONFIG).unwrap();
-    let corpus: String = (0..300).map(|i| format!("The fox number {i} jumps over the lazy dog.\n")).collect();
+    let corpus: String =
+        (0..3000).map(|i| format!("The fox number {i} jumps over the lazy dog.\n")).collect();
     std::fs::write(ws.path("corpus.txt"), corpus).unwrap();
     let (config, data, out) = (ws.arg("config.yaml"), ws.arg("corpus.txt"), ws.arg("run"));
     let train = run(&mut truthgpt(&["train", "--config", &config, "--data", &data, "--out", &out]));
