@@ -77,7 +77,12 @@ impl SigningKey {
 
     /// The public key, as 64 hex digits.
     pub fn public_hex(&self) -> String {
-        hex::encode(self.secret.verifying_key().as_bytes())
+        hex::encode(self.public_bytes())
+    }
+
+    /// The public key's 32 bytes.
+    pub fn public_bytes(&self) -> [u8; 32] {
+        self.secret.verifying_key().to_bytes()
     }
 }
 

@@ -128,9 +128,7 @@ impl Registry {
         for alias in &opts.aliases {
             check_alias(alias)?;
         }
-        let key_bytes: [u8; 32] =
-            hex::decode(key.public_hex()).ok().and_then(|b| b.try_into().ok()).unwrap_or([0; 32]);
-        if !self.trusted.contains(&key_bytes) {
+        if !self.trusted.contains(&key.public_bytes()) {
             bail_input!(
                 "signer {} (key {}) is not in {}; add it with `truthgpt registry trust`, or versions it signs could not be loaded",
                 key.name(),
@@ -172,18 +170,19 @@ impl Registry {
             lineage: opts.lineage.clone(),
         };
         let blobs: BTreeSet<Digest> = manifest.files.iter().map(|f| f.cid).collect();
+        let (files, size) = (manifest.files.len() as u64, manifest.files.iter().map(|f| f.size).sum());
+        let lineage = manifest.lineage.clone();
+        let bytes = manifest.sign(key).to_bytes();
         let row = VersionRow {
             model: model.to_string(),
             number,
-            manifest: Digest::of(b""),
+            manifest: Digest::of(&bytes),
             signer: key.name().to_string(),
-            files: manifest.files.len() as u64,
-            size: manifest.files.iter().map(|f| f.size).sum(),
+            files,
+            size,
             created_at,
-            lineage: manifest.lineage.clone(),
+            lineage,
         };
-        let bytes = manifest.sign(key).to_bytes();
-        let row = VersionRow { manifest: Digest::of(&bytes), ..row };
         self.store.put_bytes(&row.manifest, &bytes)?;
         // A concurrent gc may have removed a blob written before this transaction began.
         for cid in blobs.iter().chain([&row.manifest]) {
