@@ -57,6 +57,133 @@ pub enum Command {
     /// List the compute devices: the CPU and, where an NVIDIA driver and the CUDA 13 runtime
     /// libraries load, each CUDA device; `--check` runs every CUDA kernel against its CPU twin.
     Device(DeviceArgs),
+    /// Versions of model directories: content-addressed (CIDv1) blobs, Ed25519-signed manifests,
+    /// aliases, tags and lineage in SQLite (docs/registry.md). `--model registry:NAME@ALIAS` or
+    /// `registry:NAME/VERSION` elsewhere pulls from the registry in $TRUTHGPT_REGISTRY.
+    Registry(RegistryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// The registry directory (created on first use).
+    #[arg(long, value_name = "DIR", env = "TRUTHGPT_REGISTRY", global = true)]
+    pub registry: Option<PathBuf>,
+    /// Where the blobs live: `local` (DIR/blobs) or `s3://BUCKET/PREFIX` (credentials and
+    /// endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT; needs a
+    /// build with `--features s3`). Fixed when the registry is created.
+    #[arg(long, value_name = "URL", env = "TRUTHGPT_REGISTRY_STORE", global = true)]
+    pub store: Option<String>,
+    #[command(subcommand)]
+    pub command: RegistryCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Push a directory as the model's next version, signed with --key.
+    Push(RegistryPushArgs),
+    /// Write a version's files into a new directory, each checked against its digest.
+    Pull {
+        /// NAME/VERSION, NAME@ALIAS or NAME (the latest version).
+        #[arg(value_name = "REF")]
+        reference: String,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// The models, or one model's versions.
+    List {
+        #[arg(value_name = "MODEL")]
+        model: Option<String>,
+    },
+    /// A version's manifest (verified), aliases and tags, as JSON.
+    Show {
+        #[arg(value_name = "REF")]
+        reference: String,
+    },
+    /// Point ALIAS at VERSION (moving it if it exists), or remove it with --delete.
+    Alias {
+        #[arg(value_name = "MODEL")]
+        model: String,
+        #[arg(value_name = "ALIAS")]
+        alias: String,
+        #[arg(value_name = "VERSION", required_unless_present = "delete", conflicts_with = "delete")]
+        version: Option<u64>,
+        #[arg(long)]
+        delete: bool,
+    },
+    /// Set KEY=VALUE tags on a version, or remove keys with --delete.
+    Tag {
+        #[arg(value_name = "REF")]
+        reference: String,
+        #[arg(value_name = "KEY=VALUE", required_unless_present = "delete")]
+        tags: Vec<String>,
+        #[arg(long, value_name = "KEY")]
+        delete: Vec<String>,
+    },
+    /// Files added, removed and changed, and metadata changed, from A to B.
+    Diff {
+        #[arg(value_name = "A")]
+        a: String,
+        #[arg(value_name = "B")]
+        b: String,
+    },
+    /// Re-hash every blob and manifest and check every signature; exits non-zero on a problem.
+    Verify,
+    /// Remove blobs no version references (and older than --grace-secs).
+    Gc {
+        /// Leave unreferenced blobs younger than this alone: a push in flight writes its blobs
+        /// before its row.
+        #[arg(long, value_name = "SECS", default_value_t = 3600)]
+        grace_secs: u64,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Make a signing key: a new file of mode 0600; prints the public key.
+    Keygen {
+        #[arg(value_name = "SIGNER")]
+        signer: String,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Also add the public key to the registry's trusted keys.
+        #[arg(long)]
+        trust: bool,
+    },
+    /// Trust a signer's public key (64 hex digits): versions it signs can be loaded.
+    Trust {
+        #[arg(value_name = "SIGNER")]
+        signer: String,
+        #[arg(value_name = "PUBLIC_KEY")]
+        public_key: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryPushArgs {
+    #[arg(value_name = "MODEL")]
+    pub model: String,
+    /// The directory to push (e.g. a model directory written by `train`).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The signer's secret key file (from `registry keygen`).
+    #[arg(long, value_name = "FILE", env = "TRUTHGPT_SIGNING_KEY")]
+    pub key: PathBuf,
+    /// Point this alias at the new version, in the same transaction; repeatable.
+    #[arg(long, value_name = "ALIAS")]
+    pub alias: Vec<String>,
+    /// Metadata KEY=VALUE, signed with the manifest; repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub meta: Vec<String>,
+    /// Lineage: the training run that made it.
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// Lineage: the training data's hash.
+    #[arg(long, value_name = "HASH")]
+    pub data_hash: Option<String>,
+    /// Lineage: the config's hash.
+    #[arg(long, value_name = "HASH")]
+    pub config_hash: Option<String>,
+    /// Lineage: the version it derives from (NAME/VERSION), e.g. a fine-tune's base.
+    #[arg(long, value_name = "NAME/VERSION")]
+    pub parent: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ mod device_cmd;
 mod interop_cmd;
 mod progress;
 mod quickstart;
+mod registry_cmd;
 mod run_cmd;
 mod serve_cmd;
 
@@ -53,7 +54,8 @@ fn report(error: &anyhow::Error) -> String {
     line
 }
 
-fn try_main(cli: Cli) -> anyhow::Result<()> {
+fn try_main(mut cli: Cli) -> anyhow::Result<()> {
+    resolve_model_args(&mut cli.command)?;
     match cli.command {
         Command::Config(ConfigCommand::Validate { file }) => config_cmd::validate(&file),
         Command::Config(ConfigCommand::Show { file, layers }) => config_cmd::show(file.as_deref(), &layers),
@@ -84,5 +86,21 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Logits(args) => interop_cmd::logits(&args),
         Command::Serve(args) => serve_cmd::serve(&args),
         Command::Device(args) => device_cmd::run(&args),
+        Command::Registry(args) => registry_cmd::run(&args),
     }
+}
+
+/// Replaces each `--model registry:…` with the local directory it resolves to, before any
+/// command runs. `serve` resolves its own (the model can also come from its YAML).
+fn resolve_model_args(command: &mut Command) -> anyhow::Result<()> {
+    let model = match command {
+        Command::Generate(args) => &mut args.model,
+        Command::Eval(args) => &mut args.model,
+        Command::Logits(args) => &mut args.model,
+        Command::Export(ExportCommand::Hf { model, .. } | ExportCommand::Gguf { model, .. }) => model,
+        Command::Bench(BenchCommand::Serve(args)) => &mut args.model,
+        _ => return Ok(()),
+    };
+    *model = registry_cmd::resolve_model(model)?;
+    Ok(())
 }

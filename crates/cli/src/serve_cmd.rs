@@ -58,6 +58,7 @@ fn settings(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
         });
     }
     ensure!(!config.model.as_os_str().is_empty(), "no model: give --model DIR or `model:` in --config");
+    config.model = crate::registry_cmd::resolve_model(&config.model)?;
     ensure!(
         (1..=MAX_BATCH).contains(&config.max_batch),
         "max_batch is {}; it must be 1 to {MAX_BATCH}",
