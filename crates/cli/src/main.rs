@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod bench_crypt;
 mod bench_gemm;
 mod bench_kernels;
 mod bench_resilience;
@@ -13,6 +14,7 @@ mod interop_cmd;
 mod progress;
 mod quickstart;
 mod run_cmd;
+mod security_cmd;
 mod serve_cmd;
 
 use std::process::ExitCode;
@@ -23,11 +25,15 @@ use crate::args::{
     BenchCommand, Cli, Command, ConfigCommand, DataCommand, ExportCommand, ImportCommand, TokenizerCommand,
 };
 
+/// The exit status of a check that ran and found a problem (`audit verify`), apart from errors (2).
+const CHECK_FAILED: u8 = 1;
+
 fn main() -> ExitCode {
     // clap prints usage errors and exits 2 itself; `--help` and `--version` exit 0.
     let cli = Cli::parse();
     match try_main(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(CHECK_FAILED),
         Err(e) => {
             eprintln!("error: {}", report(&e));
             ExitCode::from(2)
@@ -51,7 +57,15 @@ fn report(error: &anyhow::Error) -> String {
     line
 }
 
-fn try_main(cli: Cli) -> anyhow::Result<()> {
+/// `Ok(false)`: a check ran and failed.
+fn try_main(cli: Cli) -> anyhow::Result<bool> {
+    if let Command::Audit(cmd) = &cli.command {
+        return security_cmd::audit_cmd(cmd);
+    }
+    run(cli).map(|()| true)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Config(ConfigCommand::Validate { file }) => config_cmd::validate(&file),
         Command::Config(ConfigCommand::Show { file, layers }) => config_cmd::show(file.as_deref(), &layers),
@@ -80,5 +94,13 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Logits(args) => interop_cmd::logits(&args),
         Command::Serve(args) => serve_cmd::serve(&args),
         Command::Device(args) => device_cmd::run(&args),
+        Command::Bench(BenchCommand::Crypt(args)) => bench_crypt::run(&args),
+        Command::Keys(cmd) => security_cmd::keys(&cmd),
+        Command::Encrypt(args) => security_cmd::encrypt(&args),
+        Command::Decrypt(args) => security_cmd::decrypt(&args),
+        Command::Audit(cmd) => security_cmd::audit_cmd(&cmd).and_then(|ok| {
+            anyhow::ensure!(ok, "the audit log was changed");
+            Ok(())
+        }),
     }
 }

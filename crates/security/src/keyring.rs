@@ -99,8 +99,8 @@ impl KdfParams {
     }
 }
 
-/// A key-encryption key. Its material never leaves this module.
-#[derive(Debug, Clone)]
+/// A key-encryption key. Its material never leaves this module (nor its `Debug`).
+#[derive(Clone)]
 pub struct Kek {
     pub id: String,
     pub state: KeyState,
@@ -109,8 +109,7 @@ pub struct Kek {
     material: Option<Key>,
 }
 
-/// The keyring in memory.
-#[derive(Debug)]
+/// The keyring in memory. Its `Debug` shows ids and states, never key material.
 pub struct Keyring {
     path: PathBuf,
     kdf: KdfParams,
@@ -120,6 +119,26 @@ pub struct Keyring {
     audit_key: Key,
     /// Held while the keyring may be changed and saved.
     lock: Option<File>,
+}
+
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kek")
+            .field("id", &self.id)
+            .field("state", &self.state)
+            .field("created_ms", &self.created_ms)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("path", &self.path)
+            .field("kdf", &self.kdf)
+            .field("keys", &self.keys)
+            .finish()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -287,7 +306,10 @@ impl Keyring {
                 .collect(),
             audit_signing_key: hex(self.audit_key.as_ref()),
         };
-        let plain = Zeroizing::new(serde_json::to_vec(&payload).unwrap_or_default());
+        let plain = Zeroizing::new(serde_json::to_vec(&payload).map_err(|e| SecurityError::BadKeyring {
+            path: self.path.clone(),
+            reason: format!("serializing the key list: {e}"),
+        })?);
         let nonce = fsutil::random::<NONCE_LEN>()?;
         let sealed =
             SEAL.seal(&self.master, &nonce, &seal_aad(&self.kdf, &self.salt), &plain).ok_or_else(|| {
@@ -303,7 +325,10 @@ impl Keyring {
             nonce: hex(&nonce),
             sealed: hex(&sealed),
         };
-        let text = serde_json::to_vec_pretty(&file).unwrap_or_default();
+        let text = serde_json::to_vec_pretty(&file).map_err(|e| SecurityError::BadKeyring {
+            path: self.path.clone(),
+            reason: format!("serializing the keyring: {e}"),
+        })?;
         fsutil::atomic_write(&self.path, |w| {
             fsutil::owner_only(w.get_ref(), &self.path)?;
             std::io::Write::write_all(w, &text).at(&self.path)

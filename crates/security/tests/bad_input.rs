@@ -162,3 +162,13 @@ proptest! {
         prop_assert!(decrypt(&ring, &input).is_err());
     }
 }
+
+#[test]
+fn debug_output_shows_no_key_material() {
+    let (_dir, ring) = keyring();
+    let shown = format!("{ring:?}");
+    assert!(shown.contains(&ring.active().id), "{shown}");
+    let secret = format!("{:?}", ring.audit_signing_key().to_bytes());
+    assert!(!shown.contains(&secret[1..20]), "{shown}");
+    assert!(!shown.contains("material") && !shown.contains("master"), "{shown}");
+}

@@ -221,3 +221,15 @@ fn last_line(file: &mut File, path: &Path) -> Result<Option<Vec<u8>>> {
         None => Err(audit_err(path, format!("the last entry is over the {MAX_LINE}-byte limit"))),
     }
 }
+
+/// The audit public key as 64 hex digits (what `keys init` prints).
+pub fn public_key_hex(key: &ed25519_dalek::VerifyingKey) -> String {
+    hex(key.as_bytes())
+}
+
+/// An audit public key from 64 hex digits (surrounding whitespace ignored).
+pub fn parse_public_key(text: &str) -> Result<ed25519_dalek::VerifyingKey> {
+    let bytes = crate::fsutil::unhex::<32>(text.trim())
+        .ok_or_else(|| SecurityError::AuditKey("not 64 hex digits".into()))?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| SecurityError::AuditKey(e.to_string()))
+}
