@@ -102,7 +102,7 @@ impl Cipher {
                 StreamEncryptor::ChaCha(EncryptorBE32::from_aead(ChaCha20Poly1305::new(key.into()), prefix))
             }
             Cipher::Aes256Gcm => {
-                StreamEncryptor::Aes(EncryptorBE32::from_aead(Aes256Gcm::new(key.into()), prefix))
+                StreamEncryptor::Aes(Box::new(EncryptorBE32::from_aead(Aes256Gcm::new(key.into()), prefix)))
             }
         }
     }
@@ -118,7 +118,7 @@ impl Cipher {
                 StreamDecryptor::ChaCha(DecryptorBE32::from_aead(ChaCha20Poly1305::new(key.into()), prefix))
             }
             Cipher::Aes256Gcm => {
-                StreamDecryptor::Aes(DecryptorBE32::from_aead(Aes256Gcm::new(key.into()), prefix))
+                StreamDecryptor::Aes(Box::new(DecryptorBE32::from_aead(Aes256Gcm::new(key.into()), prefix)))
             }
         }
     }
@@ -141,7 +141,8 @@ impl std::str::FromStr for Cipher {
 /// the tag.
 pub(crate) enum StreamEncryptor {
     ChaCha(EncryptorBE32<ChaCha20Poly1305>),
-    Aes(EncryptorBE32<Aes256Gcm>),
+    /// Boxed: AES's key schedule makes it several times ChaCha's size.
+    Aes(Box<EncryptorBE32<Aes256Gcm>>),
 }
 
 /// The error is the chunk counter's overflow (2^32 - 1 chunks).
@@ -168,7 +169,7 @@ impl StreamEncryptor {
 /// STREAM's decryptor (𝒟); a chunk that fails authentication (or the counter's overflow) is `Err`.
 pub(crate) enum StreamDecryptor {
     ChaCha(DecryptorBE32<ChaCha20Poly1305>),
-    Aes(DecryptorBE32<Aes256Gcm>),
+    Aes(Box<DecryptorBE32<Aes256Gcm>>),
 }
 
 impl StreamDecryptor {
