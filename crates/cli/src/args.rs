@@ -57,6 +57,20 @@ pub enum Command {
     /// List the compute devices: the CPU and, where an NVIDIA driver and the CUDA 13 runtime
     /// libraries load, each CUDA device; `--check` runs every CUDA kernel against its CPU twin.
     Device(DeviceArgs),
+    /// The keyring of key-encryption keys (a file sealed under a passphrase through Argon2id):
+    /// init, rotate (re-wrapping files' data keys), retire, list. The passphrase comes from
+    /// TRUTHGPT_KEYRING_PASSPHRASE or --passphrase-file, never a flag. Key changes are appended
+    /// to the audit log. See docs/security.md.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Encrypt a file at rest: a fresh data key wrapped under the keyring's active key, the data
+    /// in authenticated chunks (STREAM), written atomically.
+    Encrypt(EncryptArgs),
+    /// Decrypt a file written by `encrypt`; the output appears only if every chunk authenticated.
+    Decrypt(DecryptArgs),
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Versions of model directories: content-addressed (CIDv1) blobs, Ed25519-signed manifests,
     /// aliases, tags and lineage in SQLite (docs/registry.md). `--model registry:NAME@ALIAS` or
     /// `registry:NAME/VERSION` elsewhere pulls from the registry in $TRUTHGPT_REGISTRY.
@@ -497,6 +511,10 @@ pub enum BenchCommand {
     /// Time each CUDA kernel against its CPU twin at GPT-2 small's sizes (outputs compared
     /// first); one JSON line per kernel with both times, the speed-up and the GPU's TFLOP/s.
     Kernels(BenchKernelsArgs),
+    /// Encrypt and decrypt a large file with ours (ChaCha20-Poly1305 and AES-256-GCM, STREAM)
+    /// against `age` and `openssl enc` (-chacha20, -aes-256-ctr: unauthenticated, as `enc` has no
+    /// AEAD modes) where installed, alternated round by round; medians and ratios as JSON lines.
+    Crypt(BenchCryptArgs),
 }
 
 #[derive(Debug, Args)]
@@ -723,4 +741,127 @@ pub struct QuickstartArgs {
     /// The run directory; a previous quickstart run there is replaced.
     #[arg(long, value_name = "DIR", default_value = "runs/quickstart")]
     pub out: PathBuf,
+}
+
+/// Where the keyring is and how to unlock it.
+#[derive(Debug, Args)]
+pub struct KeyringArgs {
+    /// The keyring file.
+    #[arg(long, value_name = "FILE", env = "TRUTHGPT_KEYRING", default_value = "truthgpt-keyring.json")]
+    pub keyring: PathBuf,
+    /// A file whose first line is the passphrase (instead of TRUTHGPT_KEYRING_PASSPHRASE).
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// The audit log key changes, encryptions and decryptions are appended to
+    /// [default: KEYRING.audit.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new keyring with one active key and the audit signing key; prints the audit
+    /// public key (keep a copy away from the log) and writes it to KEYRING.audit.pub.
+    Init {
+        #[command(flatten)]
+        keyring: KeyringArgs,
+        /// Argon2id memory cost in MiB (with 3 passes, 1 lane).
+        #[arg(long, value_name = "MIB", default_value_t = 64)]
+        kdf_memory_mib: u32,
+    },
+    /// Make a new active key (the old one becomes decrypt-only), then re-wrap the data key of
+    /// every encrypted file among PATHS (directories are walked) under it. Only headers are
+    /// rewritten; the data is not decrypted.
+    Rotate {
+        #[command(flatten)]
+        keyring: KeyringArgs,
+        /// Encrypted files or directories holding them.
+        #[arg(value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// Re-wrap files under the active key without making a new one (e.g. to finish a rotation
+    /// that was interrupted).
+    Rewrap {
+        #[command(flatten)]
+        keyring: KeyringArgs,
+        #[arg(value_name = "PATH", required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Retire a decrypt-only key: its material is erased, and nothing still wrapped under it can
+    /// be decrypted. With PATHS, refuses if any file there still names the key.
+    Retire {
+        #[command(flatten)]
+        keyring: KeyringArgs,
+        /// The key id (see `keys list`).
+        id: String,
+        /// Encrypted files or directories to check first.
+        #[arg(value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// Print each key's id, state and creation time, and the audit public key.
+    List {
+        #[command(flatten)]
+        keyring: KeyringArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EncryptArgs {
+    #[command(flatten)]
+    pub keyring: KeyringArgs,
+    /// The file to encrypt.
+    pub input: PathBuf,
+    /// The encrypted file [default: INPUT.enc]; replaced atomically.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value = "chacha20-poly1305")]
+    pub cipher: truthgpt_security::Cipher,
+    /// Plaintext KiB per authenticated chunk.
+    #[arg(long, value_name = "KIB", default_value_t = 64)]
+    pub chunk_kib: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct DecryptArgs {
+    #[command(flatten)]
+    pub keyring: KeyringArgs,
+    /// The encrypted file.
+    pub input: PathBuf,
+    /// Where to write the plaintext; replaced atomically, and only if all of INPUT authenticated.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain, every checkpoint's signature and the head file; name every edited,
+    /// removed, inserted or reordered line. Exits 1 if the log was changed (or, with --strict,
+    /// if entries follow the newest checkpoint).
+    Verify {
+        /// The log [default: the keyring's, KEYRING.audit.jsonl].
+        #[arg(value_name = "LOG")]
+        log: Option<PathBuf>,
+        /// The trusted Ed25519 public key: 64 hex digits, or a file holding them. Without it, the
+        /// keyring's (which needs the passphrase).
+        #[arg(long, value_name = "HEX|FILE")]
+        public_key: Option<String>,
+        #[command(flatten)]
+        keyring: KeyringArgs,
+        /// Also fail if entries after the newest checkpoint are not yet signed.
+        #[arg(long)]
+        strict: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BenchCryptArgs {
+    /// Size of the file, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub size_mib: u64,
+    /// Rounds; each runs every tool once each way, and the medians are reported.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Where to put the files [default: a temporary directory].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }

@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod bench_crypt;
 mod bench_decode;
 mod bench_gemm;
 mod bench_kernels;
@@ -16,6 +17,7 @@ mod progress;
 mod quickstart;
 mod registry_cmd;
 mod run_cmd;
+mod security_cmd;
 mod serve_cmd;
 
 use std::process::ExitCode;
@@ -26,11 +28,15 @@ use crate::args::{
     BenchCommand, Cli, Command, ConfigCommand, DataCommand, ExportCommand, ImportCommand, TokenizerCommand,
 };
 
+/// The exit status of a check that ran and found a problem (`audit verify`), apart from errors (2).
+const CHECK_FAILED: u8 = 1;
+
 fn main() -> ExitCode {
     // clap prints usage errors and exits 2 itself; `--help` and `--version` exit 0.
     let cli = Cli::parse();
     match try_main(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(CHECK_FAILED),
         Err(e) => {
             eprintln!("error: {}", report(&e));
             ExitCode::from(2)
@@ -54,7 +60,15 @@ fn report(error: &anyhow::Error) -> String {
     line
 }
 
-fn try_main(mut cli: Cli) -> anyhow::Result<()> {
+/// `Ok(false)`: a check ran and failed.
+fn try_main(cli: Cli) -> anyhow::Result<bool> {
+    if let Command::Audit(cmd) = &cli.command {
+        return security_cmd::audit_cmd(cmd);
+    }
+    run(cli).map(|()| true)
+}
+
+fn run(mut cli: Cli) -> anyhow::Result<()> {
     resolve_model_args(&mut cli.command)?;
     match cli.command {
         Command::Config(ConfigCommand::Validate { file }) => config_cmd::validate(&file),
@@ -87,6 +101,14 @@ fn try_main(mut cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve_cmd::serve(&args),
         Command::Device(args) => device_cmd::run(&args),
         Command::Registry(args) => registry_cmd::run(&args),
+        Command::Bench(BenchCommand::Crypt(args)) => bench_crypt::run(&args),
+        Command::Keys(cmd) => security_cmd::keys(&cmd),
+        Command::Encrypt(args) => security_cmd::encrypt(&args),
+        Command::Decrypt(args) => security_cmd::decrypt(&args),
+        Command::Audit(cmd) => security_cmd::audit_cmd(&cmd).and_then(|ok| {
+            anyhow::ensure!(ok, "the audit log was changed");
+            Ok(())
+        }),
     }
 }
 

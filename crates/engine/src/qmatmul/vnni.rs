@@ -223,7 +223,7 @@ unsafe fn k4_scales(p: *const u8) -> (__m512, __m512) {
 unsafe fn k4_nibbles(qs: *const u8, c: usize) -> __m512i {
     // SAFETY: the caller vouches for 128 bytes at `qs`.
     let v = unsafe { _mm512_loadu_si512(qs.add(64 * (c / 2)).cast()) };
-    let v = if c % 2 == 0 { v } else { _mm512_srli_epi16::<4>(v) };
+    let v = if c.is_multiple_of(2) { v } else { _mm512_srli_epi16::<4>(v) };
     _mm512_and_si512(v, _mm512_set1_epi8(0xF))
 }
 
