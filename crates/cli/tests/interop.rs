@@ -175,8 +175,9 @@ fn a_chat_template_in_chat_template_jinja_is_no_longer_ignored() {
     assert_eq!(exported_config["chat_template"], template, "and where older transformers looks");
 }
 
-/// Any `--model` takes a GGUF file: a committed one in mixed ggml types gives transformers'
-/// logits for it, one with a tokenizer in its metadata (our export of a random model) generates,
+/// Any `--model` takes a GGUF file: a committed one in mixed ggml types, run through the
+/// quantized kernels, stays within 5% of the range of transformers' logits for it (2.4%
+/// measured, see crates/interop/tests/gguf_import.rs) with the same top-1, one with a tokenizer in its metadata (our export of a random model) generates,
 /// and a damaged one says what is wrong with it.
 #[test]
 fn a_gguf_file_serves_as_a_model() {
@@ -191,9 +192,15 @@ fn a_gguf_file_serves_as_a_model() {
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
-    let got = logits(&dir.join("model.gguf"), &ids).concat();
+    let rows = logits(&dir.join("model.gguf"), &ids);
+    let got = rows.concat();
     let diff = max_abs_diff(&got, &want);
-    assert!(diff <= 1e-4, "GGUF logits differ from transformers' by {diff:e}");
+    let range = want.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+    assert!(diff <= 0.05 * range, "GGUF logits differ from transformers' by {diff:e} (range {range})");
+    let argmax = |row: &[f32]| (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+    for (i, (row, want)) in rows.iter().zip(want.chunks(rows[0].len())).enumerate() {
+        assert_eq!(argmax(row), argmax(want), "top-1 at position {i}");
+    }
 
     let tmp = tempfile::tempdir().unwrap();
     let gguf = tmp.path().join("model.gguf");
