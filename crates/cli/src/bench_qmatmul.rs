@@ -85,14 +85,12 @@ fn quantized(ty: GgmlType, dense: &[f32], oc: usize, k: usize) -> anyhow::Result
     }
     let mut rng = Rng::new(ty.id() as u64);
     let len = ty.bytes_for((oc * k) as u64)?;
-    let mut bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8 & 0x3B).collect();
-    if ty.block_elements() == 1 {
-        let halves: Vec<u8> = dense.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
-        bytes = match ty {
-            GgmlType::F32 => dense.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            GgmlType::BF16 => dense.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
-            _ => halves,
-        };
-    }
+    let bytes: Vec<u8> = match ty {
+        GgmlType::F32 => dense.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        GgmlType::F16 => dense.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+        GgmlType::BF16 => dense.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+        // Masking keeps the f16 scales' exponents small, so the values stay finite.
+        _ => (0..len).map(|_| rng.next_u64() as u8 & 0x3B).collect(),
+    };
     Ok(QWeight::new(ty, oc, k, std::sync::Arc::new(bytes), 0)?)
 }

@@ -131,6 +131,18 @@ unsafe fn f16_scales_by_block(p: *const u8, stride: usize) -> __m512 {
     twice(d)
 }
 
+/// `(a16, c16)` of eight 32-element blocks `stride` bytes apart, each starting with its f16
+/// scale, for a type without minimums: `c = a * offset`.
+///
+/// # Safety
+/// As [`f16_scales_by_block`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn block_scales(p: *const u8, stride: usize, offset: f32) -> (__m512, __m512) {
+    let a = unsafe { f16_scales_by_block(p, stride) };
+    (a, _mm512_mul_ps(a, _mm512_set1_ps(offset)))
+}
+
 /// 8 lanes to 16, each twice.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -149,8 +161,7 @@ impl Kind for Q8_0 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     unsafe fn scales(p: *const u8) -> (__m512, __m512) {
-        let a = unsafe { f16_scales_by_block(p, 34) };
-        (a, _mm512_mul_ps(a, _mm512_set1_ps(128.0)))
+        unsafe { block_scales(p, 34, 128.0) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
@@ -174,8 +185,7 @@ impl Kind for Q4_0 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     unsafe fn scales(p: *const u8) -> (__m512, __m512) {
-        let a = unsafe { f16_scales_by_block(p, 18) };
-        (a, _mm512_mul_ps(a, _mm512_set1_ps(8.0)))
+        unsafe { block_scales(p, 18, 8.0) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
