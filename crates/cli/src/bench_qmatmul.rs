@@ -1,5 +1,6 @@
 //! `truthgpt bench qmatmul`: the quantized product of each ggml type, with each kernel this CPU
-//! runs, against the f32 product of the same (dequantized) weights, alternated round by round.
+//! runs (and with the best one over the weights packed as a model's are at load, where the type
+//! packs), against the f32 product of the same (dequantized) weights, alternated round by round.
 //! One JSON line per (type, rows), with the weights' bytes per second, which bounds decoding.
 
 use std::time::Instant;
@@ -23,6 +24,13 @@ pub fn run(args: &BenchQmatmulArgs) -> anyhow::Result<()> {
     rng.fill_normal(&mut dense, 0.02);
     for &ty in &args.types {
         let w = QMatrix::from(quantized(ty, &dense, oc, k)?);
+        let packed = w.clone().pack();
+        // Each kernel over the weights as stored, then the best over the packed weights.
+        let mut sides: Vec<(String, QKernel, &QMatrix)> =
+            QKernel::available().into_iter().map(|k| (format!("{k:?}").to_lowercase(), k, &w)).collect();
+        if packed.parts()[0].packed().is_some() {
+            sides.push(("packed".into(), QKernel::best(), &packed));
+        }
         let mut f32_weight = vec![0f32; oc * k];
         for (r, row) in f32_weight.chunks_exact_mut(k).enumerate() {
             w.dequantize_row(r, row);
@@ -31,18 +39,19 @@ pub fn run(args: &BenchQmatmulArgs) -> anyhow::Result<()> {
             let mut x = vec![0f32; n * k];
             rng.fill_normal(&mut x, 1.0);
             let mut out = vec![0f32; n * oc];
-            let kernels = QKernel::available();
             // Enough calls per round for ~0.2 s of the slowest side.
             let calls =
                 (2e9 / (2.0 * (n * k * oc) as f64 + 1e9 * (w.bytes_len() as f64 / 10e9))).max(1.0) as usize;
-            let mut seconds = vec![Vec::new(); kernels.len() + 1];
+            let mut seconds = vec![Vec::new(); sides.len() + 1];
             for round in 0..=args.rounds {
                 for (i, times) in seconds.iter_mut().enumerate() {
                     let start = Instant::now();
                     rayon::scope(|_| {
                         for _ in 0..calls {
-                            match kernels.get(i) {
-                                Some(&kernel) => qlinear_forward_with(kernel, &mut out, &x, &w, None, n),
+                            match sides.get(i) {
+                                Some(&(_, kernel, w)) => {
+                                    qlinear_forward_with(kernel, &mut out, &x, w, None, n)
+                                }
                                 None => matmul::linear_forward(
                                     Precision::F32,
                                     &mut out,
@@ -61,12 +70,11 @@ pub fn run(args: &BenchQmatmulArgs) -> anyhow::Result<()> {
                     }
                 }
             }
-            let f32_ms = crate::bench::median(&mut seconds[kernels.len()]) * 1e3;
+            let f32_ms = crate::bench::median(&mut seconds[sides.len()]) * 1e3;
             let mut line = json!({"type": ty.name(), "rows": n, "in": k, "out": oc, "threads": threads,
                 "weight_bytes": w.bytes_len(), "f32_ms": f32_ms});
-            for (kernel, times) in kernels.iter().zip(&mut seconds) {
+            for ((name, ..), times) in sides.iter().zip(&mut seconds) {
                 let secs = crate::bench::median(times);
-                let name = format!("{kernel:?}").to_lowercase();
                 line[format!("{name}_ms")] = json!(secs * 1e3);
                 line[format!("{name}_weight_gb_per_s")] = json!(w.bytes_len() as f64 / secs / 1e9);
                 line[format!("{name}_vs_f32")] = json!(f32_ms / (secs * 1e3));

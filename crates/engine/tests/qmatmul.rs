@@ -132,6 +132,47 @@ fn every_kernel_matches_the_portable_one() {
 }
 
 #[test]
+fn packed_weights_give_the_portable_products() {
+    // Packing covers the rows but the last `rows % 16`, which the row-wise kernels do; 576
+    // columns (SmolLM2's width) are whole periods of the 32-element types only.
+    let packs = QKernel::best() != QKernel::Portable;
+    let mut rng = Rng::new(17);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K] {
+        for (oc, k) in [(37, 512), (48, 256), (16, 1024), (35, 576)] {
+            if k % ty.block_elements() != 0 || (ty == GgmlType::Q4_K && k % 256 != 0) {
+                continue;
+            }
+            let plain = QMatrix::from(random_weight(ty, oc, k, &mut rng));
+            let packed = plain.clone().pack();
+            let part = &packed.parts()[0];
+            if packs {
+                let rows = part.packed().map(|p| p.rows());
+                assert_eq!(rows, Some(oc / 16 * 16), "{ty} {oc}x{k}: {part:?}");
+            }
+            for n in [1, 2, 4, 5, 11] {
+                let mut x = vec![0f32; n * k];
+                rng.fill_normal(&mut x, 1.0);
+                if n == 5 {
+                    x[4 * k + 3] = f32::NAN;
+                }
+                let want = run(QKernel::Portable, &plain, &x, n);
+                let got = run(QKernel::best(), &packed, &x, n);
+                let finite: Vec<usize> = (0..n * oc).filter(|&i| !(n == 5 && i / oc == 4)).collect();
+                let scale = finite.iter().fold(1.0f32, |m, &i| m.max(want[i].abs()));
+                let diff = max_abs_diff(
+                    &finite.iter().map(|&i| got[i]).collect::<Vec<_>>(),
+                    &finite.iter().map(|&i| want[i]).collect::<Vec<_>>(),
+                );
+                assert!(diff <= 2e-5 * scale as f64, "{ty} {oc}x{k} n={n}: max diff {diff}");
+                if n == 5 {
+                    assert!(got[4 * oc..].iter().all(|v| v.is_nan()), "{ty} {oc}x{k}: NaN row");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn nan_in_the_activations_reaches_the_output() {
     let mut rng = Rng::new(3);
     for &ty in GgmlType::ALL {

@@ -17,6 +17,7 @@
 //! Output rows are split over threads; the activations' buffer is per thread and reused, so a
 //! decoding step allocates nothing once warm.
 
+mod packed;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
@@ -31,6 +32,7 @@ use truthgpt_quant::int::{act_block, dot_row, IntBlock, Q8Acts};
 use truthgpt_quant::{dequantize_row, GgmlType, QuantError};
 
 use crate::par::DisjointPtr;
+pub use packed::{Packed, GROUP};
 
 /// The bytes a [`QWeight`] views: a memory-mapped file, or an owned buffer.
 pub type Storage = Arc<dyn AsRef<[u8]> + Send + Sync>;
@@ -47,11 +49,17 @@ pub struct QWeight {
     /// Row `r` of the matrix is stored row `order[r]` (llama.cpp's files permute q and k rows
     /// for their RoPE pairing); `None` is the identity.
     order: Option<Arc<[u32]>>,
+    /// The rows but the last `rows % GROUP` in the vector kernel's layout, if packed.
+    packed: Option<Arc<Packed>>,
 }
 
 impl fmt::Debug for QWeight {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "QWeight({} {} x {} at byte {})", self.ty, self.rows, self.cols, self.offset)
+        write!(f, "QWeight({} {} x {} at byte {}", self.ty, self.rows, self.cols, self.offset)?;
+        match &self.packed {
+            Some(p) => write!(f, ", {} rows packed)", p.rows()),
+            None => write!(f, ")"),
+        }
     }
 }
 
@@ -76,7 +84,7 @@ impl QWeight {
                 got: have.saturating_sub(offset),
             });
         }
-        Ok(QWeight { ty, rows, cols, storage, offset, order: None })
+        Ok(QWeight { ty, rows, cols, storage, offset, order: None, packed: None })
     }
 
     /// The same storage with row `r` read from stored row `order[r]`; `order` must be a
@@ -93,7 +101,33 @@ impl QWeight {
             return Err(format!("row order has {} rows, the matrix {}", order.len(), self.rows));
         }
         self.order = Some(order.into());
+        self.packed = None;
         Ok(self)
+    }
+
+    /// The same weight with a copy of its rows in the layout of [`QKernel::best`]'s packed
+    /// kernel ([`Packed`]), where that kernel has one for the type and shape; else unchanged.
+    /// Made once at load: the packed kernel streams one sequential run per sixteen rows and
+    /// spends a fifth of the instructions. The original bytes stay the source of [`row`]
+    /// (embedding lookups, the reference path), so a memory-mapped file's pages may be dropped
+    /// after packing (`madvise`) and come back from the file only if read.
+    ///
+    /// [`row`]: QWeight::row
+    pub fn pack(mut self) -> Self {
+        if kernel_packs(QKernel::best()) && self.packed.is_none() {
+            self.packed = Packed::new(&self).map(Arc::new);
+        }
+        self
+    }
+
+    /// The packed rows, if any.
+    pub fn packed(&self) -> Option<&Packed> {
+        self.packed.as_deref()
+    }
+
+    /// Rows the packed kernel covers: `0..packed rows`, empty if not packed.
+    fn packed_rows(&self) -> usize {
+        self.packed.as_ref().map_or(0, |p| p.rows())
     }
 
     /// Quantizes `w (rows, cols)` to `ty` by round-to-nearest into an owned buffer.
@@ -115,6 +149,11 @@ impl QWeight {
 
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// Where the matrix's bytes lie in its storage.
+    pub fn storage_range(&self) -> Range<usize> {
+        self.offset..self.offset + self.rows * self.row_bytes()
     }
 
     /// The matrix's bytes, in stored row order.
@@ -171,6 +210,16 @@ thread_local! {
     static ACTS: RefCell<(Q8Acts, Vec<i8>)> = RefCell::default();
 }
 
+/// Whether `kernel` has packed kernels ([`QWeight::pack`]).
+fn kernel_packs(kernel: QKernel) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == QKernel::Avx512Vnni {
+        return true;
+    }
+    let _ = kernel;
+    false
+}
+
 /// Multiply-adds per task below which a product is not split over threads.
 const TASK_WORK: usize = 1 << 18;
 
@@ -209,6 +258,11 @@ impl QMatrix {
     /// Bytes of all parts.
     pub fn bytes_len(&self) -> usize {
         self.parts.iter().map(|p| p.bytes().len()).sum()
+    }
+
+    /// Every part [`QWeight::pack`]ed.
+    pub fn pack(self) -> Self {
+        QMatrix { parts: self.parts.into_iter().map(QWeight::pack).collect(), rows: self.rows }
     }
 
     /// Row `r` as f32 (embedding lookups, the reference path).
@@ -284,7 +338,10 @@ pub fn qlinear_forward_with(
 /// The piece order `kernel` wants activations in for `w`, if not the natural one.
 fn kernel_piece_order(kernel: QKernel, w: &QWeight) -> Option<&'static [u8; 16]> {
     #[cfg(target_arch = "x86_64")]
-    if kernel == QKernel::Avx512Vnni && w.cols.is_multiple_of(truthgpt_quant::QK_K) {
+    if kernel == QKernel::Avx512Vnni
+        && w.cols.is_multiple_of(truthgpt_quant::QK_K)
+        && w.packed_rows() < w.rows
+    {
         return vnni::piece_order(w.ty);
     }
     let _ = (kernel, w);
@@ -334,8 +391,9 @@ fn product(kernel: QKernel, out: Out, acts: &Acts, w: &QWeight, n: usize) {
     let per_task = TASK_WORK.div_ceil(n * w.cols).max(1);
     let threads = rayon::current_num_threads();
     let per_task = per_task.max(oc.div_ceil(4 * threads));
-    // Whole groups of four weight rows per task, the vector kernels' tile.
-    let per_task = per_task.next_multiple_of(4);
+    // Whole groups of sixteen weight rows per task, the packed kernels' group (and four of the
+    // other vector kernels' tiles).
+    let per_task = per_task.next_multiple_of(GROUP);
     let run = |cols: Range<usize>| columns(kernel, out, acts, w, n, cols);
     if oc > per_task && threads > 1 {
         (0..oc.div_ceil(per_task))
@@ -347,7 +405,18 @@ fn product(kernel: QKernel, out: Out, acts: &Acts, w: &QWeight, n: usize) {
 }
 
 /// Output columns `cols` of every row.
-fn columns(kernel: QKernel, out: Out, acts: &Acts, w: &QWeight, n: usize, cols: Range<usize>) {
+fn columns(kernel: QKernel, out: Out, acts: &Acts, w: &QWeight, n: usize, mut cols: Range<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    if let (QKernel::Avx512Vnni, Some(packed), Acts::Int { acts, .. }) = (kernel, &w.packed, acts) {
+        // Tasks start at multiples of GROUP, so the packed rows are whole groups.
+        let split = cols.end.min(packed.rows()).max(cols.start);
+        // SAFETY: `available` confirmed the CPU features; this task alone writes `cols`.
+        unsafe { vnni::packed::columns(out, acts, packed, n, cols.start..split) };
+        cols.start = split;
+        if cols.is_empty() {
+            return;
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if kernel == QKernel::Avx512Vnni {
         // SAFETY: `available` confirmed the CPU features; this task alone writes `cols`.

@@ -16,6 +16,8 @@
 //! and the product is the sum of `acc`'s lanes. A tile of four weight rows by up to four
 //! activation rows shares each decoded chunk: decode costs once per weight row, not per pair.
 
+pub(super) mod packed;
+
 use std::arch::x86_64::*;
 use std::ops::Range;
 

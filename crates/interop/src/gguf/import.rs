@@ -326,7 +326,8 @@ fn load_weights(g: &Gguf, family: Family, config: &ModelConfig, weights: Weights
 
 /// The matrices that stay in their blocks: the token embedding and every linear layer's weight
 /// (our 2-D tensors but the learned position table), unless all their parts are F32. Each part
-/// views its tensor in the file; `llama` q and k rows are read in Hugging Face order.
+/// views its tensor in the file; `llama` q and k rows are read in Hugging Face order. Parts the
+/// vector kernel packs (`QWeight::pack`) are copied once, and their pages in the file dropped.
 fn matrices(
     g: &Gguf,
     maps: &[hf::Mapping],
@@ -350,6 +351,14 @@ fn matrices(
                 let mut order = vec![0.0; rows];
                 permute_rope(&ids, &mut order, heads, 1, RopeOrder::FromGguf);
                 w = w.with_row_order(order.iter().map(|&r| r as u32).collect()).map_err(|e| invalid(g, e))?;
+            }
+            // The token table is packed only where it is also the output projection: lookups
+            // read rows as stored.
+            if map.ours != "embed.tokens" || m.tie_embeddings {
+                w = w.pack();
+                if w.packed().is_some_and(|p| p.rows() == w.rows()) {
+                    g.release(w.storage_range());
+                }
             }
             parts.push(w);
         }

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 use truthgpt_engine::qmatmul::{QWeight, Storage};
 use truthgpt_quant::GgmlType;
 
@@ -96,6 +96,18 @@ impl Gguf<Mapped> {
         // every mmap-based loader (llama.cpp's included) accepts.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
         Gguf::from_bytes(path, Mapped(Arc::new(map)))
+    }
+
+    /// Drops the file's pages under `bytes` (a byte range of the file) from this process's
+    /// memory, for a matrix that was packed: the copy is what the kernels read, and the pages
+    /// come back from the file if anything reads them again (an embedding lookup).
+    pub fn release(&self, bytes: std::ops::Range<usize>) {
+        // SAFETY: the map is read-only, so dropping its pages loses nothing; memmap2 widens
+        // the range to whole pages, and the pages beside it come back from the file too.
+        // A failure only leaves the pages resident.
+        let _ = unsafe {
+            self.bytes.0.unchecked_advise_range(UncheckedAdvice::DontNeed, bytes.start, bytes.len())
+        };
     }
 }
 
