@@ -42,6 +42,7 @@ pub(in crate::qmatmul) unsafe fn columns(out: Out, x: &Q8Acts, w: &Packed, n: us
             GgmlType::Q4_0 => groups::<Q4_0>(out, x, w, n, cols),
             GgmlType::Q4_1 => groups::<Q4_1>(out, x, w, n, cols),
             GgmlType::Q4_K => groups::<Q4K>(out, x, w, n, cols),
+            GgmlType::Q6_K => groups::<Q6K>(out, x, w, n, cols),
             other => unreachable!("{other} does not pack"),
         }
     }
@@ -53,6 +54,9 @@ trait Kind {
     const PERIOD: usize;
     const HEADER: usize;
     const UNIT: usize;
+    /// Whether scales change every 16 elements (Q6_K), so that each half's dot is kept as two:
+    /// `dots[half + 2 * (k / 4)]`.
+    const BY_16: bool = false;
     /// Scales read once per period.
     type Header: Copy;
     /// # Safety
@@ -63,7 +67,8 @@ trait Kind {
     /// # Safety
     /// As [`Kind::header`], for the unit.
     unsafe fn load(unit: *const u8, k: usize) -> (__m512i, __m512i);
-    /// Folds unit `u` of period `p` (its two dots against row `x`) into `acc`.
+    /// Folds unit `u` of period `p` into `acc`: its dots against row `x`, `lo` and `hi`, and
+    /// where [`Kind::BY_16`], then those of the second 16 elements of each.
     ///
     /// # Safety
     /// As [`Kind::header`]; `x` holds period `p`.
@@ -71,7 +76,7 @@ trait Kind {
         h: *const u8,
         head: &Self::Header,
         u: usize,
-        dots: [__m512i; 2],
+        dots: [__m512i; 4],
         x: ActRow,
         p: usize,
         acc: &mut Acc,
@@ -118,7 +123,7 @@ unsafe fn fold32(
     m: Option<[__m512; 2]>,
     offset: i32,
     scale_hi: i32,
-    dots: [__m512i; 2],
+    dots: [__m512i; 4],
     x: ActRow,
     p: usize,
     acc: &mut Acc,
@@ -168,7 +173,7 @@ impl Kind for Q8_0 {
         _h: *const u8,
         d: &[__m512; 2],
         _u: usize,
-        dots: [__m512i; 2],
+        dots: [__m512i; 4],
         x: ActRow,
         p: usize,
         acc: &mut Acc,
@@ -210,7 +215,7 @@ impl Kind for Q4_0 {
         _h: *const u8,
         d: &[__m512; 2],
         _u: usize,
-        dots: [__m512i; 2],
+        dots: [__m512i; 4],
         x: ActRow,
         p: usize,
         acc: &mut Acc,
@@ -245,7 +250,7 @@ impl Kind for Q4_1 {
         _h: *const u8,
         s: &[__m512; 4],
         _u: usize,
-        dots: [__m512i; 2],
+        dots: [__m512i; 4],
         x: ActRow,
         p: usize,
         acc: &mut Acc,
@@ -287,7 +292,7 @@ impl Kind for Q4K {
         h: *const u8,
         _: &[__m512; 2],
         u: usize,
-        dots: [__m512i; 2],
+        dots: [__m512i; 4],
         x: ActRow,
         p: usize,
         acc: &mut Acc,
@@ -310,6 +315,62 @@ impl Kind for Q4K {
         acc.total = _mm512_fmadd_ps(_mm512_mul_ps(d[0], dx), acc.scaled, acc.total);
         acc.total = _mm512_fnmadd_ps(_mm512_mul_ps(d[1], dx), acc.mins, acc.total);
         (acc.scaled, acc.mins) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    }
+}
+
+/// Q6_K: whole bytes as Q8_0's (`OFFSET` 32), a signed scale per 16 elements times `d`;
+/// activations have one scale per 256.
+struct Q6K;
+
+impl Kind for Q6K {
+    const PERIOD: usize = QK_K;
+    const HEADER: usize = 320;
+    const UNIT: usize = 1024;
+    const BY_16: bool = true;
+    type Header = __m512;
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn header(h: *const u8) -> __m512 {
+        unsafe { f16x16(h) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn load(unit: *const u8, k: usize) -> (__m512i, __m512i) {
+        // SAFETY: both halves lie in the unit.
+        unsafe {
+            (_mm512_load_si512(unit.add(64 * k).cast()), _mm512_load_si512(unit.add(512 + 64 * k).cast()))
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn fold(
+        h: *const u8,
+        _: &__m512,
+        u: usize,
+        dots: [__m512i; 4],
+        x: ActRow,
+        p: usize,
+        acc: &mut Acc,
+    ) {
+        // dots: [elements 0..16, 32..48, 16..32, 48..64] of the unit.
+        for (i, group) in [0, 2, 1, 3].into_iter().enumerate() {
+            let g = 4 * u + group;
+            // SAFETY: group `g`'s scale lies in the header, its sum in the row.
+            let (sc, s) = unsafe {
+                let sc = _mm512_cvtepi8_epi32(_mm_load_si128(h.add(64 + 16 * g).cast()));
+                (_mm512_cvtepi32_ps(sc), *x.sums.add(16 * p + g))
+            };
+            let centred = _mm512_sub_epi32(dots[i], _mm512_set1_epi32(32 * s));
+            acc.scaled = _mm512_fmadd_ps(_mm512_cvtepi32_ps(centred), sc, acc.scaled);
+        }
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn finish(d: &__m512, x: ActRow, p: usize, acc: &mut Acc) {
+        // SAFETY: super-block `p` lies in the row.
+        let dx = _mm512_set1_ps(unsafe { *x.d.add(p) });
+        acc.total = _mm512_fmadd_ps(_mm512_mul_ps(*d, dx), acc.scaled, acc.total);
+        acc.scaled = _mm512_setzero_ps();
     }
 }
 
@@ -371,16 +432,18 @@ unsafe fn tile<T: Kind, const C: usize>(
         let head = unsafe { T::header(h) };
         for u in 0..T::PERIOD / 64 {
             let unit = unsafe { h.add(T::HEADER + u * T::UNIT) };
-            let mut dots = [[_mm512_setzero_si512(); 2]; C];
+            let mut dots = [[_mm512_setzero_si512(); 4]; C];
             for k in 0..8 {
                 let (lo, hi) = unsafe { T::load(unit, k) };
+                let second = if T::BY_16 && k >= 4 { 2 } else { 0 };
                 for j in 0..C {
                     let q = unsafe { x[j].qs.add(p * T::PERIOD + 64 * u + 4 * k) };
                     let (ql, qh) = unsafe {
                         (q.cast::<i32>().read_unaligned(), q.add(32).cast::<i32>().read_unaligned())
                     };
-                    dots[j][0] = _mm512_dpbusd_epi32(dots[j][0], lo, _mm512_set1_epi32(ql));
-                    dots[j][1] = _mm512_dpbusd_epi32(dots[j][1], hi, _mm512_set1_epi32(qh));
+                    let (l, h) = (second, second + 1);
+                    dots[j][l] = _mm512_dpbusd_epi32(dots[j][l], lo, _mm512_set1_epi32(ql));
+                    dots[j][h] = _mm512_dpbusd_epi32(dots[j][h], hi, _mm512_set1_epi32(qh));
                 }
             }
             for j in 0..C {
