@@ -15,7 +15,7 @@ requested, as llama-cpp-python's logits_all=True), ours from `truthgpt logits --
   than twice the max |diff| (where no difference of that size could swap them).
 
     /work/venv/bin/python scripts/compare_logits_llamacpp.py FILE.gguf... [--tokens 512]
-        [--text PATH] [--threads 2] [--kv f16|f32] [--truthgpt PATH] [--markdown]
+        [--text PATH] [--threads 2] [--kv f16|f32] [--truthgpt PATH] [--markdown] [--reference]
 
 Needs numpy, g++ and the llama.cpp build of scripts/build_llamacpp.sh ($LLAMACPP_DIR, default
 /work/llamacpp: the static libraries in build/, the sources in src/). The dumper is compiled once
@@ -87,10 +87,11 @@ def llamacpp_logits(model: Path, ids: list[int], threads: int, kv: str) -> np.nd
     return logits.reshape(len(ids), -1)
 
 
-def our_logits(truthgpt: Path, model: Path, ids: list[int], threads: int) -> np.ndarray:
+def our_logits(truthgpt: Path, model: Path, ids: list[int], threads: int, f32: bool = False) -> np.ndarray:
+    """Ours through the integer kernels, or with `f32` through the reference path."""
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-    r = subprocess.run([str(truthgpt), "logits", "--model", str(model), "--ids", ",".join(map(str, ids))],
-                       capture_output=True, text=True, env=env)
+    cmd = [str(truthgpt), "logits", "--model", str(model), "--ids", ",".join(map(str, ids))]
+    r = subprocess.run(cmd + (["--f32"] if f32 else []), capture_output=True, text=True, env=env)
     if r.returncode != 0:
         sys.exit(f"truthgpt logits on {model} failed:\n{r.stderr[-3000:]}")
     return np.asarray(json.loads(r.stdout)["logits"], dtype=np.float32)
@@ -129,6 +130,8 @@ def main() -> None:
     ap.add_argument("--kv", choices=["f16", "f32"], default="f16", help="llama.cpp's KV cache type (f16 is its default)")
     ap.add_argument("--truthgpt", type=Path, default=default_truthgpt())
     ap.add_argument("--markdown", action="store_true", help="also print a table row per file")
+    ap.add_argument("--reference", action="store_true",
+                    help="also our f32 reference path (`logits --f32`): how far each side is from it")
     a = ap.parse_args()
     if not a.truthgpt.exists():
         sys.exit(f"no {a.truthgpt}: cargo build --release -p truthgpt (or --truthgpt PATH)")
@@ -149,6 +152,12 @@ def main() -> None:
               f"({c['max_rel_span']:.2%} of the logits' range {c['span']:.3g}; worst at position "
               f"{c['worst_position']}), mean {c['mean_abs']:.3g}; top-1 {c['top1']}/{c['positions']}, "
               f"decisive positions {c['decisive_agree']}/{c['decisive']}", flush=True)
+        if a.reference:
+            ref = our_logits(a.truthgpt, f, ids, a.threads, f32=True)
+            to_ref = lambda x: np.abs(x.astype(np.float64) - ref)
+            d_ll, d_ours = to_ref(theirs), to_ref(ours)
+            print(f"  from our f32 reference path: llama.cpp max {d_ll.max():.4g} mean {d_ll.mean():.3g}; "
+                  f"our integer kernels max {d_ours.max():.4g} mean {d_ours.mean():.3g}", flush=True)
     if a.markdown:
         print("\n| file | positions | max abs diff | of the range | mean abs diff | top-1 | top-1, decisive positions |")
         print("|---|---|---|---|---|---|---|")

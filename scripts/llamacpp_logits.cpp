@@ -45,6 +45,7 @@ int main(int argc, char ** argv) {
     llama_log_set(quiet, nullptr);
     llama_backend_init();
     llama_model_params mp = llama_model_default_params();
+    mp.progress_callback = [](float, void *) { return true; };  // no progress dots on stderr
     llama_model * model = llama_model_load_from_file(argv[2], mp);
     if (!model) return fail(std::string("cannot load ") + argv[2]);
     const llama_vocab * vocab = llama_model_get_vocab(model);

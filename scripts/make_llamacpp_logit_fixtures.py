@@ -4,7 +4,8 @@ llama.cpp's own logits for them, so crates/interop/tests/gguf_llamacpp.rs compar
 kernels with llama.cpp without llama.cpp at test time.
 
 One random model (make_tinyllama_gguf.py's writer and tokenizer at a small shape: hidden 256 so
-every row is whole 256-element super-blocks and the vector kernels run, 2 layers, 4 heads of 64,
+every row is whole 256-element super-blocks and the vector kernels run, 1 layer (to keep the
+files small: F16 is 1.1 MB, the others 0.3-0.6 MB), 4 heads of 64,
 2 KV heads, FFN 256, vocabulary 320; weights ~N(0, 1/16) so the logits spread over several units
 and the top-1 is mostly clear) written in F16, then llama-quantize's Q8_0, Q4_0, Q4_1 and Q4_K_M
 copies (Q4_K_M mixes in Q6_K). For each, under crates/interop/tests/fixtures/gguf/llamacpp/<type>/:
@@ -32,7 +33,7 @@ import compare_logits_llamacpp as cmp  # noqa: E402
 import make_tinyllama_gguf as tiny  # noqa: E402
 
 OUT = cmp.ROOT / "crates" / "interop" / "tests" / "fixtures" / "gguf" / "llamacpp"
-SHAPE = dict(hidden=256, layers=2, heads=4, kv_heads=2, ffn=256, vocab=320,
+SHAPE = dict(hidden=256, layers=1, heads=4, kv_heads=2, ffn=256, vocab=320,
              rope_theta=10000.0, rms_eps=1e-5, context=128)
 QUANTIZED = ["q8_0", "q4_0", "q4_1", "q4_k_m"]
 TOKENS = 64

@@ -4,7 +4,7 @@
 
 Starts `truthgpt serve --model FILE --port 0`, waits for /ready, then sends --requests greedy
 completions (--concurrency at a time, prompts from the bundled plays, --max-tokens each) to
-/v1/completions, sampling the server's /proc/PID/status (VmRSS, RssAnon, RssFile) and /metrics
+/v1/completions (--prompt-chars of a play each), sampling the server's /proc/PID/status (VmRSS, RssAnon, RssFile) and /metrics
 (kv_blocks_used, kv_bytes_allocated) every --interval seconds. At the end it reads VmHWM (the
 peak RSS the kernel recorded) and prints one JSON object:
 
@@ -56,10 +56,10 @@ def metric(text: str, name: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def prompts(n: int) -> list[str]:
-    """n passages of about 400 characters from the plays, each different (no shared prefix cache)."""
+def prompts(n: int, chars: int) -> list[str]:
+    """n passages of `chars` characters from the plays, each different (no shared prefix cache)."""
     text = (ROOT / "data" / "shakespeare" / "hamlet.txt").read_text(encoding="utf-8")
-    return [text[5000 + i * 997: 5000 + i * 997 + 400] for i in range(n)]
+    return [text[5000 + i * 997: 5000 + i * 997 + chars] for i in range(n)]
 
 
 def main() -> None:
@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--prompt-chars", type=int, default=400)
     ap.add_argument("--max-batch", type=int)
     ap.add_argument("--kv-blocks", type=int)
     ap.add_argument("--interval", type=float, default=0.05)
@@ -119,18 +120,20 @@ def main() -> None:
                     pass
                 time.sleep(a.interval)
 
-        def complete(prompt: str) -> int:
+        def complete(prompt: str) -> tuple[int, int]:
             body = json.dumps({"model": model_id, "prompt": prompt, "max_tokens": a.max_tokens,
                                "temperature": 0}).encode()
             req = urllib.request.Request(url + "/v1/completions", body, {"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=600) as r:
-                return json.loads(r.read())["usage"]["completion_tokens"]
+                usage = json.loads(r.read())["usage"]
+                return usage["prompt_tokens"], usage["completion_tokens"]
 
         sampler = threading.Thread(target=sample)
         sampler.start()
         t1 = time.time()
         with ThreadPoolExecutor(a.concurrency) as pool:
-            tokens = sum(pool.map(complete, prompts(a.requests)))
+            usages = list(pool.map(complete, prompts(a.requests, a.prompt_chars)))
+        prompt_tokens, tokens = sum(u[0] for u in usages), sum(u[1] for u in usages)
         load_s = time.time() - t1
         time.sleep(0.3)
         stop.set()
@@ -151,10 +154,10 @@ def main() -> None:
     kv = int(kv_peak[0])
     out = dict(
         model=str(a.model), file_bytes=file_bytes, requests=a.requests, concurrency=a.concurrency,
-        max_tokens=a.max_tokens, completion_tokens=tokens, ready_s=round(ready_s, 1), load_s=round(load_s, 1),
+        max_tokens=a.max_tokens, prompt_tokens=prompt_tokens, completion_tokens=tokens, ready_s=round(ready_s, 1), load_s=round(load_s, 1),
         kv_bytes_peak=kv, kv_blocks_used_peak=int(used_peak[0]),
         kv_capacity_bytes=int(blocks_total * block_bytes) if blocks_total and block_bytes else None,
-        idle_rss_bytes=idle.get("VmRSS"), vmhwm_bytes=final["VmHWM"],
+        idle_rss_bytes=idle.get("VmRSS"), idle_rss_anon_bytes=idle.get("RssAnon"), vmhwm_bytes=final["VmHWM"],
         rss_anon_peak_bytes=peak("RssAnon"), rss_file_peak_bytes=peak("RssFile"),
         ratio=round(final["VmHWM"] / (file_bytes + kv), 3),
     )
