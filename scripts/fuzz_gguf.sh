@@ -29,11 +29,15 @@ cargo +nightly build --release --target "$TRIPLE" --bins
 for t in "${TARGETS[@]}"; do
   corpus="$ROOT/fuzz/corpus/$t"
   mkdir -p "$corpus" "$ROOT/fuzz/artifacts/$t"
-  # Seeds: every committed GGUF fixture small enough to mutate quickly.
-  find "$ROOT/crates" -name '*.gguf' -size -400k -exec cp -n {} "$corpus/" \; 2>/dev/null || true
-  for f in "$corpus"/*.gguf; do [[ -e "$f" ]] && mv "$f" "$corpus/seed-$(sha1sum "$f" | cut -c1-12)"; done
+  # Seeds: every committed GGUF fixture small enough to mutate quickly (most are model.gguf, so
+  # each is named by its hash).
+  while IFS= read -r f; do
+    cp "$f" "$corpus/seed-$(sha1sum "$f" | cut -c1-12)"
+  done < <(find "$ROOT/crates" -name '*.gguf' -size -400k)
   echo "== $t: ${SECS}s, corpus $(ls "$corpus" | wc -l) files"
   TMPDIR=/dev/shm "$CARGO_TARGET_DIR/$TRIPLE/release/$t" "$corpus" \
     -max_total_time="$SECS" -rss_limit_mb="$RSS" -max_len=1048576 -timeout=20 -print_final_stats=1 \
-    -artifact_prefix="$ROOT/fuzz/artifacts/$t/" 2>&1 | tail -n 25
+    -artifact_prefix="$ROOT/fuzz/artifacts/$t/" > "$ROOT/fuzz/artifacts/$t.log" 2>&1 || status=$?
+  grep -E '^#[0-9]+ +(INITED|DONE)|^stat::|^==[0-9]+==|panicked|SUMMARY' "$ROOT/fuzz/artifacts/$t.log" | tail -n 12
+  [[ -z "${status:-}" ]] || { echo "$t: libFuzzer exited with ${status}: see fuzz/artifacts/$t.log"; exit 1; }
 done
