@@ -38,6 +38,6 @@ for t in "${TARGETS[@]}"; do
   TMPDIR=/dev/shm "$CARGO_TARGET_DIR/$TRIPLE/release/$t" "$corpus" \
     -max_total_time="$SECS" -rss_limit_mb="$RSS" -max_len=1048576 -timeout=20 -print_final_stats=1 \
     -artifact_prefix="$ROOT/fuzz/artifacts/$t/" > "$ROOT/fuzz/artifacts/$t.log" 2>&1 || status=$?
-  grep -E '^#[0-9]+ +(INITED|DONE)|^stat::|^==[0-9]+==|panicked|SUMMARY' "$ROOT/fuzz/artifacts/$t.log" | tail -n 12
+  grep -aE '^#[0-9]+[[:space:]]+(INITED|DONE)|^stat::|^==[0-9]+==|panicked|SUMMARY' "$ROOT/fuzz/artifacts/$t.log" | tail -n 12
   [[ -z "${status:-}" ]] || { echo "$t: libFuzzer exited with ${status}: see fuzz/artifacts/$t.log"; exit 1; }
 done
