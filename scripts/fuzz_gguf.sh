@@ -7,7 +7,7 @@
 #
 #   scripts/fuzz_gguf.sh [TARGET...]     (default: gguf_read gguf_import)
 #
-#   SECONDS_PER_TARGET (300)  RSS_LIMIT_MB (2048)  CARGO_TARGET_DIR (fuzz/target)
+#   SECONDS_PER_TARGET (300)  RSS_LIMIT_MB (2048)  MAX_LEN (1048576)  CARGO_TARGET_DIR (fuzz/target)
 # The corpus starts from the committed GGUF fixtures and grows in fuzz/corpus/TARGET (ignored by
 # git); crashes land in fuzz/artifacts/TARGET. Each target's last libFuzzer lines are printed
 # (executions, coverage, corpus size). Not a CI step: it runs for minutes on one core.
@@ -15,6 +15,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SECS=${SECONDS_PER_TARGET:-300}
 RSS=${RSS_LIMIT_MB:-2048}
+MAX_LEN=${MAX_LEN:-1048576}
 TARGETS=("$@")
 [[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(gguf_read gguf_import)
 TRIPLE=x86_64-unknown-linux-gnu
@@ -36,7 +37,7 @@ for t in "${TARGETS[@]}"; do
   done < <(find "$ROOT/crates" -name '*.gguf' -size -400k)
   echo "== $t: ${SECS}s, corpus $(ls "$corpus" | wc -l) files"
   TMPDIR=/dev/shm "$CARGO_TARGET_DIR/$TRIPLE/release/$t" "$corpus" \
-    -max_total_time="$SECS" -rss_limit_mb="$RSS" -max_len=1048576 -timeout=20 -print_final_stats=1 \
+    -max_total_time="$SECS" -rss_limit_mb="$RSS" -max_len="$MAX_LEN" -timeout=20 -print_final_stats=1 \
     -artifact_prefix="$ROOT/fuzz/artifacts/$t/" > "$ROOT/fuzz/artifacts/$t.log" 2>&1 || status=$?
   grep -aE '^#[0-9]+[[:space:]]+(INITED|DONE)|^stat::|^==[0-9]+==|panicked|SUMMARY' "$ROOT/fuzz/artifacts/$t.log" | tail -n 12
   [[ -z "${status:-}" ]] || { echo "$t: libFuzzer exited with ${status}: see fuzz/artifacts/$t.log"; exit 1; }
