@@ -313,6 +313,11 @@ pub struct LogitsArgs {
     /// Comma-separated token ids, e.g. 1,5,9.
     #[arg(long, value_name = "IDS", value_delimiter = ',', required = true, num_args = 1..)]
     pub ids: Vec<u32>,
+    /// A GGUF file's weights dequantized to f32 and multiplied in f32 (the reference path),
+    /// instead of the integer kernels on its blocks: splits a difference from another tool into
+    /// the kernels' rounding and the rest.
+    #[arg(long)]
+    pub f32: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -90,7 +90,8 @@ pub fn export_gguf(model: &Path, out: &Path, dtype: GgufDtypeArg) -> anyhow::Res
 
 /// One forward pass over `ids` as a single sequence; prints every position's logits.
 pub fn logits(args: &LogitsArgs) -> anyhow::Result<()> {
-    let mut saved = checkpoint::load_model(&args.model)?;
+    let load = if args.f32 { checkpoint::load_model_f32 } else { checkpoint::load_model };
+    let mut saved = load(&args.model)?;
     let vocab = saved.model.config.vocab_size;
     let logits = saved.model.forward(&args.ids, 1, args.ids.len(), Mode::Eval)?;
     let rows: Vec<&[f32]> = logits.chunks_exact(vocab).collect();

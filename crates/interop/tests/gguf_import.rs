@@ -9,6 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::gguf_fixture;
 use truthgpt_config::{ExpertKind, FfnKind, ModelConfig, NormKind, Positional};
 use truthgpt_data::Tokenizer;
 use truthgpt_engine::close::max_abs_diff;
@@ -17,10 +18,6 @@ use truthgpt_interop::gguf::{self, import, GgufDtype};
 use truthgpt_interop::hf::Family;
 use truthgpt_interop::InteropError;
 use truthgpt_model::{Mode, Model};
-
-fn gguf_fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf").join(name)
-}
 
 #[test]
 fn mixed_type_files_give_transformers_logits() {
@@ -60,8 +57,7 @@ fn quantized_kernels_stay_close_to_transformers() {
         let got = loaded.model.forward(&ids, 1, ids.len(), Mode::Eval).unwrap().to_vec();
         let diff = max_abs_diff(&got, &want);
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let argmax = |row: &[f32]| (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
-        let agree = got.chunks(vocab).zip(want.chunks(vocab)).filter(|(g, w)| argmax(g) == argmax(w)).count();
+        let agree = common::top1_agreement(&got, &want, vocab);
         let positions = ids.len();
         println!(
             "{name:>6}: quantized kernels: max |ours - transformers| = {diff:.2e} (logits up to {scale:.2}), top-1 {agree}/{positions}"

@@ -444,6 +444,10 @@ struct Figures {
     tokens_per_second: metrics::Gauge,
     kv_blocks_used: metrics::Gauge,
     kv_blocks_total: metrics::Gauge,
+    /// The pool grows block by block and keeps freed blocks as a prefix cache, so the memory it
+    /// holds is neither the used blocks nor the capacity: these two say what it is.
+    kv_bytes_allocated: metrics::Gauge,
+    kv_block_bytes: metrics::Gauge,
     /// Tokens per (layer, expert) of MoE models, made at the first step that reports them.
     expert_tokens: Vec<metrics::Counter>,
     /// Tokens per second are measured over windows of at least a second of steps: when the
@@ -461,6 +465,8 @@ impl Figures {
             tokens_per_second: metrics::gauge!("generated_tokens_per_second"),
             kv_blocks_used: metrics::gauge!("kv_blocks_used"),
             kv_blocks_total: metrics::gauge!("kv_blocks_total"),
+            kv_bytes_allocated: metrics::gauge!("kv_bytes_allocated"),
+            kv_block_bytes: metrics::gauge!("kv_block_bytes"),
             expert_tokens: Vec::new(),
             window: (std::time::Instant::now(), 0),
         }
@@ -506,6 +512,8 @@ impl Figures {
     fn pool(&self, pool: &KvPool) {
         self.kv_blocks_used.set(pool.used_blocks() as f64);
         self.kv_blocks_total.set(pool.capacity() as f64);
+        self.kv_bytes_allocated.set(pool.bytes() as f64);
+        self.kv_block_bytes.set(pool.block_bytes() as f64);
     }
 }
 

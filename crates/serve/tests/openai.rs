@@ -381,6 +381,8 @@ async fn metrics_count_requests_and_tokens() {
         "time_to_first_token_seconds_bucket",
         "generated_tokens_total",
         "kv_blocks_total",
+        "kv_bytes_allocated",
+        "kv_block_bytes",
         "generated_tokens_per_second",
         "moe_expert_tokens_total{layer=\"1\",expert=\"3\"}",
         "cache_requests_total{result=\"miss\"}",

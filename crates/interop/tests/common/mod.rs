@@ -26,3 +26,19 @@ pub fn expected(dir: &Path) -> (Vec<u32>, Vec<f32>) {
     let logits = logits.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
     (int_tensor(dir, "ids"), logits)
 }
+
+/// A GGUF fixture's directory under tests/fixtures/gguf.
+pub fn gguf_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf").join(name)
+}
+
+/// The index of a row's largest value (`total_cmp`, so a NaN row has a definite answer and the
+/// comparison it feeds fails instead of passing).
+pub fn argmax(row: &[f32]) -> usize {
+    (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).expect("a non-empty row")
+}
+
+/// Positions (rows of `vocab` logits) where `got` and `want` have the same top-1 token.
+pub fn top1_agreement(got: &[f32], want: &[f32], vocab: usize) -> usize {
+    got.chunks(vocab).zip(want.chunks(vocab)).filter(|(g, w)| argmax(g) == argmax(w)).count()
+}
