@@ -8,6 +8,7 @@ Prints one JSON line: the distributed losses per round, which the test checks fa
 
 import argparse
 import json
+import signal
 import socket
 import threading
 
@@ -36,14 +37,6 @@ def run(clients=4, rounds=3, local_steps=3, seed=0):
     shards = [(starts[c][:, None] + np.arange(17)[None, :]) % 64 for c in range(clients)]
     address = f"127.0.0.1:{free_port()}"
     strategy = FedAvg(min_fit_clients=clients, min_evaluate_clients=clients, min_available_clients=clients)
-    history = {}
-
-    def serve():
-        history["h"] = flwr.server.start_server(server_address=address, strategy=strategy,
-                                                config=flwr.server.ServerConfig(num_rounds=rounds))
-
-    server = threading.Thread(target=serve)
-    server.start()
     workers = []
     for c in range(clients):
         model = oc.create_truthgpt_model(config=config)
@@ -54,10 +47,18 @@ def run(clients=4, rounds=3, local_steps=3, seed=0):
                                   kwargs={"server_address": address, "client": client.to_client()})
         worker.start()
         workers.append(worker)
+    # The clients retry until the server is up. The server installs signal handlers, so it runs
+    # on the main thread, and ours are put back after it.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        history = flwr.server.start_server(server_address=address, strategy=strategy,
+                                           config=flwr.server.ServerConfig(num_rounds=rounds))
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     for worker in workers:
         worker.join()
-    server.join()
-    return [loss for _, loss in history["h"].losses_distributed]
+    return [loss for _, loss in history.losses_distributed]
 
 
 if __name__ == "__main__":

@@ -24,7 +24,12 @@ impl Config {
     /// and validates the result. Raises `ValueError` naming the field on a bad value.
     #[staticmethod]
     #[pyo3(signature = (preset=None, path=None, overrides=Vec::new(), env=true))]
-    fn load(preset: Option<&str>, path: Option<PathBuf>, overrides: Vec<String>, env: bool) -> PyResult<Self> {
+    fn load(
+        preset: Option<&str>,
+        path: Option<PathBuf>,
+        overrides: Vec<String>,
+        env: bool,
+    ) -> PyResult<Self> {
         let sources = Sources { preset, file: path.as_deref(), env, overrides: &overrides };
         truthgpt_config::Config::load(&sources).map(|inner| Config { inner }).map_err(engine_err)
     }

@@ -135,8 +135,9 @@ impl Model {
         let ids = ids.as_slice()?;
         let model = self.engine.model_mut();
         let vocab = model.config.vocab_size;
-        let logits =
-            py.allow_threads(|| model.forward(ids, b, t, Mode::Eval).map(<[f32]>::to_vec)).map_err(engine_err)?;
+        let logits = py
+            .allow_threads(|| model.forward(ids, b, t, Mode::Eval).map(<[f32]>::to_vec))
+            .map_err(engine_err)?;
         let shape = if ndim == 1 { vec![t, vocab] } else { vec![b, t, vocab] };
         let array = logits.into_pyarray(py).reshape(shape)?;
         Ok(array.into_any().downcast_into::<PyArrayDyn<f32>>()?)
@@ -216,8 +217,17 @@ impl Model {
         let (state, train_config) = (self.state.clone(), config.train.clone());
         let outcome = self.with_trainer_copy(&train_config, |trainer| {
             py.allow_threads(|| {
-                run::run(&config, trainer, state, &data.tokenizer, &data.dataset, &options, &mut observer, &stop)
-                    .map(|o| (o.trainer, (o.state, o.final_eval, o.checkpoint, o.interrupted)))
+                run::run(
+                    &config,
+                    trainer,
+                    state,
+                    &data.tokenizer,
+                    &data.dataset,
+                    &options,
+                    &mut observer,
+                    &stop,
+                )
+                .map(|o| (o.trainer, (o.state, o.final_eval, o.checkpoint, o.interrupted)))
             })
         });
         let (state, final_eval, checkpoint, interrupted) = outcome.map_err(engine_err)?;
@@ -239,7 +249,12 @@ impl Model {
     /// text, tokenized whole), texts, or a 1-D uint32 array of token ids. Returns
     /// (loss, perplexity, tokens).
     #[pyo3(signature = (data, max_windows=1000))]
-    fn eval(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>, max_windows: usize) -> PyResult<(f64, f64, u64)> {
+    fn eval(
+        &mut self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        max_windows: usize,
+    ) -> PyResult<(f64, f64, u64)> {
         let stream = if let Ok(ids) = data.extract::<PyReadonlyArrayDyn<u32>>() {
             if ids.ndim() != 1 {
                 return Err(PyValueError::new_err(format!("ids: expected 1-D, got shape {:?}", ids.shape())));
@@ -388,7 +403,11 @@ impl Model {
 }
 
 impl Model {
-    fn new(config: truthgpt_config::Config, model: truthgpt_model::Model, tokenizer: Option<Tokenizer>) -> Self {
+    fn new(
+        config: truthgpt_config::Config,
+        model: truthgpt_model::Model,
+        tokenizer: Option<Tokenizer>,
+    ) -> Self {
         let state = TrainerState { step: 0, tokens_seen: 0, seed: config.train.seed, elapsed_secs: 0.0 };
         Model { config, engine: Engine::Inference(model), tokenizer, state }
     }
@@ -414,7 +433,11 @@ impl Model {
 }
 
 /// The tokens `eval` measures: a prepared dataset's validation split, or all of a text.
-fn eval_stream(data: &TextData, field: &str, tokenizer: Option<&Tokenizer>) -> truthgpt_train::Result<TokenStream> {
+fn eval_stream(
+    data: &TextData,
+    field: &str,
+    tokenizer: Option<&Tokenizer>,
+) -> truthgpt_train::Result<TokenStream> {
     let tokenizer = tokenizer.ok_or(TrainError::NoTokenizer { path: PathBuf::from("<model>") });
     match data {
         TextData::Path(path) if shards::is_complete_dataset_dir(path)? => Ok(TokenDataset::open(path)?.val),
@@ -443,7 +466,9 @@ fn batch_shape(ids: &PyReadonlyArrayDyn<u32>, name: &str) -> PyResult<(usize, us
     match *ids.shape() {
         [t] if t > 0 => Ok((1, t)),
         [b, t] if b > 0 && t > 0 => Ok((b, t)),
-        ref shape => Err(PyValueError::new_err(format!("{name}: expected a non-empty (T) or (B, T) array, got {shape:?}"))),
+        ref shape => Err(PyValueError::new_err(format!(
+            "{name}: expected a non-empty (T) or (B, T) array, got {shape:?}"
+        ))),
     }
 }
 
@@ -476,7 +501,8 @@ impl Observer for PyObserver<'_> {
             };
             for error in interrupted.into_iter().chain(raised) {
                 self.stop.store(true, Ordering::Relaxed);
-                if !error.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) && self.error.is_none() {
+                if !error.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) && self.error.is_none()
+                {
                     self.error = Some(error);
                 }
             }

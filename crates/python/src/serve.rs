@@ -127,7 +127,8 @@ fn run(
     };
     runtime.block_on(async move {
         let defaults = ServeConfig::default();
-        let scheduler = SchedulerConfig { max_batch, queue: defaults.queue, block_size: BLOCK_SIZE, kv_blocks: None };
+        let scheduler =
+            SchedulerConfig { max_batch, queue: defaults.queue, block_size: BLOCK_SIZE, kv_blocks: None };
         let dir = model_dir.clone();
         let served = match tokio::task::spawn_blocking(move || Served::load(&dir, scheduler)).await {
             Ok(Ok(served)) => served,
@@ -138,7 +139,8 @@ fn run(
         let options = Options {
             auth,
             limits: RateLimits::new(defaults.limits.requests_per_minute, defaults.limits.tokens_per_minute),
-            cache: (defaults.cache.capacity > 0).then(|| memory(defaults.cache.capacity, defaults.cache.ttl_secs)),
+            cache: (defaults.cache.capacity > 0)
+                .then(|| memory(defaults.cache.capacity, defaults.cache.ttl_secs)),
             sessions: memory(defaults.sessions.capacity, defaults.sessions.ttl_secs),
             max_body_bytes: defaults.max_body_bytes,
             prompt_bounds: PromptBounds {
