@@ -11,6 +11,7 @@ import json
 import signal
 import socket
 import threading
+import time
 
 import numpy as np
 
@@ -21,6 +22,19 @@ def free_port():
         return s.getsockname()[1]
 
 
+def start_client_later(address, client):
+    import flwr
+
+    host, port = address.rsplit(":", 1)
+    for _ in range(600):  # up to 60 s for the server to listen
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    flwr.client.start_client(server_address=address, client=client, insecure=True)
+
+
 def run(clients=4, rounds=3, local_steps=3, seed=0):
     import flwr
     from flwr.server.strategy import FedAvg
@@ -28,7 +42,7 @@ def run(clients=4, rounds=3, local_steps=3, seed=0):
     import optimization_core as oc
     from optimization_core.federated import FlowerClient
 
-    config = oc.TransformerConfig(vocab_size=64, d_model=32, n_heads=2, n_layers=1, d_ff=64,
+    config = oc.TransformerConfig(vocab_size=64, d_model=32, n_heads=2, n_kv_heads=2, n_layers=1, d_ff=64,
                                   max_seq_len=32, train={"batch_size": 4, "seq_len": 16, "lr": 3e-3,
                                                          "warmup_steps": 1, "steps": 100})
     # A learnable signal: each window counts up modulo the vocabulary from a random start.
@@ -43,12 +57,11 @@ def run(clients=4, rounds=3, local_steps=3, seed=0):
         shard = shards[c]
         client = FlowerClient(model, train_data=lambda shard=shard: [shard[i:i + 4] for i in range(0, 16, 4)],
                               eval_data=shard.reshape(-1), local_steps=local_steps)
-        worker = threading.Thread(target=flwr.client.start_client,
-                                  kwargs={"server_address": address, "client": client.to_client()})
+        worker = threading.Thread(target=start_client_later, args=(address, client.to_client()))
         worker.start()
         workers.append(worker)
-    # The clients retry until the server is up. The server installs signal handlers, so it runs
-    # on the main thread, and ours are put back after it.
+    # The server installs signal handlers, so it runs on the main thread (ours are put back
+    # after it); the clients, on threads, connect once it is listening.
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         history = flwr.server.start_server(server_address=address, strategy=strategy,
