@@ -131,8 +131,8 @@ class TruthGPTModel:
 
     # --- weights and interop -------------------------------------------------------------
     def weights(self) -> Dict[str, np.ndarray]:
-        """Every float parameter as a NumPy view of the engine's buffer (no copy): training
-        updates it in place, and writing into it changes the model."""
+        """Every float parameter as a read-only NumPy view of the engine's buffer (no copy):
+        training updates it in place. Change parameters with ``set_weights``."""
         return self._native.weights()
 
     def set_weights(self, weights: Mapping[str, Any]) -> None:
