@@ -137,7 +137,15 @@ fn packed_weights_give_the_portable_products() {
     // columns (SmolLM2's width) are whole periods of the 32-element types only.
     let packs = QKernel::best() != QKernel::Portable;
     let mut rng = Rng::new(17);
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q6_K] {
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
         for (oc, k) in [(37, 512), (48, 256), (16, 1024), (35, 576)] {
             if k % ty.block_elements() != 0 {
                 continue;

@@ -41,6 +41,8 @@ pub(in crate::qmatmul) unsafe fn columns(out: Out, x: &Q8Acts, w: &Packed, n: us
             GgmlType::Q8_0 => groups::<Q8_0>(out, x, w, n, cols),
             GgmlType::Q4_0 => groups::<Q4_0>(out, x, w, n, cols),
             GgmlType::Q4_1 => groups::<Q4_1>(out, x, w, n, cols),
+            GgmlType::Q5_0 => groups::<Q5_0>(out, x, w, n, cols),
+            GgmlType::Q5_1 => groups::<Q5_1>(out, x, w, n, cols),
             GgmlType::Q4_K => groups::<Q4K>(out, x, w, n, cols),
             GgmlType::Q6_K => groups::<Q6K>(out, x, w, n, cols),
             other => unreachable!("{other} does not pack"),
@@ -191,58 +193,50 @@ unsafe fn nibbles(unit: *const u8, k: usize) -> (__m512i, __m512i) {
     (_mm512_and_si512(v, _mm512_set1_epi8(0x0F)), _mm512_and_si512(v, _mm512_set1_epi8(0xF0u8 as i8)))
 }
 
-/// Q4_0: `OFFSET` 8.
-struct Q4_0;
-
-impl Kind for Q4_0 {
-    const PERIOD: usize = 64;
-    const HEADER: usize = 64;
-    const UNIT: usize = 512;
-    type Header = [__m512; 2];
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-    unsafe fn header(h: *const u8) -> [__m512; 2] {
-        unsafe { [f16x16(h), f16x16(h.add(32))] }
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-    unsafe fn load(unit: *const u8, k: usize) -> (__m512i, __m512i) {
-        unsafe { nibbles(unit, k) }
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-    unsafe fn fold(
-        _h: *const u8,
-        d: &[__m512; 2],
-        _u: usize,
-        dots: [__m512i; 4],
-        x: ActRow,
-        p: usize,
-        acc: &mut Acc,
-    ) {
-        unsafe { fold32(*d, None, 8, 16, dots, x, p, acc) }
-    }
+/// A unit stored a byte per value: load `k` of its two halves.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn byte_loads(unit: *const u8, k: usize) -> (__m512i, __m512i) {
+    // SAFETY: both halves lie in the unit.
+    unsafe { (_mm512_load_si512(unit.add(64 * k).cast()), _mm512_load_si512(unit.add(512 + 64 * k).cast())) }
 }
 
-/// Q4_1: `y = d * q + m`, a minimum of `-m`.
-struct Q4_1;
+/// The 32-element types but Q8_0: values less `OFFSET`, with minimums (`MIN`, the header's
+/// second half: `y = d * q + m`, a minimum of `-m`), stored as nibbles (`NIBBLES`) or bytes.
+struct Blocks32<const OFFSET: i32, const MIN: bool, const NIBBLES: bool>;
 
-impl Kind for Q4_1 {
+type Q4_0 = Blocks32<8, false, true>;
+type Q4_1 = Blocks32<0, true, true>;
+type Q5_0 = Blocks32<16, false, false>;
+type Q5_1 = Blocks32<0, true, false>;
+
+impl<const OFFSET: i32, const MIN: bool, const NIBBLES: bool> Kind for Blocks32<OFFSET, MIN, NIBBLES> {
     const PERIOD: usize = 64;
-    const HEADER: usize = 128;
-    const UNIT: usize = 512;
+    const HEADER: usize = if MIN { 128 } else { 64 };
+    const UNIT: usize = if NIBBLES { 512 } else { 1024 };
     type Header = [__m512; 4];
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     unsafe fn header(h: *const u8) -> [__m512; 4] {
-        // The minimums negated here, once per period.
-        let neg = |v: __m512| _mm512_sub_ps(_mm512_setzero_ps(), v);
-        unsafe { [f16x16(h), f16x16(h.add(32)), neg(f16x16(h.add(64))), neg(f16x16(h.add(96)))] }
+        // SAFETY: the header holds `d[2][16]`, then `m[2][16]` if `MIN`.
+        unsafe {
+            let d = [f16x16(h), f16x16(h.add(32))];
+            // The minimums negated here, once per period.
+            let neg = |v: __m512| _mm512_sub_ps(_mm512_setzero_ps(), v);
+            let m = if MIN { [neg(f16x16(h.add(64))), neg(f16x16(h.add(96)))] } else { d };
+            [d[0], d[1], m[0], m[1]]
+        }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     unsafe fn load(unit: *const u8, k: usize) -> (__m512i, __m512i) {
-        unsafe { nibbles(unit, k) }
+        unsafe {
+            if NIBBLES {
+                nibbles(unit, k)
+            } else {
+                byte_loads(unit, k)
+            }
+        }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
@@ -255,7 +249,8 @@ impl Kind for Q4_1 {
         p: usize,
         acc: &mut Acc,
     ) {
-        unsafe { fold32([s[0], s[1]], Some([s[2], s[3]]), 0, 16, dots, x, p, acc) }
+        let m = MIN.then_some([s[2], s[3]]);
+        unsafe { fold32([s[0], s[1]], m, OFFSET, if NIBBLES { 16 } else { 1 }, dots, x, p, acc) }
     }
 }
 
@@ -336,10 +331,7 @@ impl Kind for Q6K {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     unsafe fn load(unit: *const u8, k: usize) -> (__m512i, __m512i) {
-        // SAFETY: both halves lie in the unit.
-        unsafe {
-            (_mm512_load_si512(unit.add(64 * k).cast()), _mm512_load_si512(unit.add(512 + 64 * k).cast()))
-        }
+        unsafe { byte_loads(unit, k) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
