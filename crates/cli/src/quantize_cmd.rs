@@ -43,16 +43,27 @@ pub fn run(args: &QuantizeArgs) -> anyhow::Result<()> {
         None => Vocabulary::Tokenizer(saved.tokenizer()?),
     };
     let exported = gguf::export_with(&saved.model, vocabulary, &args.out, args.to)?;
+    report(args, &exported, started);
+    Ok(())
+}
+
+/// Counts of each type written, and llama.cpp's fallbacks, said once per kind.
+fn report(args: &QuantizeArgs, exported: &gguf::GgufExported, started: Instant) {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut fallbacks: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
     for (name, choice) in &exported.types {
         *counts.entry(choice.ty.name()).or_default() += 1;
         if let Some(wanted) = choice.wanted {
-            eprintln!(
-                "note: {name}: its rows are not whole {wanted} blocks of {} elements; wrote it as {} instead",
-                wanted.block_elements(),
-                choice.ty
-            );
+            fallbacks.entry((wanted.name(), choice.ty.name())).or_default().push(name);
         }
+    }
+    for ((wanted, written), names) in &fallbacks {
+        let n = names.len();
+        let shown = names.iter().take(3).copied().collect::<Vec<_>>().join(", ");
+        let more = if n > 3 { format!(" and {} more", n - 3) } else { String::new() };
+        eprintln!(
+            "note: {n} tensors have rows that are not whole {wanted} blocks; wrote them as {written}: {shown}{more}"
+        );
     }
     let counts: Vec<String> = counts.iter().map(|(ty, n)| format!("{n} {ty}")).collect();
     eprintln!(
@@ -65,5 +76,4 @@ pub fn run(args: &QuantizeArgs) -> anyhow::Result<()> {
         exported.bytes as f64 / 1e6,
         started.elapsed().as_secs_f64()
     );
-    Ok(())
 }
