@@ -22,8 +22,6 @@
 //! The scales change the f32 weights of the model in place; the GGUF writer then quantizes them by
 //! round-to-nearest as usual. Not done: AWQ's weight clipping search (`auto_clip`).
 
-use std::collections::HashMap;
-
 use rayon::prelude::*;
 use truthgpt_config::{FfnKind, NormPosition};
 use truthgpt_engine::matmul::{matmul, Op};
@@ -188,7 +186,7 @@ struct Rows<'a> {
 /// Searches α for one group, folds the chosen scales into the model and reports the errors.
 fn scale_group(
     model: &mut Model,
-    types: &HashMap<usize, Vec<(usize, usize, GgmlType)>>,
+    types: &gguf::RowTypes,
     layer: usize,
     group: Group,
     stats: &InputStats,

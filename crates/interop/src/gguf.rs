@@ -1,5 +1,6 @@
 //! GGUF files for llama.cpp: Llama, Mistral and Mixtral models as llama.cpp's `llama`
-//! architecture, Qwen2 models as `qwen2`, with the tokenizer, in f32, f16 or q8_0.
+//! architecture, Qwen2 models as `qwen2`, with the tokenizer, in f32, f16 or one of
+//! llama-quantize's types ([`GgufDtype`]).
 //! (Reading any GGUF file: [`read`]; this module writes them.)
 //!
 //! The layout follows llama.cpp's `convert_hf_to_gguf.py`, so that a file written here is the file
@@ -12,8 +13,8 @@
 //!   rotate-half RoPE layout to the interleaved pairs llama.cpp rotates (`LlamaModel.permute`);
 //!   `qwen2` uses NeoX RoPE, the rotate-half layout, and is written as is;
 //! - dtypes: 1-D tensors (norms, biases, RoPE factors) and the MoE router stay f32; other
-//!   matrices are f16 or q8_0 as asked; a q8_0 matrix whose rows are not a multiple of 32 long
-//!   falls back to f16, as the converter does;
+//!   matrices are f16 or quantized as asked, each tensor's type by llama-quantize's rule, with
+//!   its fallbacks for rows that are not whole blocks ([`types`]);
 //! - Llama 3 RoPE scaling becomes the `rope_freqs.weight` tensor of per-frequency divisors, as the
 //!   converter computes it; linear scaling becomes `rope.scaling.type`/`rope.scaling.factor`.
 //!
@@ -558,6 +559,12 @@ fn plan_tensors(
     Ok((plans, types))
 }
 
+/// A tensor's GGUF name and type choice.
+type Named = (String, TypeChoice);
+
+/// By spec index, `(start, len, type)` ranges of its values.
+pub(crate) type RowTypes = HashMap<usize, Vec<(usize, usize, GgmlType)>>;
+
 /// The type each stretch of our parameters is written as in a GGUF file of type `dtype`: by spec
 /// index, `(start, len, type)` ranges of its values. Calibrated quantizers ([`crate::awq`]) search
 /// against the types the file will hold.
@@ -566,7 +573,7 @@ pub(crate) fn weight_types(
     dtype: GgufDtype,
 ) -> Result<HashMap<usize, Vec<(usize, usize, GgmlType)>>> {
     let (plans, _) = plan_tensors(model, hf::config::family_of(model)?, dtype)?;
-    let mut types: HashMap<usize, Vec<(usize, usize, GgmlType)>> = HashMap::new();
+    let mut types = RowTypes::new();
     for plan in &plans {
         if let Source::Params(parts) = &plan.source {
             for part in parts {
@@ -632,12 +639,13 @@ fn metadata(
 
 /// The `tokenizer.*` keys of our tokenizer.
 fn tokenizer_metadata(vocab: &Vocab) -> Vec<(String, Meta)> {
-    let mut kv = Vec::new();
-    kv.push(("tokenizer.ggml.model".into(), Meta::String("gpt2".into())));
-    kv.push(("tokenizer.ggml.pre".into(), Meta::String("gpt-2".into())));
-    kv.push(("tokenizer.ggml.tokens".into(), Meta::Array(Array::String(vocab.tokens.clone()))));
-    kv.push(("tokenizer.ggml.token_type".into(), Meta::Array(Array::I32(vocab.types.clone()))));
-    kv.push(("tokenizer.ggml.merges".into(), Meta::Array(Array::String(vocab.merges.clone()))));
+    let mut kv: Vec<(String, Meta)> = vec![
+        ("tokenizer.ggml.model".into(), Meta::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Meta::String("gpt-2".into())),
+        ("tokenizer.ggml.tokens".into(), Meta::Array(Array::String(vocab.tokens.clone()))),
+        ("tokenizer.ggml.token_type".into(), Meta::Array(Array::I32(vocab.types.clone()))),
+        ("tokenizer.ggml.merges".into(), Meta::Array(Array::String(vocab.merges.clone()))),
+    ];
     if let Some(eos) = vocab.eos {
         kv.push(("tokenizer.ggml.eos_token_id".into(), Meta::U32(eos)));
         kv.push(("tokenizer.ggml.bos_token_id".into(), Meta::U32(eos)));

@@ -184,7 +184,8 @@ fn more_bits_for(name: &str, dtype: GgufDtype, layers: usize) -> bool {
 
 /// llama.cpp's `use_more_bits(i_layer, n_layers)`.
 fn use_more_bits(layer: usize, layers: usize) -> bool {
-    layer < layers / 8 || layer >= 7 * layers / 8 || (layer >= layers / 8 && (layer - layers / 8) % 3 == 2)
+    // The subtraction cannot underflow: the first test failing means `layer >= layers / 8`.
+    layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2
 }
 
 /// `wanted`, or the fallback of a tensor whose rows of `row` elements are not whole blocks.
