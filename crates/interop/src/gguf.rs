@@ -466,11 +466,7 @@ fn gguf_name(hf_name: &str) -> Option<Target> {
 
 /// Every GGUF tensor of `model`, in order: embeddings, RoPE factors, blocks, final norm, head.
 /// With each tensor's name and type choice (the writer needs only the type).
-fn plan_tensors(
-    model: &Model,
-    family: Family,
-    dtype: GgufDtype,
-) -> Result<(Vec<Plan>, Vec<(String, TypeChoice)>)> {
+fn plan_tensors(model: &Model, family: Family, dtype: GgufDtype) -> Result<(Vec<Plan>, Vec<Named>)> {
     let m = &model.config;
     let internal = |what: String| InteropError::NoTarget(format!("internal: {what}"));
     let spec_index: HashMap<&str, usize> =
@@ -568,10 +564,7 @@ pub(crate) type RowTypes = HashMap<usize, Vec<(usize, usize, GgmlType)>>;
 /// The type each stretch of our parameters is written as in a GGUF file of type `dtype`: by spec
 /// index, `(start, len, type)` ranges of its values. Calibrated quantizers ([`crate::awq`]) search
 /// against the types the file will hold.
-pub(crate) fn weight_types(
-    model: &Model,
-    dtype: GgufDtype,
-) -> Result<HashMap<usize, Vec<(usize, usize, GgmlType)>>> {
+pub(crate) fn weight_types(model: &Model, dtype: GgufDtype) -> Result<RowTypes> {
     let (plans, _) = plan_tensors(model, hf::config::family_of(model)?, dtype)?;
     let mut types = RowTypes::new();
     for plan in &plans {
