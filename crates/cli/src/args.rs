@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 
 /// TruthGPT: train, evaluate and generate with transformer language models (dense and MoE).
@@ -46,6 +47,9 @@ pub enum Command {
     /// Write a model in another tool's format.
     #[command(subcommand)]
     Export(ExportCommand),
+    /// Quantize a model to a GGUF file for llama.cpp (and us), by round-to-nearest or calibrated
+    /// with AWQ; tensor types as llama-quantize picks them (docs/quantize.md).
+    Quantize(QuantizeArgs),
     /// Print a model's logits for token ids as JSON, {"logits": [[...], ...]}: one row per
     /// position, the whole vocabulary, f32 precision. For parity checks against other tools.
     Logits(LogitsArgs),
@@ -303,6 +307,37 @@ pub enum GgufDtypeArg {
     F16,
     #[value(name = "q8_0")]
     Q8_0,
+}
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// A model, run or Hugging Face directory, or a GGUF file (dequantized first).
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// The file's type, as llama-quantize names it.
+    #[arg(long, value_name = "TYPE", value_parser = clap::builder::PossibleValuesParser::new(
+        truthgpt_interop::gguf::GgufDtype::ALL.map(|d| d.name())
+    ).map(|s| s.parse::<truthgpt_interop::gguf::GgufDtype>().expect("a listed name")))]
+    pub to: truthgpt_interop::gguf::GgufDtype,
+    /// `rtn`: round-to-nearest, as llama-quantize without an importance matrix; `awq`:
+    /// activation-aware scales calibrated on --calib first.
+    #[arg(long, value_enum, default_value = "rtn")]
+    pub method: QuantMethod,
+    /// Calibration text (text, JSONL or a directory of them) for --method awq.
+    #[arg(long, value_name = "PATH", required_if_eq("method", "awq"))]
+    pub calib: Option<PathBuf>,
+    /// Most calibration tokens read from --calib, in windows of 512 (or the model's context).
+    #[arg(long, value_name = "N", default_value_t = 8192)]
+    pub calib_tokens: usize,
+    /// The GGUF file to write; it must not exist.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuantMethod {
+    Rtn,
+    Awq,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ mod data_cmd;
 mod device_cmd;
 mod interop_cmd;
 mod progress;
+mod quantize_cmd;
 mod quickstart;
 mod registry_cmd;
 mod run_cmd;
@@ -97,6 +98,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Export(ExportCommand::Gguf { model, out, dtype }) => {
             interop_cmd::export_gguf(&model, &out, dtype)
         }
+        Command::Quantize(args) => quantize_cmd::run(&args),
         Command::Logits(args) => interop_cmd::logits(&args),
         Command::Serve(args) => serve_cmd::serve(&args),
         Command::Device(args) => device_cmd::run(&args),
@@ -119,6 +121,7 @@ fn resolve_model_args(command: &mut Command) -> anyhow::Result<()> {
         Command::Generate(args) => &mut args.model,
         Command::Eval(args) => &mut args.model,
         Command::Logits(args) => &mut args.model,
+        Command::Quantize(args) => &mut args.model,
         Command::Export(ExportCommand::Hf { model, .. } | ExportCommand::Gguf { model, .. }) => model,
         Command::Bench(BenchCommand::Serve(args)) => &mut args.model,
         _ => return Ok(()),

@@ -236,3 +236,40 @@ fn a_gguf_file_serves_as_a_model() {
     ])));
     assert!(err.contains("bad.gguf") && err.contains("tensor count"), "{err}");
 }
+
+/// `quantize` from a GGUF file (dequantized, requantized, its tokenizer keys kept) reads back in
+/// the asked type and still continues a prompt; bad requests fail with a reason.
+#[test]
+fn quantize_requantizes_a_gguf_file_and_refuses_bad_requests() {
+    let source =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../interop/tests/fixtures/gguf/llama/model.gguf");
+    let source = source.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q4_0.gguf");
+    let out = out.to_str().unwrap();
+    succeeds(&["quantize", "--model", source, "--to", "q4_0", "--out", out]);
+    let file = truthgpt_interop::gguf::Gguf::open(Path::new(out)).unwrap();
+    let original = truthgpt_interop::gguf::Gguf::open(Path::new(source)).unwrap();
+    let keys = |g: &truthgpt_interop::gguf::Gguf| {
+        g.metadata().iter().filter(|(k, _)| k.starts_with("tokenizer.")).cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&file), keys(&original), "the tokenizer keys are copied");
+    assert!(file.tensors().iter().any(|t| t.ty == truthgpt_quant::GgmlType::Q4_0));
+    let rows = logits(Path::new(out), &[1, 2, 3]);
+    assert!(rows.concat().iter().all(|v| v.is_finite()));
+
+    let err = assert_fails_cleanly(&run(&mut truthgpt(&[
+        "quantize", "--model", source, "--to", "q4_0", "--out", out,
+    ])));
+    assert!(err.contains("already exists"), "{err}");
+    let other = tmp.path().join("other.gguf");
+    let other = other.to_str().unwrap();
+    let err = assert_fails_cleanly(&run(&mut truthgpt(&[
+        "quantize", "--model", source, "--to", "q3_k_xl", "--out", other,
+    ])));
+    assert!(err.contains("q3_k_xl") && err.contains("q4_k_m"), "{err}");
+    let err = assert_fails_cleanly(&run(&mut truthgpt(&[
+        "quantize", "--model", source, "--to", "q4_0", "--method", "awq", "--out", other,
+    ])));
+    assert!(err.contains("--calib"), "{err}");
+}

@@ -1,5 +1,6 @@
 //! GGUF files for llama.cpp: Llama, Mistral and Mixtral models as llama.cpp's `llama`
-//! architecture, Qwen2 models as `qwen2`, with the tokenizer, in f32, f16 or q8_0.
+//! architecture, Qwen2 models as `qwen2`, with the tokenizer, in f32, f16 or one of
+//! llama-quantize's types ([`GgufDtype`]).
 //! (Reading any GGUF file: [`read`]; this module writes them.)
 //!
 //! The layout follows llama.cpp's `convert_hf_to_gguf.py`, so that a file written here is the file
@@ -12,8 +13,8 @@
 //!   rotate-half RoPE layout to the interleaved pairs llama.cpp rotates (`LlamaModel.permute`);
 //!   `qwen2` uses NeoX RoPE, the rotate-half layout, and is written as is;
 //! - dtypes: 1-D tensors (norms, biases, RoPE factors) and the MoE router stay f32; other
-//!   matrices are f16 or q8_0 as asked; a q8_0 matrix whose rows are not a multiple of 32 long
-//!   falls back to f16, as the converter does;
+//!   matrices are f16 or quantized as asked, each tensor's type by llama-quantize's rule, with
+//!   its fallbacks for rows that are not whole blocks ([`types`]);
 //! - Llama 3 RoPE scaling becomes the `rope_freqs.weight` tensor of per-frequency divisors, as the
 //!   converter computes it; linear scaling becomes `rope.scaling.type`/`rope.scaling.factor`.
 //!
@@ -26,51 +27,35 @@
 //! pre-tokenizer (the only kind written as `tokenizer.ggml.model = gpt2`, `pre = gpt-2`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use half::f16;
 use serde_json::Value;
 use truthgpt_config::{ModelConfig, RopeScaling, RopeScalingKind};
-use truthgpt_data::{fsio, Tokenizer};
+use truthgpt_data::Tokenizer;
 use truthgpt_engine::rope;
 use truthgpt_model::Model;
 use truthgpt_quant::GgmlType;
 
 use crate::error::{InteropError, Result};
 use crate::hf::{self, Family};
+use value::{Array, Value as Meta};
 
 pub mod import;
 pub mod read;
+pub mod types;
 pub mod value;
 pub mod vocab;
+mod write;
 
 pub use read::{Gguf, TensorInfo};
-
-/// How weight matrices are stored; 1-D tensors are always f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GgufDtype {
-    F32,
-    F16,
-    Q8_0,
-}
-
-impl GgufDtype {
-    /// `general.file_type` (llama.cpp's `llama_ftype`): all f32, mostly f16, mostly q8_0.
-    pub fn file_type(self) -> u32 {
-        match self {
-            GgufDtype::F32 => 0,
-            GgufDtype::F16 => 1,
-            GgufDtype::Q8_0 => 7,
-        }
-    }
-}
+pub use types::{GgufDtype, TypeChoice};
 
 /// What an export wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GgufExported {
     pub tensors: usize,
+    /// Each tensor's GGUF name and type, in file order ([`TypeChoice::wanted`]: a fallback).
+    pub types: Vec<(String, TypeChoice)>,
     /// Size of the file.
     pub bytes: u64,
     /// `general.architecture`: `llama` or `qwen2`.
@@ -87,9 +72,29 @@ const TOKEN_CONTROL: i32 = 3;
 const TOKEN_USER_DEFINED: i32 = 4;
 const TOKEN_UNUSED: i32 = 5;
 
+/// Where an exported file's tokenizer comes from.
+#[derive(Clone, Copy)]
+pub enum Vocabulary<'a> {
+    /// Ours: a byte-level BPE with GPT-2's pre-tokenizer, written as llama.cpp's `gpt2` model.
+    Tokenizer(&'a Tokenizer),
+    /// Every `tokenizer.*` key of a GGUF file, copied as it is: requantizing a GGUF file keeps
+    /// its tokenizer and chat template, as llama-quantize does.
+    Gguf(&'a Gguf),
+}
+
 /// Writes `model` and its tokenizer as a GGUF v3 file at `out`, which must not exist. The file is
 /// written beside `out`, fsynced and renamed into place, so it appears whole or not at all.
 pub fn export(model: &Model, tokenizer: &Tokenizer, out: &Path, dtype: GgufDtype) -> Result<GgufExported> {
+    export_with(model, Vocabulary::Tokenizer(tokenizer), out, dtype)
+}
+
+/// [`export`] with the tokenizer from `vocabulary`.
+pub fn export_with(
+    model: &Model,
+    vocabulary: Vocabulary,
+    out: &Path,
+    dtype: GgufDtype,
+) -> Result<GgufExported> {
     if model.is_quantized() {
         let problem =
             "the model's weights are quantized; export needs them in f32 (load it dequantized)".into();
@@ -112,11 +117,17 @@ pub fn export(model: &Model, tokenizer: &Tokenizer, out: &Path, dtype: GgufDtype
         }
     };
     check_expressible(model, family)?;
-    let vocab = vocabulary(tokenizer, m.vocab_size)?;
-    let plans = plan_tensors(model, family, dtype)?;
-    let metadata = metadata(model, family, arch, dtype, &vocab, out);
-    let bytes = write_file(out, &metadata, &plans, model)?;
-    Ok(GgufExported { tensors: plans.len(), bytes, architecture: arch })
+    let tokenizer_keys = match vocabulary {
+        Vocabulary::Tokenizer(tokenizer) => tokenizer_metadata(&self::vocabulary(tokenizer, m.vocab_size)?),
+        Vocabulary::Gguf(g) => {
+            g.metadata().iter().filter(|(key, _)| key.starts_with("tokenizer.")).cloned().collect()
+        }
+    };
+    let (plans, types) = plan_tensors(model, family, dtype)?;
+    let mut metadata = metadata(model, family, arch, dtype, out);
+    metadata.extend(tokenizer_keys);
+    let bytes = write::write_file(out, &metadata, &plans, model)?;
+    Ok(GgufExported { tensors: plans.len(), types, bytes, architecture: arch })
 }
 
 /// What llama.cpp cannot run the same way, beyond what [`hf::config::family_of`] refuses.
@@ -328,7 +339,7 @@ enum Source {
 
 /// One GGUF tensor: its name, row-major shape (GGUF dims are this reversed), type and data.
 #[derive(Debug, Clone)]
-struct Plan {
+pub(crate) struct Plan {
     name: String,
     shape: Vec<usize>,
     ty: GgmlType,
@@ -336,16 +347,16 @@ struct Plan {
 }
 
 impl Plan {
-    fn elements(&self) -> usize {
+    pub(crate) fn elements(&self) -> usize {
         self.shape.iter().product()
     }
 
-    fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         // Whole blocks by construction (`tensor_type` picks q8_0 only for rows of whole blocks).
         self.elements() / self.ty.block_elements() * self.ty.block_bytes()
     }
 
-    fn values(&self, model: &Model) -> Vec<f32> {
+    pub(crate) fn values(&self, model: &Model) -> Vec<f32> {
         match &self.source {
             Source::Owned(v) => v.clone(),
             Source::Params(parts) => {
@@ -453,26 +464,9 @@ fn gguf_name(hf_name: &str) -> Option<Target> {
     blk(&format!("{name}.{param}"))
 }
 
-/// The type a tensor of row-major `shape` named `name` is stored as, by convert_hf_to_gguf's rules.
-fn tensor_type(name: &str, shape: &[usize], dtype: GgufDtype) -> GgmlType {
-    let row = *shape.last().unwrap_or(&0);
-    if shape.len() <= 1
-        || name.ends_with("_norm.weight")
-        || !name.ends_with(".weight")
-        || name.contains("ffn_gate_inp")
-    {
-        return GgmlType::F32;
-    }
-    match dtype {
-        GgufDtype::F32 => GgmlType::F32,
-        GgufDtype::F16 => GgmlType::F16,
-        GgufDtype::Q8_0 if row.is_multiple_of(GgmlType::Q8_0.block_elements()) => GgmlType::Q8_0,
-        GgufDtype::Q8_0 => GgmlType::F16,
-    }
-}
-
 /// Every GGUF tensor of `model`, in order: embeddings, RoPE factors, blocks, final norm, head.
-fn plan_tensors(model: &Model, family: Family, dtype: GgufDtype) -> Result<Vec<Plan>> {
+/// With each tensor's name and type choice (the writer needs only the type).
+fn plan_tensors(model: &Model, family: Family, dtype: GgufDtype) -> Result<(Vec<Plan>, Vec<Named>)> {
     let m = &model.config;
     let internal = |what: String| InteropError::NoTarget(format!("internal: {what}"));
     let spec_index: HashMap<&str, usize> =
@@ -535,17 +529,21 @@ fn plan_tensors(model: &Model, family: Family, dtype: GgufDtype) -> Result<Vec<P
             return Err(internal(format!("{} has {total} values, its HF parts {start}", map.ours)));
         }
     }
-    let mut plans: Vec<Plan> = order
-        .into_iter()
-        .map(|name| {
-            let (shape, parts) = built.remove(&name).expect("every ordered name was built");
-            Plan { ty: tensor_type(&name, &shape, dtype), name, shape, source: Source::Params(parts) }
-        })
-        .collect();
+    let shape = types::ModelShape { layers: m.n_layers, has_output: built.contains_key("output.weight") };
+    let mut plans = Vec::with_capacity(order.len() + 1);
+    let mut types = Vec::with_capacity(order.len() + 1);
+    for name in order {
+        let (dims, parts) = built.remove(&name).expect("every ordered name was built");
+        let choice = types::tensor_type(&name, &dims, dtype, shape);
+        types.push((name.clone(), choice));
+        plans.push(Plan { ty: choice.ty, name, shape: dims, source: Source::Params(parts) });
+    }
     if let Some(s @ RopeScaling { kind: RopeScalingKind::Llama3, .. }) = m.rope_scaling {
         let factors = llama3_rope_factors(hs, m.rope_theta, &s, m.max_seq_len);
+        let at = 1.min(plans.len());
+        types.insert(at, ("rope_freqs.weight".into(), TypeChoice { ty: GgmlType::F32, wanted: None }));
         plans.insert(
-            1.min(plans.len()),
+            at,
             Plan {
                 name: "rope_freqs.weight".into(),
                 shape: vec![factors.len()],
@@ -554,7 +552,29 @@ fn plan_tensors(model: &Model, family: Family, dtype: GgufDtype) -> Result<Vec<P
             },
         );
     }
-    Ok(plans)
+    Ok((plans, types))
+}
+
+/// A tensor's GGUF name and type choice.
+type Named = (String, TypeChoice);
+
+/// By spec index, `(start, len, type)` ranges of its values.
+pub(crate) type RowTypes = HashMap<usize, Vec<(usize, usize, GgmlType)>>;
+
+/// The type each stretch of our parameters is written as in a GGUF file of type `dtype`: by spec
+/// index, `(start, len, type)` ranges of its values. Calibrated quantizers ([`crate::awq`]) search
+/// against the types the file will hold.
+pub(crate) fn weight_types(model: &Model, dtype: GgufDtype) -> Result<RowTypes> {
+    let (plans, _) = plan_tensors(model, hf::config::family_of(model)?, dtype)?;
+    let mut types = RowTypes::new();
+    for plan in &plans {
+        if let Source::Params(parts) = &plan.source {
+            for part in parts {
+                types.entry(part.spec).or_default().push((part.start, part.len, plan.ty));
+            }
+        }
+    }
+    Ok(types)
 }
 
 /// llama.cpp divides each RoPE frequency by these: 1 for short wavelengths, `factor` for long
@@ -570,37 +590,20 @@ fn llama3_rope_factors(head_size: usize, theta: f32, s: &RopeScaling, max_seq_le
 // ---------------------------------------------------------------------------------------------
 // Metadata
 
-/// The metadata value types written (GGUF's `gguf_metadata_value_type`).
-enum Meta {
-    U32(u32),
-    F32(f32),
-    Bool(bool),
-    Str(String),
-    StrArray(Vec<String>),
-    I32Array(Vec<i32>),
-}
-
-const GGUF_TYPE_INT32: u32 = 5;
-const GGUF_TYPE_UINT32: u32 = 4;
-const GGUF_TYPE_FLOAT32: u32 = 6;
-const GGUF_TYPE_BOOL: u32 = 7;
-const GGUF_TYPE_STRING: u32 = 8;
-const GGUF_TYPE_ARRAY: u32 = 9;
-
+/// The `general.*` and architecture keys.
 fn metadata(
     model: &Model,
     family: Family,
     arch: &'static str,
     dtype: GgufDtype,
-    vocab: &Vocab,
     out: &Path,
 ) -> Vec<(String, Meta)> {
     let m: &ModelConfig = &model.config;
     let u = |n: usize| Meta::U32(n as u32);
     let name = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "truthgpt".into());
     let mut kv: Vec<(String, Meta)> = vec![
-        ("general.architecture".into(), Meta::Str(arch.into())),
-        ("general.name".into(), Meta::Str(name)),
+        ("general.architecture".into(), Meta::String(arch.into())),
+        ("general.name".into(), Meta::String(name)),
         ("general.file_type".into(), Meta::U32(dtype.file_type())),
         ("general.quantization_version".into(), Meta::U32(2)),
         ("general.alignment".into(), u(ALIGNMENT)),
@@ -617,174 +620,29 @@ fn metadata(
     a("rope.freq_base", Meta::F32(m.rope_theta));
     a("rope.dimension_count", u(m.head_dim()));
     if let Some(RopeScaling { kind: RopeScalingKind::Linear, factor, .. }) = m.rope_scaling {
-        a("rope.scaling.type", Meta::Str("linear".into()));
+        a("rope.scaling.type", Meta::String("linear".into()));
         a("rope.scaling.factor", Meta::F32(factor));
     }
     if family == Family::Mixtral {
         a("expert_count", u(m.moe.n_experts));
         a("expert_used_count", u(m.moe.top_k));
     }
-    kv.push(("tokenizer.ggml.model".into(), Meta::Str("gpt2".into())));
-    kv.push(("tokenizer.ggml.pre".into(), Meta::Str("gpt-2".into())));
-    kv.push(("tokenizer.ggml.tokens".into(), Meta::StrArray(vocab.tokens.clone())));
-    kv.push(("tokenizer.ggml.token_type".into(), Meta::I32Array(vocab.types.clone())));
-    kv.push(("tokenizer.ggml.merges".into(), Meta::StrArray(vocab.merges.clone())));
+    kv
+}
+
+/// The `tokenizer.*` keys of our tokenizer.
+fn tokenizer_metadata(vocab: &Vocab) -> Vec<(String, Meta)> {
+    let mut kv: Vec<(String, Meta)> = vec![
+        ("tokenizer.ggml.model".into(), Meta::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Meta::String("gpt-2".into())),
+        ("tokenizer.ggml.tokens".into(), Meta::Array(Array::String(vocab.tokens.clone()))),
+        ("tokenizer.ggml.token_type".into(), Meta::Array(Array::I32(vocab.types.clone()))),
+        ("tokenizer.ggml.merges".into(), Meta::Array(Array::String(vocab.merges.clone()))),
+    ];
     if let Some(eos) = vocab.eos {
         kv.push(("tokenizer.ggml.eos_token_id".into(), Meta::U32(eos)));
         kv.push(("tokenizer.ggml.bos_token_id".into(), Meta::U32(eos)));
     }
     kv.push(("tokenizer.ggml.add_bos_token".into(), Meta::Bool(false)));
     kv
-}
-
-// ---------------------------------------------------------------------------------------------
-// Writing
-
-/// Bytes in the order GGUF wants them (little-endian), counting what was written.
-struct Out<W: Write> {
-    w: W,
-    written: u64,
-}
-
-impl<W: Write> Out<W> {
-    fn bytes(&mut self, b: &[u8]) -> std::io::Result<()> {
-        self.w.write_all(b)?;
-        self.written += b.len() as u64;
-        Ok(())
-    }
-
-    fn u32(&mut self, x: u32) -> std::io::Result<()> {
-        self.bytes(&x.to_le_bytes())
-    }
-
-    fn u64(&mut self, x: u64) -> std::io::Result<()> {
-        self.bytes(&x.to_le_bytes())
-    }
-
-    fn str(&mut self, s: &str) -> std::io::Result<()> {
-        self.u64(s.len() as u64)?;
-        self.bytes(s.as_bytes())
-    }
-
-    fn pad_to(&mut self, alignment: u64) -> std::io::Result<()> {
-        let pad = (alignment - self.written % alignment) % alignment;
-        self.bytes(&vec![0u8; pad as usize])
-    }
-
-    fn meta(&mut self, key: &str, value: &Meta) -> std::io::Result<()> {
-        self.str(key)?;
-        match value {
-            Meta::U32(x) => {
-                self.u32(GGUF_TYPE_UINT32)?;
-                self.u32(*x)
-            }
-            Meta::F32(x) => {
-                self.u32(GGUF_TYPE_FLOAT32)?;
-                self.bytes(&x.to_le_bytes())
-            }
-            Meta::Bool(x) => {
-                self.u32(GGUF_TYPE_BOOL)?;
-                self.bytes(&[*x as u8])
-            }
-            Meta::Str(s) => {
-                self.u32(GGUF_TYPE_STRING)?;
-                self.str(s)
-            }
-            Meta::StrArray(items) => {
-                self.u32(GGUF_TYPE_ARRAY)?;
-                self.u32(GGUF_TYPE_STRING)?;
-                self.u64(items.len() as u64)?;
-                items.iter().try_for_each(|s| self.str(s))
-            }
-            Meta::I32Array(items) => {
-                self.u32(GGUF_TYPE_ARRAY)?;
-                self.u32(GGUF_TYPE_INT32)?;
-                self.u64(items.len() as u64)?;
-                items.iter().try_for_each(|x| self.bytes(&x.to_le_bytes()))
-            }
-        }
-    }
-}
-
-/// `values` as `ty`, appended to `buf`. Only q8_0 can fail, on a non-finite value, which
-/// `check_expressible` has already refused.
-fn encode(values: &[f32], ty: GgmlType, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    match ty {
-        GgmlType::F32 => values.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes())),
-        GgmlType::F16 => values.iter().for_each(|x| buf.extend_from_slice(&f16::from_f32(*x).to_le_bytes())),
-        ty => truthgpt_quant::quantize_row(ty, values, buf).map_err(std::io::Error::other)?,
-    }
-    Ok(())
-}
-
-fn write_file(out: &Path, metadata: &[(String, Meta)], plans: &[Plan], model: &Model) -> Result<u64> {
-    let io = |path: &Path| {
-        let path: PathBuf = path.into();
-        move |source: std::io::Error| InteropError::Io { path: path.clone(), source }
-    };
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(parent).map_err(io(parent))?;
-    let file_name =
-        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.gguf".into());
-    let tmp = parent.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = (|| -> Result<u64> {
-        let file = File::create(&tmp).map_err(io(&tmp))?;
-        let mut w = Out { w: BufWriter::with_capacity(1 << 20, file), written: 0 };
-        write_contents(&mut w, metadata, plans, model).map_err(io(&tmp))?;
-        let file = w.w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io(&tmp))?;
-        drop(file);
-        if out.exists() {
-            return Err(InteropError::Exists { path: out.into() });
-        }
-        fs::rename(&tmp, out).map_err(io(out))?;
-        Ok(w.written)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    let written = result?;
-    fsio::sync_dir(parent).map_err(io(parent))?;
-    Ok(written)
-}
-
-fn write_contents<W: Write>(
-    w: &mut Out<W>,
-    metadata: &[(String, Meta)],
-    plans: &[Plan],
-    model: &Model,
-) -> std::io::Result<()> {
-    let align = ALIGNMENT as u64;
-    w.bytes(b"GGUF")?;
-    w.u32(VERSION)?;
-    w.u64(plans.len() as u64)?;
-    w.u64(metadata.len() as u64)?;
-    for (key, value) in metadata {
-        w.meta(key, value)?;
-    }
-    let mut offset = 0u64;
-    for plan in plans {
-        w.str(&plan.name)?;
-        w.u32(plan.shape.len() as u32)?;
-        for &d in plan.shape.iter().rev() {
-            w.u64(d as u64)?;
-        }
-        w.u32(plan.ty.id())?;
-        w.u64(offset)?;
-        offset += plan.bytes() as u64;
-        offset = offset.div_ceil(align) * align;
-    }
-    w.pad_to(align)?;
-    let mut buf = Vec::new();
-    for plan in plans {
-        buf.clear();
-        encode(&plan.values(model), plan.ty, &mut buf)?;
-        debug_assert_eq!(buf.len(), plan.bytes());
-        w.bytes(&buf)?;
-        w.pad_to(align)?;
-    }
-    Ok(())
 }

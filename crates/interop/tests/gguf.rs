@@ -384,6 +384,7 @@ fn expected_type(name: &str, dims: &[u64], dtype: GgufDtype) -> u32 {
         GgufDtype::F16 => F16,
         GgufDtype::Q8_0 if dims[0].is_multiple_of(32) => Q8_0,
         GgufDtype::Q8_0 => F16,
+        other => panic!("{other}: the quantized types are checked in tests/quantize.rs"),
     }
 }
 
@@ -443,6 +444,7 @@ fn check_metadata(g: &Gguf, model: &Model, tok: &Tokenizer, dtype: GgufDtype, ar
         GgufDtype::F32 => 0,
         GgufDtype::F16 => 1,
         GgufDtype::Q8_0 => 7,
+        other => panic!("{other}: the quantized types are checked in tests/quantize.rs"),
     };
     assert_eq!(g.get("general.file_type").u32(), file_type);
     assert_eq!(g.get("general.alignment").u32(), 32);

@@ -32,7 +32,7 @@ pub mod train;
 pub use decode::{DecodeWork, KvCache};
 pub use error::{ModelError, Result};
 pub use generate::{Generator, Sampler, Sampling};
-pub use model::{Mode, Model};
+pub use model::{LinearInputs, Mode, Model};
 pub use paged::{KvPool, SeqKv};
 pub use sequence::{FinishReason, Limits, Sequence, Step, Usage};
 pub use train::{Batch, StepStats, Trainer};

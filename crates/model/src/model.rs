@@ -50,6 +50,21 @@ pub enum Mode {
     Eval,
 }
 
+/// The inputs of one pre-norm dense block's linear layers ([`Model::linear_inputs`]), each
+/// `(rows, that layer's input width)`.
+#[derive(Debug, Clone, Copy)]
+pub struct LinearInputs<'a> {
+    pub rows: usize,
+    /// `norm1(x)`, the input of the attention's `qkv`.
+    pub qkv: &'a [f32],
+    /// The attention's output before `proj`.
+    pub proj: &'a [f32],
+    /// `norm2(mid)`, the input of the feed-forward's `fc1`.
+    pub fc1: &'a [f32],
+    /// The feed-forward's activation, the input of `fc2`.
+    pub fc2: &'a [f32],
+}
+
 #[derive(Debug, Clone)]
 pub struct Model {
     pub config: ModelConfig,
@@ -353,6 +368,26 @@ impl Model {
         }
         head.forward(params, &mut s.logits, &s.head_in, n);
         Ok(&s.logits[..n * self.config.vocab_size])
+    }
+
+    /// What block `layer`'s linear layers read in the last forward, for calibrating quantization
+    /// (AWQ): `None` unless that forward kept every block's activations (no checkpointing) and the
+    /// block is pre-norm and dense.
+    pub fn linear_inputs(&self, layer: usize) -> Option<LinearInputs<'_>> {
+        let s = self.state.as_ref().filter(|_| !self.checkpointing && layer < self.config.n_layers)?;
+        if self.config.norm_position != NormPosition::Pre {
+            return None;
+        }
+        // The buffers are allocated for exactly the last forward's (B, T).
+        let acts = &s.acts[layer];
+        let crate::block::FfnActs::Dense { a, .. } = &acts.ffn else { return None };
+        Some(LinearInputs {
+            rows: s.b * s.t,
+            qkv: &acts.sum_or_norm1,
+            proj: &acts.attn.out,
+            fc1: &acts.sum_or_norm2,
+            fc2: a,
+        })
     }
 
     /// The experts every token chose in the last forward, one (B*T, k) vector per MoE layer.

@@ -12,7 +12,7 @@ pub enum QuantError {
     Size { ty: GgmlType, elements: usize, want: usize, got: usize },
     #[error("{ty}: {elements} elements overflow the address space")]
     Overflow { ty: GgmlType, elements: u64 },
-    #[error("cannot quantize to {0}: round-to-nearest is implemented for Q8_0, Q4_0 and Q4_K")]
+    #[error("cannot quantize to {0}: round-to-nearest is implemented for {list}", list = GgmlType::quantizable_names())]
     NoQuantizer(GgmlType),
     #[error("cannot quantize a non-finite value ({value}) at element {index}")]
     NonFinite { index: usize, value: f32 },

@@ -9,7 +9,7 @@
 //!   `gguf.quants.dequantize`, so the results agree bit for bit (tests/exact.rs checks this
 //!   against fixtures made by gguf-py);
 //! - [`quantize_row`]: f32 to blocks by round-to-nearest, as ggml's `quantize_row_*_ref` does,
-//!   for Q8_0, Q4_0 and Q4_K.
+//!   for Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K ([`GgmlType::QUANTIZABLE`]).
 //!
 //! Layouts and arithmetic follow ggml's `ggml-common.h` and `ggml-quants.c`
 //! (github.com/ggml-org/ggml); the code is written from them, not copied.
@@ -18,6 +18,7 @@ pub mod blocks;
 mod error;
 pub mod int;
 mod rtn;
+mod rtn_k;
 
 pub use blocks::Block;
 pub use error::{QuantError, Result};
@@ -121,10 +122,31 @@ impl GgmlType {
             .ok_or(QuantError::Overflow { ty: self, elements })
     }
 
+    /// The block types [`quantize_row`] writes.
+    pub const QUANTIZABLE: &[GgmlType] = &[
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ];
+
     /// The names of every type, for error messages.
     fn names() -> String {
-        GgmlType::ALL.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+        list(GgmlType::ALL)
     }
+
+    /// The names of [`GgmlType::QUANTIZABLE`], for error messages.
+    fn quantizable_names() -> String {
+        list(GgmlType::QUANTIZABLE)
+    }
+}
+
+fn list(types: &[GgmlType]) -> String {
+    types.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
 }
 
 impl std::fmt::Display for GgmlType {
@@ -159,7 +181,12 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
     match ty {
         GgmlType::Q8_0 => rtn::quantize::<BlockQ8_0>(x, out, rtn::q8_0),
         GgmlType::Q4_0 => rtn::quantize::<BlockQ4_0>(x, out, rtn::q4_0),
-        GgmlType::Q4_K => rtn::quantize::<BlockQ4_K>(x, out, rtn::q4_k),
+        GgmlType::Q4_1 => rtn::quantize::<BlockQ4_1>(x, out, rtn::q4_1),
+        GgmlType::Q5_0 => rtn::quantize::<BlockQ5_0>(x, out, rtn::q5_0),
+        GgmlType::Q5_1 => rtn::quantize::<BlockQ5_1>(x, out, rtn::q5_1),
+        GgmlType::Q4_K => rtn::quantize::<BlockQ4_K>(x, out, rtn_k::q4_k),
+        GgmlType::Q5_K => rtn::quantize::<BlockQ5_K>(x, out, rtn_k::q5_k),
+        GgmlType::Q6_K => rtn::quantize::<BlockQ6_K>(x, out, rtn_k::q6_k),
         other => return Err(QuantError::NoQuantizer(other)),
     }
     Ok(())
@@ -222,8 +249,8 @@ mod tests {
         let err = quantize_row(GgmlType::Q4_0, &[f32::NAN; 32], &mut bytes).unwrap_err();
         assert!(matches!(err, QuantError::NonFinite { index: 0, .. }), "{err}");
         assert_eq!(
-            quantize_row(GgmlType::Q6_K, &[0.0; 256], &mut bytes),
-            Err(QuantError::NoQuantizer(GgmlType::Q6_K))
+            quantize_row(GgmlType::Q3_K, &[0.0; 256], &mut bytes),
+            Err(QuantError::NoQuantizer(GgmlType::Q3_K))
         );
         assert!(bytes.is_empty());
     }

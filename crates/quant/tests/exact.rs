@@ -1,7 +1,8 @@
 //! Bit-exactness against gguf-py and ggml, on the fixtures of `scripts/make_quant_fixtures.py`:
 //! for every type, our dequantization of random blocks and of quantized rows equals
 //! `gguf.quants.dequantize` bit for bit, and our round-to-nearest quantizers write the bytes
-//! that gguf-py (Q8_0, Q4_0) or ggml's `quantize_row_q4_K_ref` (Q4_K) wrote.
+//! that gguf-py (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) or ggml's `quantize_row_q{4,5,6}_K_ref` (Q4_K,
+//! Q5_K, Q6_K) wrote.
 
 use std::path::Path;
 
@@ -70,7 +71,7 @@ fn dequantization_matches_gguf_py_bit_for_bit_for_every_type() {
 
 #[test]
 fn rtn_quantization_writes_the_reference_bytes() {
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K] {
+    for &ty in GgmlType::QUANTIZABLE {
         let fx = Fixture::load(ty);
         let input = fx.f32s("input");
         let want = fx.tensor("quantized", Dtype::U8);

@@ -39,6 +39,11 @@ impl ValueType {
         Self::BY_ID.get(id as usize).copied()
     }
 
+    /// The type's id in a file.
+    pub fn id(self) -> u32 {
+        Self::BY_ID.iter().position(|&t| t == self).expect("every type is in BY_ID") as u32
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ValueType::U8 => "u8",
