@@ -21,16 +21,15 @@
 //! - Q4_K: `d[16]`, `dmin[16]`, the 6-bit scales `sc[8][16]` and minimums `mn[8][16]` as bytes,
 //!   320 bytes, then four units, unit `u` sub-blocks `2u` (lo) and `2u + 1` (hi);
 //! - Q6_K: `d[16]`, 32 bytes unused, the signed scales `sc[16][16]`, 320 bytes, then four units
-//!   of whole bytes (the 6-bit values), laid out as Q8_0's;
-//! - Q5_0, Q5_1: as Q4_0 and Q4_1, but units of whole bytes (the 5-bit values) as Q8_0's.
+//!   of whole bytes (the 6-bit values), laid out as Q8_0's.
 //!
 //! Every size is a multiple of 64 and the buffer is 64-byte aligned, so no load splits a cache
 //! line. The packed bytes are as many as the file's (Q4_K: 148 per 256 against 144), but for the
-//! types stored a byte per value: Q6_K 276 per 256 against 210 (plain loads for the quarter of a
-//! Q4_K_M file that is Q6_K), Q5_0 and Q5_1 34 and 36 per 32 against 22 and 24.
+//! type stored a byte per value, Q6_K: 276 per 256 against 210 (plain loads for the quarter of a
+//! Q4_K_M file that is Q6_K).
 
 use bytemuck::{Pod, Zeroable};
-use truthgpt_quant::blocks::{scale_min_k4, BlockQ5_0, BlockQ5_1, BlockQ6_K};
+use truthgpt_quant::blocks::{scale_min_k4, BlockQ6_K};
 use truthgpt_quant::int::IntBlock;
 use truthgpt_quant::{GgmlType, QK_K};
 
@@ -76,8 +75,6 @@ impl Layout {
             GgmlType::Q8_0 => (64, 64, 1024),
             GgmlType::Q4_0 => (64, 64, 512),
             GgmlType::Q4_1 => (64, 128, 512),
-            GgmlType::Q5_0 => (64, 64, 1024),
-            GgmlType::Q5_1 => (64, 128, 1024),
             GgmlType::Q4_K => (QK_K, 320, 512),
             GgmlType::Q6_K => (QK_K, 320, 1024),
             _ => return None,
@@ -198,16 +195,6 @@ fn pack_period(ty: GgmlType, blocks: &[&[u8]; GROUP], header: &mut [u8], units: 
                 }
             }
             byte_units::<BlockQ6_K>(units, blocks);
-        }
-        GgmlType::Q5_0 => {
-            // Block: d, 4 bytes of fifth bits, 16 of nibbles.
-            scales_by_row(header, blocks, &[0, 22]);
-            byte_units::<BlockQ5_0>(units, blocks);
-        }
-        GgmlType::Q5_1 => {
-            // Block: d, m, 4 bytes of fifth bits, 16 of nibbles.
-            scales_by_row(header, blocks, &[0, 24, 2, 26]);
-            byte_units::<BlockQ5_1>(units, blocks);
         }
         other => unreachable!("{other} does not pack"),
     }

@@ -41,8 +41,6 @@ pub(in crate::qmatmul) unsafe fn columns(out: Out, x: &Q8Acts, w: &Packed, n: us
             GgmlType::Q8_0 => groups::<Q8_0>(out, x, w, n, cols),
             GgmlType::Q4_0 => groups::<Q4_0>(out, x, w, n, cols),
             GgmlType::Q4_1 => groups::<Q4_1>(out, x, w, n, cols),
-            GgmlType::Q5_0 => groups::<Q5_0>(out, x, w, n, cols),
-            GgmlType::Q5_1 => groups::<Q5_1>(out, x, w, n, cols),
             GgmlType::Q4_K => groups::<Q4K>(out, x, w, n, cols),
             GgmlType::Q6_K => groups::<Q6K>(out, x, w, n, cols),
             other => unreachable!("{other} does not pack"),
@@ -115,31 +113,30 @@ unsafe fn f16x16(p: *const u8) -> __m512 {
     _mm512_cvtph_ps(unsafe { _mm256_load_si256(p.cast()) })
 }
 
-/// The 32-element types' fold: blocks `2p` (lo) and `2p + 1` (hi) with scales `d[2]`, offset
-/// `offset` in the values' units, `hi` stored `scale_hi` times its value, and minimums `m[2]`
-/// for Q4_1.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn fold32(
+/// A 32-element type's scales for one period: `d[2]` for blocks `2p` (lo) and `2p + 1` (hi),
+/// minimums `m[2]` where it has them, `offset` in the values' units, and `hi` stored `scale_hi`
+/// times its value.
+struct Scales32 {
     d: [__m512; 2],
     m: Option<[__m512; 2]>,
     offset: i32,
     scale_hi: i32,
-    dots: [__m512i; 4],
-    x: ActRow,
-    p: usize,
-    acc: &mut Acc,
-) {
-    for half in 0..2 {
+}
+
+/// The 32-element types' fold of one unit.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn fold32(s: Scales32, dots: [__m512i; 4], x: ActRow, p: usize, acc: &mut Acc) {
+    for (half, &dot) in dots[..2].iter().enumerate() {
         let b = 2 * p + half;
         // SAFETY: block `b` lies in the row (the caller's contract).
-        let (dx, s) = unsafe { (*x.d.add(b), sum32(x, b)) };
-        let stored = if half == 0 { 1 } else { scale_hi };
-        let centred = _mm512_sub_epi32(dots[half], _mm512_set1_epi32(offset * stored * s));
-        let scale = _mm512_mul_ps(d[half], _mm512_set1_ps(dx / stored as f32));
+        let (dx, sum) = unsafe { (*x.d.add(b), sum32(x, b)) };
+        let stored = if half == 0 { 1 } else { s.scale_hi };
+        let centred = _mm512_sub_epi32(dot, _mm512_set1_epi32(s.offset * stored * sum));
+        let scale = _mm512_mul_ps(s.d[half], _mm512_set1_ps(dx / stored as f32));
         acc.total = _mm512_fmadd_ps(_mm512_cvtepi32_ps(centred), scale, acc.total);
-        if let Some(m) = m {
-            acc.total = _mm512_fnmadd_ps(m[half], _mm512_set1_ps(dx * s as f32), acc.total);
+        if let Some(m) = s.m {
+            acc.total = _mm512_fnmadd_ps(m[half], _mm512_set1_ps(dx * sum as f32), acc.total);
         }
     }
 }
@@ -180,7 +177,7 @@ impl Kind for Q8_0 {
         p: usize,
         acc: &mut Acc,
     ) {
-        unsafe { fold32(*d, None, 128, 1, dots, x, p, acc) }
+        unsafe { fold32(Scales32 { d: *d, m: None, offset: 128, scale_hi: 1 }, dots, x, p, acc) }
     }
 }
 
@@ -201,19 +198,17 @@ unsafe fn byte_loads(unit: *const u8, k: usize) -> (__m512i, __m512i) {
     unsafe { (_mm512_load_si512(unit.add(64 * k).cast()), _mm512_load_si512(unit.add(512 + 64 * k).cast())) }
 }
 
-/// The 32-element types but Q8_0: values less `OFFSET`, with minimums (`MIN`, the header's
-/// second half: `y = d * q + m`, a minimum of `-m`), stored as nibbles (`NIBBLES`) or bytes.
-struct Blocks32<const OFFSET: i32, const MIN: bool, const NIBBLES: bool>;
+/// The 4-bit 32-element types: values less `OFFSET`, with minimums where `MIN` (the header's
+/// second half: `y = d * q + m`, a minimum of `-m`).
+struct Nibbles32<const OFFSET: i32, const MIN: bool>;
 
-type Q4_0 = Blocks32<8, false, true>;
-type Q4_1 = Blocks32<0, true, true>;
-type Q5_0 = Blocks32<16, false, false>;
-type Q5_1 = Blocks32<0, true, false>;
+type Q4_0 = Nibbles32<8, false>;
+type Q4_1 = Nibbles32<0, true>;
 
-impl<const OFFSET: i32, const MIN: bool, const NIBBLES: bool> Kind for Blocks32<OFFSET, MIN, NIBBLES> {
+impl<const OFFSET: i32, const MIN: bool> Kind for Nibbles32<OFFSET, MIN> {
     const PERIOD: usize = 64;
     const HEADER: usize = if MIN { 128 } else { 64 };
-    const UNIT: usize = if NIBBLES { 512 } else { 1024 };
+    const UNIT: usize = 512;
     type Header = [__m512; 4];
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
@@ -230,13 +225,7 @@ impl<const OFFSET: i32, const MIN: bool, const NIBBLES: bool> Kind for Blocks32<
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     unsafe fn load(unit: *const u8, k: usize) -> (__m512i, __m512i) {
-        unsafe {
-            if NIBBLES {
-                nibbles(unit, k)
-            } else {
-                byte_loads(unit, k)
-            }
-        }
+        unsafe { nibbles(unit, k) }
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
@@ -250,7 +239,7 @@ impl<const OFFSET: i32, const MIN: bool, const NIBBLES: bool> Kind for Blocks32<
         acc: &mut Acc,
     ) {
         let m = MIN.then_some([s[2], s[3]]);
-        unsafe { fold32([s[0], s[1]], m, OFFSET, if NIBBLES { 16 } else { 1 }, dots, x, p, acc) }
+        unsafe { fold32(Scales32 { d: [s[0], s[1]], m, offset: OFFSET, scale_hi: 16 }, dots, x, p, acc) }
     }
 }
 
@@ -292,13 +281,13 @@ impl Kind for Q4K {
         p: usize,
         acc: &mut Acc,
     ) {
-        for half in 0..2 {
+        for (half, &dot) in dots[..2].iter().enumerate() {
             let j = 2 * u + half;
             // SAFETY: sub-block `j`'s scale and minimum lie in the header, its sums in the row.
             let (sc, mn, s) =
                 unsafe { (u8x16(h.add(64 + 16 * j)), u8x16(h.add(192 + 16 * j)), sum32(x, 8 * p + j)) };
             let sc = if half == 0 { sc } else { _mm512_mul_ps(sc, _mm512_set1_ps(1.0 / 16.0)) };
-            acc.scaled = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[half]), sc, acc.scaled);
+            acc.scaled = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc.scaled);
             acc.mins = _mm512_fmadd_ps(mn, _mm512_set1_ps(s as f32), acc.mins);
         }
     }
