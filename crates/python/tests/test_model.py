@@ -5,6 +5,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,13 +103,24 @@ def test_steps_limit_and_accumulated_micro_batches():
     assert stats["step"] == 3 and np.isfinite(stats["loss"])
 
 
+def _interrupt_once_training(metrics: Path, timeout: float = 120.0):
+    """SIGINT to this process once `metrics` holds a training step (after the initial
+    evaluation's line), so the signal lands mid-run however slow loading is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def test_ctrl_c_during_text_training_saves_and_returns(tmp_path):
     model = oc.create_truthgpt_model(config_path=CONFIG)
-    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
+    sender = threading.Thread(target=_interrupt_once_training, args=(tmp_path / "run" / "metrics.jsonl",))
+    sender.start()
     summary = model.train(MACBETH, steps=100_000, out=tmp_path / "run", progress=False)
-    timer.join()
-    assert summary["interrupted"] and 0 < summary["step"] < 100_000
+    sender.join()
+    assert summary["interrupted"] and 0 < summary["step"] < 100_000, summary
     assert oc.load_model(summary["checkpoint"]).num_params == model.num_params
 
 
