@@ -103,6 +103,15 @@ def test_steps_limit_and_accumulated_micro_batches():
     assert stats["step"] == 3 and np.isfinite(stats["loss"])
 
 
+@pytest.fixture
+def sigint_raises():
+    """Python's own Ctrl-C handler, whatever this process inherited: a shell starting a job in
+    the background (as a CI runner may) leaves SIGINT ignored, and the signal would be lost."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _interrupt_once_training(metrics: Path, timeout: float = 120.0):
     """SIGINT to this process once `metrics` holds a training step (after the initial
     evaluation's line), so the signal lands mid-run however slow loading is."""
@@ -114,7 +123,7 @@ def _interrupt_once_training(metrics: Path, timeout: float = 120.0):
     os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_ctrl_c_during_text_training_saves_and_returns(tmp_path):
+def test_ctrl_c_during_text_training_saves_and_returns(tmp_path, sigint_raises):
     model = oc.create_truthgpt_model(config_path=CONFIG)
     sender = threading.Thread(target=_interrupt_once_training, args=(tmp_path / "run" / "metrics.jsonl",))
     sender.start()
@@ -124,7 +133,7 @@ def test_ctrl_c_during_text_training_saves_and_returns(tmp_path):
     assert oc.load_model(summary["checkpoint"]).num_params == model.num_params
 
 
-def test_ctrl_c_during_batch_training_saves_and_returns(tmp_path):
+def test_ctrl_c_during_batch_training_saves_and_returns(tmp_path, sigint_raises):
     def batches():
         yield windows(4)
         yield windows(4, seed=1)
