@@ -91,14 +91,14 @@ pub fn moe(args: &BenchMoeArgs) -> anyhow::Result<()> {
     let mut pb = ParamBuilder::default();
     let mut moe = Moe::new(&mut pb, &m, &groups, m.init_std);
     let (_, moe_params) = pb.finish(seed);
-    let mut moe_grads = vec![0.0; moe_params.len()];
+    let mut moe_grads = truthgpt_model::Grads::new(0, moe_params.len());
     let (mut acts, mut scratch) = (moe.acts(n), moe.scratch(n));
 
     // Same FLOPs per token as the routed experts (ignoring the router): one SwiGLU of width F*K.
     let mut pb = ParamBuilder::default();
     let dense = Ffn::new(&mut pb, "ffn", &m, ExpertKind::Swiglu, f * k, m.init_std);
     let (_, dense_params) = pb.finish(seed);
-    let mut dense_grads = vec![0.0; dense_params.len()];
+    let mut dense_grads = truthgpt_model::Grads::new(0, dense_params.len());
     let (hidden, width) = (dense.hidden_width(), dense.width);
     let (mut h, mut a) = (vec![0.0; n * hidden], vec![0.0; n * width]);
     let (mut dh, mut da) = (vec![0.0; n * hidden], vec![0.0; n * width]);

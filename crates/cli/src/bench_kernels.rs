@@ -166,7 +166,7 @@ pub fn run(args: &BenchKernelsArgs) -> anyhow::Result<()> {
         || {
             norm::layernorm_backward(
                 &mut dinp,
-                &mut dweight,
+                Some(&mut dweight[..]),
                 Some(&mut dbias),
                 &dy,
                 &x,

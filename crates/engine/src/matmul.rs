@@ -546,12 +546,13 @@ pub fn linear_forward(
 }
 
 /// Backward of [`linear_forward`]: `dinp = dout @ weight` (written, or added when `accumulate_dinp`),
-/// `dweight += dout^T @ inp`, `dbias += sum_rows(dout)`; both products at `precision`.
+/// `dweight += dout^T @ inp`, `dbias += sum_rows(dout)` (each skipped when `None`: a frozen
+/// layer); both products at `precision`.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward(
     precision: Precision,
     dinp: Option<&mut [f32]>,
-    dweight: &mut [f32],
+    dweight: Option<&mut [f32]>,
     dbias: Option<&mut [f32]>,
     dout: &[f32],
     inp: &[f32],
@@ -565,7 +566,9 @@ pub fn linear_backward(
     if let Some(dinp) = dinp {
         matmul_with(kernel, dinp, Op::N(dout), Op::N(weight), n, oc, c, accumulate_dinp);
     }
-    matmul_with(kernel, dweight, Op::T(dout), Op::N(inp), oc, n, c, true);
+    if let Some(dweight) = dweight {
+        matmul_with(kernel, dweight, Op::T(dout), Op::N(inp), oc, n, c, true);
+    }
     if let Some(dbias) = dbias {
         crate::par::add_column_sums(&mut dbias[..oc], &dout[..n * oc]);
     }

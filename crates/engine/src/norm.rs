@@ -37,11 +37,12 @@ pub fn layernorm_forward(
     });
 }
 
-/// Backward of [`layernorm_forward`]. `dinp` is written; `dweight`, `dbias` accumulate.
+/// Backward of [`layernorm_forward`]. `dinp` is written; `dweight`, `dbias` accumulate (a
+/// frozen norm passes `None`).
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(
     dinp: &mut [f32],
-    dweight: &mut [f32],
+    dweight: Option<&mut [f32]>,
     dbias: Option<&mut [f32]>,
     dout: &[f32],
     inp: &[f32],
@@ -86,11 +87,11 @@ pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], inp: &[f32], weight: &
     });
 }
 
-/// Backward of [`rmsnorm_forward`]. `dinp` is written; `dweight` accumulates.
+/// Backward of [`rmsnorm_forward`]. `dinp` is written; `dweight` accumulates (`None`: frozen).
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_backward(
     dinp: &mut [f32],
-    dweight: &mut [f32],
+    dweight: Option<&mut [f32]>,
     dout: &[f32],
     inp: &[f32],
     weight: &[f32],
@@ -111,9 +112,9 @@ pub fn rmsnorm_backward(
 }
 
 /// `dweight += sum_rows(dout * xhat)`, `dbias += sum_rows(dout)`, split over column blocks so
-/// threads never share an accumulator.
+/// threads never share an accumulator; a frozen tensor (`None`) gets nothing.
 fn param_grads(
-    dweight: &mut [f32],
+    dweight: Option<&mut [f32]>,
     dbias: Option<&mut [f32]>,
     dout: &[f32],
     n: usize,
@@ -121,14 +122,16 @@ fn param_grads(
     xhat: impl Fn(usize, usize) -> f32 + Sync,
 ) {
     const COLS: usize = 64;
-    dweight[..c].par_chunks_mut(COLS).enumerate().for_each(|(block, dw)| {
-        for row in 0..n {
-            for (j, dw) in dw.iter_mut().enumerate() {
-                let i = block * COLS + j;
-                *dw += dout[row * c + i] * xhat(row, i);
+    if let Some(dweight) = dweight {
+        dweight[..c].par_chunks_mut(COLS).enumerate().for_each(|(block, dw)| {
+            for row in 0..n {
+                for (j, dw) in dw.iter_mut().enumerate() {
+                    let i = block * COLS + j;
+                    *dw += dout[row * c + i] * xhat(row, i);
+                }
             }
-        }
-    });
+        });
+    }
     if let Some(dbias) = dbias {
         crate::par::add_column_sums(&mut dbias[..c], &dout[..n * c]);
     }

@@ -10,7 +10,7 @@ use truthgpt_engine::rope::{self, RopeTable};
 
 use crate::linear::Linear;
 use crate::paged::LayerKv;
-use crate::params::{Init, ParamBuilder, P};
+use crate::params::{Grads, Init, ParamBuilder, P};
 
 // Config validation promises the kernels every head size it accepts.
 const _: () = assert!(truthgpt_config::MAX_HEAD_SIZE == kernel::MAX_HEAD_SIZE);
@@ -211,7 +211,7 @@ impl Attention {
     pub fn backward(
         &self,
         params: &[f32],
-        grads: &mut [f32],
+        grads: &mut Grads,
         scratch: &mut AttentionScratch,
         acts: &AttentionActs,
         dx: &mut [f32],
@@ -247,10 +247,11 @@ impl Attention {
                 true,
             ),
             ScorePositions::Relative { table, .. } => {
-                let dtable = table.of_mut(grads);
-                for partial in scratch.dbias.chunks_exact(dtable.len()) {
-                    for (d, p) in dtable.iter_mut().zip(partial) {
-                        *d += p;
+                if let Some(dtable) = grads.of_mut(*table) {
+                    for partial in scratch.dbias.chunks_exact(dtable.len()) {
+                        for (d, p) in dtable.iter_mut().zip(partial) {
+                            *d += p;
+                        }
                     }
                 }
             }

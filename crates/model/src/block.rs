@@ -14,7 +14,7 @@ use crate::attention::{Attention, AttentionActs, AttentionScratch, Cached};
 use crate::ffn::Ffn;
 use crate::linear::{Norm, NormSaved};
 use crate::moe::{Moe, MoeActs, MoeScratch};
-use crate::params::ParamBuilder;
+use crate::params::{Grads, ParamBuilder};
 
 #[derive(Debug, Clone)]
 pub enum FeedForward {
@@ -171,7 +171,7 @@ impl Block {
     fn ffn_backward(
         &self,
         params: &[f32],
-        grads: &mut [f32],
+        grads: &mut Grads,
         scratch: &mut FfnScratch,
         acts: &FfnActs,
         dx: &mut [f32],
@@ -250,7 +250,7 @@ impl Block {
     pub fn backward(
         &self,
         params: &[f32],
-        grads: &mut [f32],
+        grads: &mut Grads,
         scratch: &mut BlockScratch,
         acts: &BlockActs,
         dres: &mut [f32],

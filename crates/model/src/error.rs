@@ -21,6 +21,8 @@ pub enum ModelError {
     KvPoolExhausted { needed: usize, free: usize, capacity: usize },
     #[error("this model's weights are quantized: it cannot {0} (quantized models run forwards only)")]
     Quantized(&'static str),
+    #[error("LoRA: {0}")]
+    Lora(String),
     #[error("tensor `{name}`: {problem}")]
     Tensor { name: String, problem: String },
     #[error("safetensors: {0}")]

@@ -5,7 +5,7 @@ use truthgpt_config::{ExpertKind, GeluApproximate, ModelConfig};
 use truthgpt_engine::activation::{self, Activation};
 
 use crate::linear::Linear;
-use crate::params::ParamBuilder;
+use crate::params::{Grads, ParamBuilder};
 
 /// `y = fc2(act(fc1 x))`, or `y = fc2(act(gate) * up)` with `fc1 x = [gate | up]` for gated kinds.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ impl Ffn {
     pub fn backward(
         &self,
         params: &[f32],
-        grads: &mut [f32],
+        grads: &mut Grads,
         dh: &mut [f32],
         da: &mut [f32],
         dx: &mut [f32],

@@ -5,10 +5,12 @@ use truthgpt_engine::matmul::{self, Precision};
 use truthgpt_engine::norm;
 use truthgpt_engine::qmatmul::{self, QMatrix};
 
-use crate::params::{pair_mut, Init, ParamBuilder, P};
+use crate::lora::Lora;
+use crate::params::{Grads, Init, ParamBuilder, P};
 
 /// `y (N, OUT) = x (N, IN) @ weight (OUT, IN)^T + bias (OUT)`, its products at `precision`, or
-/// with the weight in quantized blocks (`quant`, then `weight` is empty: inference only).
+/// with the weight in quantized blocks (`quant`, then `weight` is empty and frozen), plus the
+/// low-rank updates of any LoRA `adapters`.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: P,
@@ -17,6 +19,7 @@ pub struct Linear {
     pub out: usize,
     pub precision: Precision,
     pub quant: Option<QMatrix>,
+    pub adapters: Vec<Lora>,
 }
 
 impl Linear {
@@ -27,55 +30,74 @@ impl Linear {
                 None => (pb.add("weight", &[out, inp], Init::Normal(std)), None),
             };
             let bias = bias.then(|| pb.add("bias", &[out], Init::Zeros));
-            Linear { weight, bias, inp, out, precision: Precision::F32, quant }
+            Linear { weight, bias, inp, out, precision: Precision::F32, quant, adapters: Vec::new() }
         })
     }
 
     pub fn forward(&self, params: &[f32], y: &mut [f32], x: &[f32], n: usize) {
-        if let Some(q) = &self.quant {
-            let bias = self.bias.map(|b| b.of(params));
-            return qmatmul::qlinear_forward(&mut y[..n * self.out], &x[..n * self.inp], q, bias, n);
+        match &self.quant {
+            Some(q) => {
+                let bias = self.bias.map(|b| b.of(params));
+                qmatmul::qlinear_forward(&mut y[..n * self.out], &x[..n * self.inp], q, bias, n)
+            }
+            None => matmul::linear_forward(
+                self.precision,
+                &mut y[..n * self.out],
+                &x[..n * self.inp],
+                self.weight.of(params),
+                self.bias.map(|b| b.of(params)),
+                n,
+                self.inp,
+                self.out,
+            ),
         }
-        matmul::linear_forward(
-            self.precision,
-            &mut y[..n * self.out],
-            &x[..n * self.inp],
-            self.weight.of(params),
-            self.bias.map(|b| b.of(params)),
-            n,
-            self.inp,
-            self.out,
-        );
+        for adapter in &self.adapters {
+            adapter.forward(params, y, x, n, self.inp, self.out);
+        }
     }
 
-    /// `dx` is written, or added to when `accumulate_dx`; parameter gradients accumulate. Not
-    /// for quantized weights: callers refuse to train a quantized model ([`crate::Model::is_quantized`]).
+    /// `dx` is written, or added to when `accumulate_dx`; the gradients of the parameters that
+    /// are not frozen accumulate. A quantized weight is always frozen: its input gradient runs
+    /// through the blocks ([`qmatmul::qlinear_input_grad`]), for adapters below it to train.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
         params: &[f32],
-        grads: &mut [f32],
-        dx: Option<&mut [f32]>,
+        grads: &mut Grads,
+        mut dx: Option<&mut [f32]>,
         dy: &[f32],
         x: &[f32],
         n: usize,
         accumulate_dx: bool,
     ) {
-        assert!(self.quant.is_none(), "backward through a quantized linear");
-        let (dweight, dbias) = pair_mut(grads, self.weight, self.bias);
-        matmul::linear_backward(
-            self.precision,
-            dx.map(|dx| &mut dx[..n * self.inp]),
-            dweight,
-            dbias,
-            &dy[..n * self.out],
-            &x[..n * self.inp],
-            self.weight.of(params),
-            n,
-            self.inp,
-            self.out,
-            accumulate_dx,
-        );
+        let (dweight, dbias) = grads.pair_mut(self.weight, self.bias);
+        let dy = &dy[..n * self.out];
+        match &self.quant {
+            Some(q) => {
+                if let Some(dx) = dx.as_deref_mut() {
+                    qmatmul::qlinear_input_grad(dx, dy, q, n, accumulate_dx);
+                }
+                if let Some(dbias) = dbias {
+                    truthgpt_engine::par::add_column_sums(&mut dbias[..self.out], dy);
+                }
+            }
+            None => matmul::linear_backward(
+                self.precision,
+                dx.as_deref_mut().map(|dx| &mut dx[..n * self.inp]),
+                dweight,
+                dbias,
+                dy,
+                &x[..n * self.inp],
+                self.weight.of(params),
+                n,
+                self.inp,
+                self.out,
+                accumulate_dx,
+            ),
+        }
+        for adapter in &self.adapters {
+            adapter.backward(params, grads, dx.as_deref_mut(), dy, x, n, self.inp, self.out);
+        }
     }
 }
 
@@ -125,12 +147,12 @@ impl Norm {
         }
     }
 
-    /// `dx` is written; parameter gradients accumulate.
+    /// `dx` is written; the gradients of parameters that are not frozen accumulate.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
         params: &[f32],
-        grads: &mut [f32],
+        grads: &mut Grads,
         dx: &mut [f32],
         dy: &[f32],
         x: &[f32],
@@ -138,7 +160,7 @@ impl Norm {
         n: usize,
     ) {
         let (w, c) = (self.weight.of(params), self.c);
-        let (dweight, dbias) = pair_mut(grads, self.weight, self.bias);
+        let (dweight, dbias) = grads.pair_mut(self.weight, self.bias);
         match self.kind {
             NormKind::LayerNorm => {
                 norm::layernorm_backward(dx, dweight, dbias, dy, x, w, &saved.mean[..n], &saved.rstd[..n], c)

@@ -18,7 +18,7 @@ use crate::error::{ModelError, Result};
 use crate::ffn::Ffn;
 use crate::linear::{Linear, Norm, NormSaved};
 use crate::moe::Moe;
-use crate::params::{pair_mut, Init, ParamBuilder, ParamSpec, P};
+use crate::params::{Grads, Init, ParamBuilder, ParamSpec, P};
 
 #[derive(Debug, Clone)]
 pub(crate) enum PositionTable {
@@ -70,7 +70,9 @@ pub struct Model {
     pub config: ModelConfig,
     pub specs: Vec<ParamSpec>,
     pub params: Vec<f32>,
-    pub grads: Vec<f32>,
+    /// Gradients of the trainable parameters: all of them, or only the adapters' once the base
+    /// is frozen ([`Model::add_lora`]).
+    pub grads: Grads,
     pub(crate) wte: P,
     /// The token embedding in quantized blocks, when `wte` is empty.
     pub(crate) wte_quant: Option<QMatrix>,
@@ -164,12 +166,13 @@ impl Model {
                 out: m.vocab_size,
                 precision: Precision::F32,
                 quant: wte_quant.clone(),
+                adapters: Vec::new(),
             }
         } else {
             Linear::new(&mut pb, "head", m.d_model, m.vocab_size, false, m.init_std)
         };
         let (specs, params) = finish(pb);
-        let grads = vec![0.0; params.len()];
+        let grads = Grads::new(0, params.len());
         Model {
             config: m.clone(),
             specs,
@@ -234,7 +237,7 @@ impl Model {
 
     pub fn zero_grad(&mut self) {
         use rayon::prelude::*;
-        self.grads.par_chunks_mut(1 << 16).for_each(|chunk| chunk.fill(0.0));
+        self.grads.as_mut_slice().par_chunks_mut(1 << 16).for_each(|chunk| chunk.fill(0.0));
     }
 
     pub(crate) fn block(&self, layer: usize) -> &Block {
@@ -505,10 +508,12 @@ impl Model {
         }
         // With a tied head, `wte`'s gradient already holds the head's part; the lookup adds to it.
         let (dwte, dpositions) = match positions {
-            PositionTable::Learned(p) => pair_mut(grads, *wte, Some(*p)),
-            PositionTable::Fixed(_) | PositionTable::None => (wte.of_mut(grads), None),
+            PositionTable::Learned(p) => grads.pair_mut(*wte, Some(*p)),
+            PositionTable::Fixed(_) | PositionTable::None => (grads.of_mut(*wte), None),
         };
-        embedding::backward(dwte, dpositions, &s.dres, &s.tokens, t, c);
+        if let Some(dwte) = dwte {
+            embedding::backward(dwte, dpositions, &s.dres, &s.tokens, t, c);
+        }
         s.logits_are_grads = false;
         Ok(())
     }

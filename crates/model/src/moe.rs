@@ -28,7 +28,7 @@ use truthgpt_engine::loss::max_and_sum_exp;
 
 use crate::ffn::Ffn;
 use crate::linear::Linear;
-use crate::params::ParamBuilder;
+use crate::params::{Grads, ParamBuilder};
 
 /// Marks an assignment dropped by the capacity limit.
 const DROPPED: u32 = u32::MAX;
@@ -418,7 +418,7 @@ impl Moe {
     pub fn backward(
         &self,
         params: &[f32],
-        grads: &mut [f32],
+        grads: &mut Grads,
         scratch: &mut MoeScratch,
         acts: &MoeActs,
         dx: &mut [f32],

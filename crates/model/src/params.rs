@@ -30,14 +30,64 @@ impl P {
     }
 }
 
-/// Two disjoint gradient slices at once, e.g. a weight's and its bias's.
-pub fn pair_mut(flat: &mut [f32], a: P, b: Option<P>) -> (&mut [f32], Option<&mut [f32]>) {
-    match b {
-        None => (a.of_mut(flat), None),
-        Some(b) => {
-            let [a, b] =
-                flat.get_disjoint_mut([a.range(), b.range()]).expect("parameter handles never overlap");
-            (a, Some(b))
+/// The gradients of the trainable parameters: the tensors at or past `start` in the flat layout.
+/// Those before it are frozen (a LoRA base): they get no gradient and take no memory here, and
+/// the optimiser keeps no state for them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Grads {
+    flat: Vec<f32>,
+    start: usize,
+}
+
+impl Grads {
+    /// Gradients for `params[start..end]`, zeroed.
+    pub fn new(start: usize, end: usize) -> Self {
+        Grads { flat: vec![0.0; end - start], start }
+    }
+
+    /// Where the trainable parameters begin in the flat layout.
+    pub fn start(&self) -> usize {
+        self.start
+    }
+
+    /// The trainable span of the flat layout.
+    pub fn trainable(&self) -> std::ops::Range<usize> {
+        self.start..self.start + self.flat.len()
+    }
+
+    /// Every trainable gradient, in layout order.
+    pub fn as_slice(&self) -> &[f32] {
+        &self.flat
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.flat
+    }
+
+    fn local(&self, p: P) -> Option<std::ops::Range<usize>> {
+        // A frozen tensor ends at or before `start`; so does a quantized one (empty handle).
+        (p.offset + p.len > self.start).then(|| p.offset - self.start..p.offset - self.start + p.len)
+    }
+
+    /// `p`'s gradient, or `None` when it is frozen.
+    pub fn of(&self, p: P) -> Option<&[f32]> {
+        self.local(p).map(|r| &self.flat[r])
+    }
+
+    pub fn of_mut(&mut self, p: P) -> Option<&mut [f32]> {
+        self.local(p).map(|r| &mut self.flat[r])
+    }
+
+    /// Two disjoint gradients at once, e.g. a weight's and its bias's.
+    pub fn pair_mut(&mut self, a: P, b: Option<P>) -> (Option<&mut [f32]>, Option<&mut [f32]>) {
+        match (self.local(a), b.and_then(|b| self.local(b))) {
+            (Some(a), Some(b)) => {
+                let [a, b] = self.flat.get_disjoint_mut([a, b]).expect("parameter handles never overlap");
+                (Some(a), Some(b))
+            }
+            (Some(a), None) => (Some(&mut self.flat[a]), None),
+            (None, Some(b)) => (None, Some(&mut self.flat[b])),
+            (None, None) => (None, None),
         }
     }
 }
@@ -46,8 +96,21 @@ pub fn pair_mut(flat: &mut [f32], a: P, b: Option<P>) -> (&mut [f32], Option<&mu
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {
     Normal(f32),
+    /// Uniform in `[-bound, bound)`.
+    Uniform(f32),
     Zeros,
     Ones,
+}
+
+impl Init {
+    pub fn fill(self, out: &mut [f32], rng: &mut Rng) {
+        match self {
+            Init::Normal(std) => rng.fill_normal(out, std),
+            Init::Uniform(bound) => out.iter_mut().for_each(|v| *v = (2.0 * rng.uniform() - 1.0) * bound),
+            Init::Zeros => out.fill(0.0),
+            Init::Ones => out.fill(1.0),
+        }
+    }
 }
 
 /// Name, shape and place of one parameter tensor.
@@ -135,12 +198,7 @@ impl ParamBuilder {
         let (specs, mut values) = self.finish_zeroed();
         let mut rng = Rng::new(seed);
         for spec in &specs {
-            let out = spec.handle.of_mut(&mut values);
-            match spec.init {
-                Init::Normal(std) => rng.fill_normal(out, std),
-                Init::Zeros => out.fill(0.0),
-                Init::Ones => out.fill(1.0),
-            }
+            spec.init.fill(spec.handle.of_mut(&mut values), &mut rng);
         }
         (specs, values)
     }

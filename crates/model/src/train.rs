@@ -35,12 +35,14 @@ pub struct StepStats {
 pub struct Trainer {
     pub model: Model,
     pub config: TrainConfig,
-    /// AdamW first and second moments, in the model's flat parameter layout.
+    /// AdamW first and second moments of the trainable parameters, in the layout of
+    /// [`Model::grads`] (all parameters, or the adapters' over a frozen base).
     pub m: Vec<f32>,
     pub v: Vec<f32>,
     /// Optimiser steps taken.
     pub step: u64,
-    /// Parameter spans that share a weight-decay setting, merged from the model's specs.
+    /// Spans of the trainable parameters that share a weight-decay setting, merged from the
+    /// model's specs, in the flat parameter layout.
     spans: Vec<(std::ops::Range<usize>, bool)>,
 }
 
@@ -51,8 +53,9 @@ impl Trainer {
             truthgpt_config::Precision::F32 => Precision::F32,
             truthgpt_config::Precision::Bf16 => Precision::Bf16,
         });
+        let trainable = model.grads.trainable();
         let mut spans: Vec<(std::ops::Range<usize>, bool)> = Vec::new();
-        for spec in &model.specs {
+        for spec in model.specs.iter().filter(|s| s.handle.len > 0 && s.handle.offset >= trainable.start) {
             match spans.last_mut() {
                 Some((range, decay)) if *decay == spec.decay && range.end == spec.handle.offset => {
                     range.end = spec.handle.range().end
@@ -60,7 +63,7 @@ impl Trainer {
                 _ => spans.push((spec.handle.range(), spec.decay)),
             }
         }
-        let n = model.num_params();
+        let n = trainable.len();
         Trainer { model, config, m: vec![0.0; n], v: vec![0.0; n], step: 0, spans }
     }
 
@@ -84,7 +87,7 @@ impl Trainer {
         let scale = 1.0 / micro_batches.len() as f32;
         self.model.zero_grad();
         let (loss, aux, z) = self.accumulate(micro_batches, scale)?;
-        let grad_norm = optim::sum_of_squares(&self.model.grads).sqrt() as f32;
+        let grad_norm = optim::sum_of_squares(self.model.grads.as_slice()).sqrt() as f32;
         let clip = optim::clip_factor(grad_norm, self.config.grad_clip);
         let lr = self.config.lr_at(self.step as usize);
         self.step += 1;
@@ -95,12 +98,14 @@ impl Trainer {
             eps: self.config.eps,
             weight_decay: self.config.weight_decay,
         };
+        let start = self.model.grads.start();
         for (range, decay) in &self.spans {
+            let local = range.start - start..range.end - start;
             adamw.update(
                 &mut self.model.params[range.clone()],
-                &mut self.m[range.clone()],
-                &mut self.v[range.clone()],
-                &self.model.grads[range.clone()],
+                &mut self.m[local.clone()],
+                &mut self.v[local.clone()],
+                &self.model.grads.as_slice()[local],
                 self.step,
                 clip,
                 *decay,

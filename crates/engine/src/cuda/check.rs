@@ -240,7 +240,7 @@ fn norms(c: &mut Checker) -> Result<()> {
             );
             norm::layernorm_backward(
                 &mut dinp,
-                &mut dweight,
+                Some(&mut dweight[..]),
                 with_bias.then_some(&mut dbias),
                 &dout,
                 &x,
@@ -251,7 +251,7 @@ fn norms(c: &mut Checker) -> Result<()> {
             );
         } else {
             norm::rmsnorm_forward(&mut out, &mut rstd, &x, &weight, width, eps);
-            norm::rmsnorm_backward(&mut dinp, &mut dweight, &dout, &x, &weight, &rstd, width);
+            norm::rmsnorm_backward(&mut dinp, Some(&mut dweight[..]), &dout, &x, &weight, &rstd, width);
         }
         if fused {
             dinp.iter_mut().zip(&dresidual).for_each(|(d, r)| *d += r);

@@ -507,3 +507,28 @@ pub fn reference_forward(out: &mut [f32], x: &[f32], w: &QMatrix, n: usize) {
         }
     }
 }
+
+/// The input gradient of [`qlinear_forward`], `dx (N, IN) (+)= dy (N, OUT) @ w`, for training
+/// adapters over a frozen quantized base (QLoRA). No dequantized copy of `w` is made: `TILE`
+/// rows at a time are decoded (bit-exact, as [`reference_forward`]) and multiplied in f32.
+pub fn qlinear_input_grad(dx: &mut [f32], dy: &[f32], w: &QMatrix, n: usize, accumulate: bool) {
+    const TILE: usize = 128;
+    let (k, oc) = (w.cols(), w.rows);
+    assert!(dx.len() >= n * k && dy.len() >= n * oc, "qlinear_input_grad: operands too short");
+    let dx = &mut dx[..n * k];
+    if !accumulate {
+        dx.fill(0.0);
+    }
+    let tile_rows = TILE.min(oc);
+    let mut tile = vec![0f32; tile_rows * k];
+    let mut dy_tile = vec![0f32; n * tile_rows];
+    for start in (0..oc).step_by(TILE) {
+        let rows = tile_rows.min(oc - start);
+        let (tile, dy_tile) = (&mut tile[..rows * k], &mut dy_tile[..n * rows]);
+        tile.par_chunks_mut(k).enumerate().for_each(|(i, row)| w.dequantize_row(start + i, row));
+        for (d, dy) in dy_tile.chunks_exact_mut(rows).zip(dy.chunks_exact(oc)) {
+            d.copy_from_slice(&dy[start..start + rows]);
+        }
+        crate::matmul::matmul(dx, crate::matmul::Op::N(dy_tile), crate::matmul::Op::N(tile), n, rows, k, true);
+    }
+}
