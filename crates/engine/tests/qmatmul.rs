@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use half::f16;
 use truthgpt_engine::close::max_abs_diff;
-use truthgpt_engine::qmatmul::{qlinear_forward_with, reference_forward, QKernel, QMatrix, QWeight};
+use truthgpt_engine::qmatmul::{
+    qlinear_forward_with, qlinear_input_grad, reference_forward, QKernel, QMatrix, QWeight,
+};
 use truthgpt_engine::rng::Rng;
 use truthgpt_quant::GgmlType;
 
@@ -270,4 +272,33 @@ fn packed_stacked_parts_give_the_portable_products() {
         let diff = max_abs_diff(&got, &want);
         assert!(diff <= 2e-5 * scale as f64, "n={n}: max diff {diff}");
     }
+}
+
+#[test]
+fn input_gradient_is_the_dequantized_product() {
+    // QLoRA's backward through a frozen base: dx = dy @ W, against W decoded whole and multiplied
+    // in f64. 300 rows span three tiles, the last one partial; parts of two types and a row order.
+    let mut rng = Rng::new(21);
+    let k = 256;
+    let q = random_weight(GgmlType::Q4_K, 200, k, &mut rng).with_row_order((0..200).rev().collect()).unwrap();
+    let w = QMatrix::new(vec![q, random_weight(GgmlType::Q8_0, 100, k, &mut rng)]).unwrap();
+    let (n, oc) = (5, w.rows());
+    let mut dense = vec![0f32; oc * k];
+    for (r, row) in dense.chunks_exact_mut(k).enumerate() {
+        w.dequantize_row(r, row);
+    }
+    let mut dy = vec![0f32; n * oc];
+    rng.fill_normal(&mut dy, 1.0);
+    let want: Vec<f64> = (0..n * k)
+        .map(|i| (0..oc).map(|o| dy[i / k * oc + o] as f64 * dense[o * k + i % k] as f64).sum())
+        .collect();
+    let mut dx = vec![f32::NAN; n * k];
+    qlinear_input_grad(&mut dx, &dy, &w, n, false);
+    let diff = max_abs_diff(&dx, &want);
+    assert!(diff <= 1e-4, "written: {diff}");
+    let mut summed = vec![1f32; n * k];
+    qlinear_input_grad(&mut summed, &dy, &w, n, true);
+    let plus_one: Vec<f64> = want.iter().map(|w| w + 1.0).collect();
+    let diff = max_abs_diff(&summed, &plus_one);
+    assert!(diff <= 1e-4, "accumulated: {diff}");
 }

@@ -10,7 +10,7 @@ use truthgpt_config::{
     NormPosition, Positional, RopeScaling, RopeScalingKind, TrainConfig,
 };
 use truthgpt_engine::rng::Rng;
-use truthgpt_model::{Mode, Model};
+use truthgpt_model::{LoraShape, LoraSite, Mode, Model};
 
 const B: usize = 2;
 const T: usize = 8;
@@ -41,7 +41,12 @@ fn objective(model: &mut Model, tokens: &[u32], targets: &[u32], mode: Mode) -> 
 fn check(name: &str, config: ModelConfig, mode: Mode) {
     let train = TrainConfig { seq_len: T, ..TrainConfig::default() };
     Config { model: config.clone(), train, ..Config::default() }.validate().unwrap();
-    let mut model = Model::new(&config, 7);
+    check_model(name, Model::new(&config, 7), mode);
+}
+
+/// Checks the gradient of every tensor that is not frozen.
+fn check_model(name: &str, mut model: Model, mode: Mode) {
+    let config = model.config.clone();
     let mut rng = Rng::new(11);
     let mut draw =
         |n: usize| (0..n).map(|_| (rng.next_u64() % config.vocab_size as u64) as u32).collect::<Vec<_>>();
@@ -247,4 +252,51 @@ fn gradient_checkpointing_gives_identical_gradients() {
         };
         assert_eq!(grads(false), grads(true), "{ffn:?}");
     }
+}
+
+/// An adapter on every part of every linear layer: q, k and v apart on the fused projection,
+/// gate and up apart on a gated `fc1`, the router, each expert and the head.
+fn every_site(model: &Model) -> Vec<LoraSite> {
+    let m = &model.config;
+    let (q, kv) = (m.n_heads * m.head_dim(), m.n_kv_heads * m.head_dim());
+    let site = |linear: &str, part: &str, rows| LoraSite { linear: linear.into(), part: part.into(), rows };
+    let mut sites = Vec::new();
+    for (name, linear) in model.linears() {
+        if name.ends_with("attn.qkv") {
+            sites.push(site(&name, "q_proj", 0..q));
+            sites.push(site(&name, "k_proj", q..q + kv));
+            sites.push(site(&name, "v_proj", q + kv..q + 2 * kv));
+        } else if name.ends_with("fc1") && linear.out == 2 * m.d_ff {
+            sites.push(site(&name, "gate_proj", 0..m.d_ff));
+            sites.push(site(&name, "up_proj", m.d_ff..2 * m.d_ff));
+        } else {
+            sites.push(site(&name, name.rsplit('.').next().unwrap(), 0..linear.out));
+        }
+    }
+    sites
+}
+
+/// Adapters of rank 3 on every site, with `B` drawn too (a fresh `B` is zero, which would leave
+/// `A` without a gradient to check), over a frozen base.
+fn adapted(config: &ModelConfig) -> Model {
+    let mut model = Model::new(config, 7);
+    let sites = every_site(&model);
+    model.add_lora(&sites, LoraShape { rank: 3, alpha: 6.0, rslora: false }, 5).unwrap();
+    let mut rng = Rng::new(13);
+    for spec in model.specs.iter().filter(|s| s.name.ends_with(".B")) {
+        rng.fill_normal(spec.handle.of_mut(&mut model.params), 0.1);
+    }
+    model
+}
+
+#[test]
+fn lora_adapters_over_a_frozen_base() {
+    let swiglu = ModelConfig { ffn: FfnKind::Swiglu, n_kv_heads: 2, positional: Positional::Rope, ..base() };
+    let model = adapted(&swiglu);
+    let frozen = model.specs.iter().filter(|s| model.grads.of(s.handle).is_some() != s.name.contains(".lora."));
+    assert_eq!(frozen.count(), 0, "exactly the adapters train");
+    check_model("lora swiglu", model, Mode::Eval);
+    let gelu = ModelConfig { tie_embeddings: false, bias: true, ..base() };
+    check_model("lora mlp", adapted(&gelu), Mode::Eval);
+    check_model("lora moe", adapted(&moe(2, true, Balancing::Aux)), Mode::Eval);
 }
