@@ -3,7 +3,7 @@
 //! when opened, and each tensor is converted to f32 (from f32, f16 or bf16) straight into its
 //! destination.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -121,9 +121,26 @@ impl TensorFiles {
         Ok(())
     }
 
+    /// One safetensors file, e.g. a PEFT adapter's, with its header's metadata.
+    pub fn file(path: &Path) -> Result<(Self, HashMap<String, String>)> {
+        if !path.is_file() {
+            return Err(InteropError::Missing { path: path.into(), what: "a safetensors file".into() });
+        }
+        let mut files = TensorFiles { source: path.into(), shards: Vec::new(), tensors: BTreeMap::new() };
+        files.add_shard(path, None)?;
+        let (_, header) = SafeTensors::read_metadata(&files.shards[0].map[..])
+            .map_err(|e| InteropError::Invalid { path: path.into(), problem: format!("header: {e}") })?;
+        Ok((files, header.metadata().clone().unwrap_or_default()))
+    }
+
     /// The index or single file, for errors about the checkpoint as a whole.
     pub fn source(&self) -> &Path {
         &self.source
+    }
+
+    /// Tensor `name`'s shape, if the checkpoint has it.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|e| &e.shape[..])
     }
 
     pub fn contains(&self, name: &str) -> bool {

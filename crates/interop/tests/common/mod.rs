@@ -17,14 +17,18 @@ pub fn int_tensor(dir: &Path, name: &str) -> Vec<u32> {
     view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect()
 }
 
-/// The fixture's ids and transformers' logits for them, (T, V) row-major.
-pub fn expected(dir: &Path) -> (Vec<u32>, Vec<f32>) {
+/// A float32 tensor of a fixture's `expected.safetensors`.
+pub fn f32_tensor(dir: &Path, name: &str) -> Vec<f32> {
     let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
     let tensors = SafeTensors::deserialize(&bytes).unwrap();
-    let logits = tensors.tensor("logits").unwrap();
-    assert_eq!(logits.dtype(), Dtype::F32);
-    let logits = logits.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-    (int_tensor(dir, "ids"), logits)
+    let view = tensors.tensor(name).unwrap_or_else(|_| panic!("{}: no `{name}`", dir.display()));
+    assert_eq!(view.dtype(), Dtype::F32);
+    view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+/// The fixture's ids and transformers' logits for them, (T, V) row-major.
+pub fn expected(dir: &Path) -> (Vec<u32>, Vec<f32>) {
+    (int_tensor(dir, "ids"), f32_tensor(dir, "logits"))
 }
 
 /// A GGUF fixture's directory under tests/fixtures/gguf.
