@@ -14,6 +14,7 @@ PEFT reads the files back as written.
 
 Run: python3 scripts/make_peft_fixtures.py (tested with torch 2.15, transformers 5.24, peft 0.21.2).
 """
+import json
 import os
 import shutil
 
@@ -92,10 +93,14 @@ def main():
         assert diff <= 1e-6, f"{name}: reloaded adapter gives logits {diff} away"
         tensors = {"ids": ids, "targets": targets, "logits": logits.detach().contiguous(), "loss": loss.detach().reshape(1)}
         save_file({**tensors, **grads}, os.path.join(out, "expected.safetensors"))
-        for junk in ["README.md"]:
-            path = os.path.join(out, junk)
-            if os.path.exists(path):
-                os.remove(path)
+        os.remove(os.path.join(out, "README.md"))
+        # PEFT records the absolute path it loaded the base from; the repository's is what holds.
+        config_path = os.path.join(out, "adapter_config.json")
+        with open(config_path) as f:
+            config = json.load(f)
+        config["base_model_name_or_path"] = f"crates/interop/tests/fixtures/hf/{base}"
+        with open(config_path, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
         print(f"{name}: {len(grads)} adapter tensors, loss {loss.item():.4f}, reload diff {diff:.1e}")
 
 
