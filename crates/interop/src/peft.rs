@@ -43,7 +43,9 @@ pub fn modules(model: &Model, family: Family) -> Vec<Module> {
     let linears: HashSet<String> = model.linears().into_iter().map(|(name, _)| name).collect();
     let mut out = Vec::new();
     for map in tensor_map(family, &model.config) {
-        let Some(linear) = map.ours.strip_suffix(".weight").filter(|l| linears.contains(*l)) else { continue };
+        let Some(linear) = map.ours.strip_suffix(".weight").filter(|l| linears.contains(*l)) else {
+            continue;
+        };
         let mut row = 0;
         for (hf, shape) in &map.parts {
             let path = hf.strip_suffix(".weight").unwrap_or(hf).to_string();
@@ -124,9 +126,13 @@ pub fn load(dir: &Path, model: &mut Model) -> Result<Adapter> {
         let module = name
             .strip_prefix(PREFIX)
             .and_then(|n| n.strip_suffix(".lora_A.weight").or_else(|| n.strip_suffix(".lora_B.weight")))
-            .ok_or_else(|| invalid(format!("`{name}` is not a LoRA tensor (lora_A/lora_B under {PREFIX})")))?;
+            .ok_or_else(|| {
+                invalid(format!("`{name}` is not a LoRA tensor (lora_A/lora_B under {PREFIX})"))
+            })?;
         let found = all.iter().find(|m| m.path == module).ok_or_else(|| {
-            invalid(format!("`{name}` adapts `{module}`, which this {family:?} base has no linear layer named"))
+            invalid(format!(
+                "`{name}` adapts `{module}`, which this {family:?} base has no linear layer named"
+            ))
         })?;
         if !chosen.contains(found) {
             chosen.push(found.clone());
@@ -227,12 +233,13 @@ pub fn save(dir: &Path, model: &Model, base: &str) -> Result<()> {
         if lora.rank != rank || lora.scale != scale {
             return Err(InteropError::NoTarget("adapters of different ranks or scales".into()));
         }
-        let module = all.iter().find(|m| m.site.linear == *linear && m.site.rows == lora.rows).ok_or_else(|| {
-            InteropError::NoTarget(format!(
-                "the adapter on rows {:?} of `{linear}` is no single {family:?} module",
-                lora.rows
-            ))
-        })?;
+        let module =
+            all.iter().find(|m| m.site.linear == *linear && m.site.rows == lora.rows).ok_or_else(|| {
+                InteropError::NoTarget(format!(
+                    "the adapter on rows {:?} of `{linear}` is no single {family:?} module",
+                    lora.rows
+                ))
+            })?;
         let spec = |p| model.specs.iter().find(|s| s.handle == p).expect("adapter tensors have specs");
         for (ab, p) in [("lora_A", lora.a), ("lora_B", lora.b)] {
             let name = format!("{PREFIX}{}.{ab}.weight", module.path);
@@ -269,7 +276,10 @@ pub fn save(dir: &Path, model: &Model, base: &str) -> Result<()> {
     let metadata = [("format".to_string(), "pt".to_string()), (BASE_DIGEST.to_string(), base_digest(model))];
     let weights = safetensors::serialize(views, Some(metadata.into_iter().collect()))
         .map_err(truthgpt_model::ModelError::from)?;
-    let files = [(ADAPTER_CONFIG, serde_json::to_vec_pretty(&config).expect("JSON serialises")), (ADAPTER_WEIGHTS, weights)];
+    let files = [
+        (ADAPTER_CONFIG, serde_json::to_vec_pretty(&config).expect("JSON serialises")),
+        (ADAPTER_WEIGHTS, weights),
+    ];
     fsio::write_dir_atomic(dir, &files, fsio::Existing::Refuse)?;
     Ok(())
 }

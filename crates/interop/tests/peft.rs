@@ -106,14 +106,20 @@ fn rand_suffix() -> u64 {
 #[test]
 fn bad_adapters_are_refused_with_the_reason() {
     let tmp = tempfile::tempdir().unwrap();
-    let load = |dir: &std::path::Path, base_name: &str| peft::load(dir, &mut base(base_name)).unwrap_err().to_string();
+    let load = |dir: &std::path::Path, base_name: &str| {
+        peft::load(dir, &mut base(base_name)).unwrap_err().to_string()
+    };
     let cases: [(&str, PathBuf, &str); 7] = [
         ("another base's modules", adapter("gpt2"), "no linear layer named"),
         ("a rank the tensors do not have", edited(tmp.path(), "llama", |c| c["r"] = 8.into()), "has shape"),
         ("rank 0", edited(tmp.path(), "llama", |c| c["r"] = 0.into()), "at least 1"),
         ("DoRA", edited(tmp.path(), "llama", |c| c["use_dora"] = true.into()), "DoRA"),
         ("another method", edited(tmp.path(), "llama", |c| c["peft_type"] = "IA3".into()), "only LORA"),
-        ("per-module ranks", edited(tmp.path(), "llama", |c| c["rank_pattern"] = serde_json::json!({"q_proj": 2})), "per-module"),
+        (
+            "per-module ranks",
+            edited(tmp.path(), "llama", |c| c["rank_pattern"] = serde_json::json!({"q_proj": 2})),
+            "per-module",
+        ),
         ("no directory", tmp.path().join("absent"), "missing"),
     ];
     for (what, dir, want) in cases {

@@ -293,7 +293,8 @@ fn adapted(config: &ModelConfig) -> Model {
 fn lora_adapters_over_a_frozen_base() {
     let swiglu = ModelConfig { ffn: FfnKind::Swiglu, n_kv_heads: 2, positional: Positional::Rope, ..base() };
     let model = adapted(&swiglu);
-    let frozen = model.specs.iter().filter(|s| model.grads.of(s.handle).is_some() != s.name.contains(".lora."));
+    let frozen =
+        model.specs.iter().filter(|s| model.grads.of(s.handle).is_some() != s.name.contains(".lora."));
     assert_eq!(frozen.count(), 0, "exactly the adapters train");
     check_model("lora swiglu", model, Mode::Eval);
     let gelu = ModelConfig { tie_embeddings: false, bias: true, ..base() };

@@ -108,10 +108,15 @@ fn training_moves_only_the_adapters() {
     let before = model.params.clone();
     let train = TrainConfig { seq_len: T, lr: 1e-2, warmup_steps: 0, ..TrainConfig::default() };
     let mut trainer = Trainer::new(model, train);
-    assert_eq!((trainer.m.len(), trainer.v.len()), (adapter_len, adapter_len), "no optimizer state for the base");
+    assert_eq!(
+        (trainer.m.len(), trainer.v.len()),
+        (adapter_len, adapter_len),
+        "no optimizer state for the base"
+    );
     // One batch, learned: the loss must fall through the adapters alone.
     let (tokens, targets) = batch(2, 64);
-    let step = |trainer: &mut Trainer| trainer.step(&[Batch { tokens: &tokens, targets: &targets, b: B, t: T }]);
+    let step =
+        |trainer: &mut Trainer| trainer.step(&[Batch { tokens: &tokens, targets: &targets, b: B, t: T }]);
     let first = step(&mut trainer).unwrap().loss;
     let mut last = first;
     for _ in 0..30 {
@@ -170,7 +175,8 @@ fn qlora_gradients_are_those_of_the_dequantized_base() {
     model.add_lora(&sites(&model), SHAPE, 9).unwrap();
     let train = TrainConfig { seq_len: T, lr: 1e-2, warmup_steps: 0, ..TrainConfig::default() };
     let mut trainer = Trainer::new(model, train);
-    let step = |trainer: &mut Trainer| trainer.step(&[Batch { tokens: &tokens, targets: &targets, b: B, t: T }]);
+    let step =
+        |trainer: &mut Trainer| trainer.step(&[Batch { tokens: &tokens, targets: &targets, b: B, t: T }]);
     let first = step(&mut trainer).unwrap().loss;
     let last = (0..30).map(|_| step(&mut trainer).unwrap().loss).last().unwrap();
     assert!(last <= 0.8 * first, "QLoRA loss {first} -> {last}");
@@ -180,7 +186,9 @@ fn qlora_gradients_are_those_of_the_dequantized_base() {
 #[test]
 fn bad_adapters_are_errors() {
     let model = Model::new(&config(), 3);
-    let lora = |sites: &[LoraSite], shape: LoraShape| model.clone().add_lora(sites, shape, 1).unwrap_err().to_string();
+    let lora = |sites: &[LoraSite], shape: LoraShape| {
+        model.clone().add_lora(sites, shape, 1).unwrap_err().to_string()
+    };
     let good = sites(&model);
     assert!(lora(&good, LoraShape { rank: 0, ..SHAPE }).contains("rank"));
     assert!(lora(&good, LoraShape { alpha: f32::NAN, ..SHAPE }).contains("alpha"));

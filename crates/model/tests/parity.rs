@@ -82,7 +82,11 @@ fn check_forward_backward(case: &str) {
     model.backward(1.0).unwrap();
     for spec in &model.specs {
         let want = fixture.f32s(&format!("grad.{}", spec.name));
-        let diff = assert_close(&format!("grad.{}", spec.name), model.grads.of(spec.handle).expect("nothing is frozen"), &want);
+        let diff = assert_close(
+            &format!("grad.{}", spec.name),
+            model.grads.of(spec.handle).expect("nothing is frozen"),
+            &want,
+        );
         report.push(format!("{} {diff:.1e}", spec.name));
     }
     println!("{case}: max abs diff: {}", report.join(", "));

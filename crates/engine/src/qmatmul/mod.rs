@@ -529,6 +529,14 @@ pub fn qlinear_input_grad(dx: &mut [f32], dy: &[f32], w: &QMatrix, n: usize, acc
         for (d, dy) in dy_tile.chunks_exact_mut(rows).zip(dy.chunks_exact(oc)) {
             d.copy_from_slice(&dy[start..start + rows]);
         }
-        crate::matmul::matmul(dx, crate::matmul::Op::N(dy_tile), crate::matmul::Op::N(tile), n, rows, k, true);
+        crate::matmul::matmul(
+            dx,
+            crate::matmul::Op::N(dy_tile),
+            crate::matmul::Op::N(tile),
+            n,
+            rows,
+            k,
+            true,
+        );
     }
 }
