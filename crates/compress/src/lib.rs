@@ -60,7 +60,7 @@ impl Pattern {
             Pattern::Unstructured(s) if (0.0..1.0).contains(&s) => Ok(()),
             Pattern::Unstructured(s) => Err(CompressError::Sparsity(s)),
             Pattern::NM { n, m } if n == 0 || n >= m => Err(CompressError::Pattern { n, m }),
-            Pattern::NM { n, m } if inp % m != 0 => Err(CompressError::PatternWidth { n, m, inp }),
+            Pattern::NM { n, m } if !inp.is_multiple_of(m) => Err(CompressError::PatternWidth { n, m, inp }),
             Pattern::NM { .. } => Ok(()),
         }
     }
@@ -173,7 +173,7 @@ pub fn prune(
     method: Method,
     pattern: Pattern,
 ) -> Result<usize> {
-    if x.len() % inp.max(1) != 0 {
+    if !x.len().is_multiple_of(inp.max(1)) {
         return Err(CompressError::Shape { op: "calibration inputs", expected: inp, got: x.len() % inp });
     }
     match method {
