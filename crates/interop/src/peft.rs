@@ -13,7 +13,6 @@
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 
-use safetensors::{tensor::TensorView, Dtype};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use truthgpt_data::fsio;
@@ -21,7 +20,7 @@ use truthgpt_model::{LoraShape, LoraSite, Model};
 
 use crate::error::{InteropError, Result};
 use crate::hf::{config::family_of, tensor_map, Family};
-use crate::tensors::TensorFiles;
+use crate::tensors::{serialize_f32, TensorFiles};
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -266,16 +265,8 @@ pub fn save(dir: &Path, model: &Model, base: &str) -> Result<()> {
         "init_lora_weights": true,
         "inference_mode": true,
     });
-    let views = tensors
-        .iter()
-        .map(|(name, shape, values)| {
-            Ok((name.as_str(), TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(values))?))
-        })
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
-        .map_err(truthgpt_model::ModelError::from)?;
-    let metadata = [("format".to_string(), "pt".to_string()), (BASE_DIGEST.to_string(), base_digest(model))];
-    let weights = safetensors::serialize(views, Some(metadata.into_iter().collect()))
-        .map_err(truthgpt_model::ModelError::from)?;
+    let views = tensors.iter().map(|(name, shape, values)| (name.as_str(), &shape[..], *values));
+    let weights = serialize_f32(views, &[(BASE_DIGEST, base_digest(model))])?;
     let files = [
         (ADAPTER_CONFIG, serde_json::to_vec_pretty(&config).expect("JSON serialises")),
         (ADAPTER_WEIGHTS, weights),

@@ -230,3 +230,28 @@ fn map(path: &Path) -> Result<Mmap> {
     unsafe { memmap2::MmapOptions::new().populate().map(&file) }
         .map_err(|source| InteropError::Io { path: path.into(), source })
 }
+
+/// A safetensors file of f32 tensors `(name, shape, values)`, with `metadata` besides the
+/// `format: pt` entry that transformers refuses files without.
+pub fn serialize_f32<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [f32])>,
+    metadata: &[(&str, String)],
+) -> Result<Vec<u8>> {
+    let views = tensors
+        .into_iter()
+        .map(|(name, shape, values)| {
+            Ok((
+                name,
+                safetensors::tensor::TensorView::new(
+                    Dtype::F32,
+                    shape.to_vec(),
+                    bytemuck::cast_slice(values),
+                )?,
+            ))
+        })
+        .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()
+        .map_err(truthgpt_model::ModelError::from)?;
+    let metadata = [("format", "pt".to_string())].into_iter().chain(metadata.iter().cloned());
+    let metadata = metadata.map(|(k, v)| (k.to_string(), v)).collect();
+    Ok(safetensors::serialize(views, Some(metadata)).map_err(truthgpt_model::ModelError::from)?)
+}

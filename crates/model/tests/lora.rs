@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use truthgpt_config::{FfnKind, ModelConfig, Positional, TrainConfig};
-use truthgpt_engine::close::{assert_close, max_abs_diff};
+use truthgpt_engine::close::{assert_close, max_abs_diff, nan_max};
 use truthgpt_engine::qmatmul::{QMatrix, QWeight};
 use truthgpt_engine::rng::Rng;
 use truthgpt_model::{Batch, LoraShape, LoraSite, Mode, Model, ModelError, Trainer};
@@ -167,7 +167,7 @@ fn qlora_gradients_are_those_of_the_dequantized_base() {
     };
     let (got, want) = (grads(quantized.clone()), grads(twin));
     // The products differ only by the activations' 8-bit rounding in the quantized forward.
-    let scale = want.iter().fold(0f64, |m, g| if (*g as f64).abs() > m { (*g as f64).abs() } else { m });
+    let scale = want.iter().map(|g| (*g as f64).abs()).fold(0.0, nan_max);
     let diff = max_abs_diff(&got, &want);
     assert!(diff <= 2e-2 * scale, "QLoRA gradients differ by {diff} (largest {scale})");
 

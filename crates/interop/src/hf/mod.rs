@@ -12,7 +12,6 @@ use std::fs;
 use std::path::Path;
 
 use rayon::prelude::*;
-use safetensors::{tensor::TensorView, Dtype};
 use serde_json::{json, Value};
 use truthgpt_config::ModelConfig;
 use truthgpt_data::{fsio, Tokenizer};
@@ -436,15 +435,7 @@ fn export_weights(model: &Model, family: Family) -> Result<Weights> {
             tensors.push((name.clone(), values, shape.clone()));
         }
     }
-    let views = tensors
-        .iter()
-        .map(|(name, values, shape)| {
-            Ok((name.as_str(), TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(values))?))
-        })
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
-        .map_err(truthgpt_model::ModelError::from)?;
-    // transformers refuses safetensors files without a `format` entry.
-    let metadata = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
-    let bytes = safetensors::serialize(views, metadata).map_err(truthgpt_model::ModelError::from)?;
+    let views = tensors.iter().map(|(name, values, shape)| (name.as_str(), &shape[..], &values[..]));
+    let bytes = crate::tensors::serialize_f32(views, &[])?;
     Ok(Weights { bytes, count: tensors.len() })
 }
