@@ -7,6 +7,7 @@ use truthgpt_data::{shards, TokenDataset, TokenStream};
 use truthgpt_model::Sampling;
 use truthgpt_train::checkpoint::{self, LATEST};
 use truthgpt_train::run::{self, RunOptions};
+use truthgpt_train::finetune::{self, FineTune};
 use truthgpt_train::{plot, source, Request, TextStream, TrainError};
 
 use crate::args::{EvalArgs, GenerateArgs, PlotArgs, TrainArgs};
@@ -46,10 +47,20 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             set.push(format!("train.steps={steps}"));
         }
         let config = config_cmd::load(args.layers.preset.as_deref(), args.config.as_deref(), &set)?;
+        let (config, trainer, state, tokenizer) = match config.train.base {
+            Some(_) => {
+                let tune = finetune::start(&config)?;
+                print_fine_tune(&tune);
+                (tune.config, tune.trainer, tune.state, Some(tune.tokenizer))
+            }
+            None => {
+                let (trainer, state) = run::fresh(&config);
+                (config, trainer, state, None)
+            }
+        };
         let path = data_path(args, &config)?;
-        let data =
-            source::load(&path, &config, None).with_context(|| format!("loading {}", path.display()))?;
-        let (trainer, state) = run::fresh(&config);
+        let data = source::load(&path, &config, tokenizer)
+            .with_context(|| format!("loading {}", path.display()))?;
         (config, trainer, state, data)
     };
     println!(
@@ -74,6 +85,16 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
         outcome.checkpoint.display()
     );
     Ok(())
+}
+
+fn print_fine_tune(tune: &FineTune) {
+    let base = tune.config.train.base.as_deref().expect("a fine-tune has a base");
+    let (trainable, total) = (tune.trainable_params(), tune.trainer.model.num_params());
+    let share = 100.0 * trainable as f64 / total as f64;
+    println!("fine-tuning {}: {trainable} of {total} parameters train ({share:.2}%)", base.display());
+    if !tune.adapted.is_empty() {
+        println!("LoRA adapters on {} modules: {}", tune.adapted.len(), tune.adapted.join(", "));
+    }
 }
 
 fn data_path(args: &TrainArgs, config: &truthgpt_config::Config) -> anyhow::Result<std::path::PathBuf> {

@@ -1,4 +1,7 @@
-//! The `train:` section: batch shape, optimiser, schedule, evaluation and checkpoints.
+//! The `train:` section: batch shape, optimiser, schedule, evaluation, checkpoints, and what a
+//! fine-tune starts from.
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +63,33 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Checkpoints kept in a run directory; older ones are deleted.
     pub keep_checkpoints: usize,
+    /// Fine-tune this model instead of initialising one: a model or run directory, a Hugging Face
+    /// directory or a GGUF file. Its architecture replaces the `model:` section and its tokenizer
+    /// is the run's.
+    pub base: Option<PathBuf>,
+    /// Train low-rank adapters over the frozen `base` instead of every weight.
+    pub lora: Option<LoraConfig>,
+}
+
+/// LoRA adapters (Hu et al. 2021): each targeted projection `W` becomes `W + scale * B A`, with
+/// `A` (rank, in) and `B` (out, rank) the only trained tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraConfig {
+    pub rank: usize,
+    /// `scale = alpha / rank` (`alpha / sqrt(rank)` with `rslora`).
+    pub alpha: f32,
+    /// The projections to adapt, by PEFT's rule: a module whose name is a target or ends with
+    /// `.` and one (`q_proj`, `mlp.down_proj`), under the base's Hugging Face names where it has
+    /// them, and under ours (`qkv`, `proj`, `fc1`, `fc2`, `router`, `head`) always.
+    pub targets: Vec<String>,
+    pub rslora: bool,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig { rank: 8, alpha: 16.0, targets: vec!["q_proj".into(), "v_proj".into()], rslora: false }
+    }
 }
 
 impl Default for TrainConfig {
@@ -84,6 +114,8 @@ impl Default for TrainConfig {
             eval_batches: 20,
             checkpoint_every: 500,
             keep_checkpoints: 3,
+            base: None,
+            lora: None,
         }
     }
 }

@@ -196,6 +196,22 @@ impl Config {
         );
         v.positive("train.eval_batches", t.eval_batches);
         v.positive("train.keep_checkpoints", t.keep_checkpoints);
+        if let Some(lora) = &t.lora {
+            v.check(t.base.is_some(), "train.lora", "set", "train.base too: adapters go on a base model");
+            v.positive("train.lora.rank", lora.rank);
+            v.check(
+                lora.alpha.is_finite() && lora.alpha > 0.0,
+                "train.lora.alpha",
+                lora.alpha,
+                "a positive number",
+            );
+            v.check(
+                !lora.targets.is_empty() && lora.targets.iter().all(|t| !t.is_empty()),
+                "train.lora.targets",
+                format!("{:?}", lora.targets),
+                "one or more projection names (q_proj, v_proj, ...)",
+            );
+        }
 
         let d = &self.data;
         v.check(!d.jsonl_field.is_empty(), "data.jsonl_field", "\"\"", "a field name");

@@ -58,6 +58,18 @@ pub fn modules(model: &Model, family: Family) -> Vec<Module> {
     out
 }
 
+/// What a fine-tune may target: the base's HF modules when it has an HF architecture, then
+/// every linear layer whole under our names (`blocks.0.attn.qkv`, `head`), so that a model of
+/// ours that no HF family matches can be adapted too.
+pub fn targetable(model: &Model) -> Vec<Module> {
+    let mut out = family_of(model).map(|family| modules(model, family)).unwrap_or_default();
+    for (name, linear) in model.linears() {
+        let part = name.rsplit('.').next().unwrap_or(&name).to_string();
+        out.push(Module { path: name.clone(), site: LoraSite { linear: name, part, rows: 0..linear.out } });
+    }
+    out
+}
+
 /// The modules `targets` name, by PEFT's rule: a target matches a module whose name it is, or
 /// whose name ends with `.` and the target (`q_proj`, `mlp.c_proj`). A target that matches no
 /// module is an error that lists the names there are.

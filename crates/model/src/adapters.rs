@@ -167,6 +167,22 @@ impl Model {
         self.merge_with(true)
     }
 
+    /// This model with its adapters merged into the base weights and then dropped: a plain model
+    /// of the base's architecture whose every weight trains again (a fine-tune of a fine-tune
+    /// starts from it). An f32 base only, as for [`Model::merge_lora`].
+    pub fn into_merged(mut self) -> Result<Model> {
+        self.merge_lora()?;
+        let base = self.grads.start();
+        self.specs.retain(|s| s.handle.offset < base);
+        self.params.truncate(base);
+        let names: Vec<String> = self.linears().into_iter().map(|(name, _)| name).collect();
+        for name in names {
+            self.linear_mut(&name).expect("named by linears()").adapters.clear();
+        }
+        self.grads = Grads::new(0, base);
+        Ok(self)
+    }
+
     fn merge_with(&mut self, unmerge: bool) -> Result<()> {
         // Every update is computed from the adapters as they are, then applied.
         let mut updates = Vec::new();

@@ -8,6 +8,8 @@
 //!   checkpoints/step-00000200/  one checkpoint = a model directory + optimiser state
 //!     config.json  tokenizer.json  model.safetensors     what `generate` and `eval` need
 //!                                                       (an imported model may lack the tokenizer)
+//!                  (or adapter.safetensors)             a LoRA run's adapters alone: the base is
+//!                                                       loaded from `train.base`
 //!     optimizer.safetensors  trainer.json               what `--resume` needs
 //!     manifest.json                                     size and SHA-256 of every file
 //! ```
@@ -29,6 +31,7 @@ use truthgpt_interop::gguf::import::{GgufModel, Weights};
 use truthgpt_interop::hf::{self, HfModel};
 use truthgpt_model::{io::f32_values, Model, Trainer};
 
+use crate::adapter::{self, ADAPTER};
 use crate::error::{IoContext, ModelContext, Result, TrainError};
 
 pub const MANIFEST: &str = "manifest.json";
@@ -139,6 +142,20 @@ pub fn load_model_f32(path: &Path) -> Result<SavedModel> {
     load_model_as(path, Weights::Dequantized)
 }
 
+/// The model a fine-tune starts from, `train.base`: in f32, except that LoRA keeps a GGUF base in
+/// its quantized blocks (QLoRA). A base that is itself a LoRA run is merged into a plain model.
+pub fn load_base(train: &truthgpt_config::TrainConfig) -> Result<SavedModel> {
+    let path = train.base.as_deref().ok_or_else(|| TrainError::FineTune("train.base is not set".into()))?;
+    let weights = if train.lora.is_some() { Weights::Quantized } else { Weights::Dequantized };
+    let mut base = load_model_as(path, weights)?;
+    if base.model.has_lora() {
+        base.model = base.model.into_merged().during("merging the base's own adapters")?;
+        base.config.train.base = None;
+        base.config.train.lora = None;
+    }
+    Ok(base)
+}
+
 fn load_model_as(path: &Path, weights: Weights) -> Result<SavedModel> {
     if gguf::read::is_gguf_file(path) {
         let GgufModel { model, tokenizer, .. } = gguf::import::load_with(path, weights)?;
@@ -161,7 +178,7 @@ fn saved_model(dir: PathBuf, files: &VerifiedFiles) -> Result<SavedModel> {
     let config_path = dir.join("config.json");
     let config: Config = serde_json::from_slice(files.read("config.json")?)
         .map_err(|e| corrupt(&config_path, format!("not a valid config: {e}")))?;
-    config.validate().map_err(|source| TrainError::Config { path: config_path, source })?;
+    config.validate().map_err(|source| TrainError::Config { path: config_path.clone(), source })?;
     let tokenizer = match files.maps.contains_key(TOKENIZER) {
         true => {
             let tokenizer_path = dir.join(TOKENIZER);
@@ -173,11 +190,27 @@ fn saved_model(dir: PathBuf, files: &VerifiedFiles) -> Result<SavedModel> {
         }
         false => None,
     };
-    let weights_path = dir.join("model.safetensors");
-    let tensors = SafeTensors::deserialize(files.read("model.safetensors")?)
-        .map_err(|e| corrupt(&weights_path, e.to_string()))?;
-    let mut model = Model::zeroed(&config.model);
-    model.load_safetensors(&tensors).map_err(|e| corrupt(&weights_path, e.to_string()))?;
+    let model = match (&config.train.lora, files.maps.contains_key(ADAPTER)) {
+        (Some(lora), true) => {
+            let base = load_base(&config.train)?;
+            if base.config.model != config.model {
+                return Err(corrupt(&config_path, "the architecture of train.base changed since".into()));
+            }
+            let mut model = base.model;
+            adapter::attach(&mut model, lora, config.train.seed)?;
+            adapter::load(&mut model, files.read(ADAPTER)?, &dir.join(ADAPTER))?;
+            model
+        }
+        (None, false) => {
+            let weights_path = dir.join("model.safetensors");
+            let tensors = SafeTensors::deserialize(files.read("model.safetensors")?)
+                .map_err(|e| corrupt(&weights_path, e.to_string()))?;
+            let mut model = Model::zeroed(&config.model);
+            model.load_safetensors(&tensors).map_err(|e| corrupt(&weights_path, e.to_string()))?;
+            model
+        }
+        _ => return Err(corrupt(&config_path, format!("train.lora and {ADAPTER} go together"))),
+    };
     Ok(SavedModel { dir, config, model, tokenizer })
 }
 
@@ -193,7 +226,7 @@ pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
     let optimizer_path = saved.dir.join("optimizer.safetensors");
     let tensors = SafeTensors::deserialize(files.read("optimizer.safetensors")?)
         .map_err(|e| corrupt(&optimizer_path, e.to_string()))?;
-    let n = saved.model.num_params();
+    let n = saved.model.grads.trainable().len();
     let moment = |name: &str| {
         let view = tensors.tensor(name).map_err(|e| corrupt(&optimizer_path, format!("{name}: {e}")))?;
         f32_values(name, &view, &[n]).map_err(|e| corrupt(&optimizer_path, e.to_string()))
@@ -273,10 +306,17 @@ fn model_files(
     model: &Model,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<Vec<(&'static str, Vec<u8>)>> {
-    let mut files = vec![
-        ("config.json", serde_json::to_vec_pretty(config).expect("config serialises")),
-        ("model.safetensors", model.to_safetensors().during("serialising weights")?),
-    ];
+    if model.has_lora() != config.train.lora.is_some() {
+        return Err(TrainError::FineTune(
+            "a model with LoRA adapters is saved with train.lora and train.base in its config, and only then".into(),
+        ));
+    }
+    let weights = match model.has_lora() {
+        true => (ADAPTER, adapter::to_bytes(model)?),
+        false => ("model.safetensors", model.to_safetensors().during("serialising weights")?),
+    };
+    let mut files =
+        vec![("config.json", serde_json::to_vec_pretty(config).expect("config serialises")), weights];
     if let Some(tokenizer) = tokenizer {
         files.push((TOKENIZER, tokenizer.to_json().into_bytes()));
     }

@@ -32,6 +32,13 @@ pub enum TrainError {
     Model { context: String, source: ModelError },
     #[error("{0}")]
     Plot(String),
+    #[error(
+        "{path}: these adapters were trained on a base whose weights had SHA-256 {recorded}; the \
+         base there now has {actual} (it changed since)"
+    )]
+    BaseChanged { path: PathBuf, recorded: String, actual: String },
+    #[error("{0}")]
+    FineTune(String),
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;

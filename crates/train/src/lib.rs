@@ -4,14 +4,17 @@
 //!   resume, and a stop flag for Ctrl-C;
 //! - [`checkpoint`]: model directories and checkpoints, written atomically with a SHA-256
 //!   manifest, loaded with every file verified;
+//! - [`finetune`]: a run that starts from a saved, HF or GGUF model, with or without LoRA;
 //! - [`source`]: a run's tokens from a prepared dataset, raw text, or texts in memory;
 //! - [`eval`]: validation loss and perplexity;
 //! - [`text`]: prompt in, streamed text out, with stop strings;
 //! - [`plot`]: loss and learning-rate curves of a run as a PNG.
 
+pub mod adapter;
 pub mod checkpoint;
 mod error;
 pub mod eval;
+pub mod finetune;
 pub mod plot;
 pub mod run;
 pub mod source;
