@@ -19,6 +19,8 @@ pub enum InteropError {
     Unsupported { path: PathBuf, problem: String },
     #[error("cannot export: {0}")]
     NoTarget(String),
+    #[error("LoRA targets: {0}")]
+    LoraTarget(String),
     #[error("cannot calibrate: {0}")]
     Calibration(String),
     #[error("{path} already exists; choose another output or remove it")]

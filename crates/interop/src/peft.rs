@@ -77,7 +77,7 @@ pub fn select(modules: &[Module], targets: &[String]) -> Result<Vec<Module>> {
     let matches = |m: &Module, t: &str| m.path == t || m.path.ends_with(&format!(".{t}"));
     if let Some(missing) = targets.iter().find(|t| !modules.iter().any(|m| matches(m, t))) {
         let names: BTreeSet<&str> = modules.iter().map(|m| m.site.part.as_str()).collect();
-        return Err(InteropError::NoTarget(format!(
+        return Err(InteropError::LoraTarget(format!(
             "no linear layer is named `{missing}`; this model's are {}",
             names.into_iter().collect::<Vec<_>>().join(", ")
         )));
