@@ -6,8 +6,8 @@ use anyhow::{bail, Context};
 use truthgpt_data::{shards, TokenDataset, TokenStream};
 use truthgpt_model::Sampling;
 use truthgpt_train::checkpoint::{self, LATEST};
-use truthgpt_train::run::{self, RunOptions};
 use truthgpt_train::finetune::{self, FineTune};
+use truthgpt_train::run::{self, RunOptions};
 use truthgpt_train::{plot, source, Request, TextStream, TrainError};
 
 use crate::args::{EvalArgs, GenerateArgs, PlotArgs, TrainArgs};
@@ -59,8 +59,8 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
             }
         };
         let path = data_path(args, &config)?;
-        let data = source::load(&path, &config, tokenizer)
-            .with_context(|| format!("loading {}", path.display()))?;
+        let data =
+            source::load(&path, &config, tokenizer).with_context(|| format!("loading {}", path.display()))?;
         (config, trainer, state, data)
     };
     println!(

@@ -308,7 +308,8 @@ fn model_files(
 ) -> Result<Vec<(&'static str, Vec<u8>)>> {
     if model.has_lora() != config.train.lora.is_some() {
         return Err(TrainError::FineTune(
-            "a model with LoRA adapters is saved with train.lora and train.base in its config, and only then".into(),
+            "a model with LoRA adapters is saved with train.lora and train.base in its config, and only then"
+                .into(),
         ));
     }
     let weights = match model.has_lora() {

@@ -6,8 +6,8 @@ use truthgpt_config::Config;
 use truthgpt_data::Tokenizer;
 use truthgpt_model::Trainer;
 
-use crate::checkpoint::{load_base, TrainerState};
 use crate::adapter;
+use crate::checkpoint::{load_base, TrainerState};
 use crate::error::{IoContext, Result, TrainError};
 
 /// A fine-tune ready for [`crate::run::run`].

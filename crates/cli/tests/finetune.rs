@@ -1,0 +1,183 @@
+//! Fine-tuning through the binary: `train` with `train.base`, with and without LoRA adapters.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::{assert_fails_cleanly, run, stdout, truthgpt};
+
+/// A GPT-2-shaped model small enough to train a few steps in well under a second.
+const BASE_CONFIG: &str = "
+model:
+  vocab_size: 300
+  d_model: 32
+  n_layers: 2
+  n_heads: 2
+  n_kv_heads: 2
+  d_ff: 64
+  max_seq_len: 32
+  dropout: 0.1
+train:
+  batch_size: 4
+  seq_len: 16
+  steps: 4
+  eval_every: 2
+  eval_batches: 1
+  checkpoint_every: 2
+";
+
+/// The fine-tune's training settings; the architecture comes from the base.
+const LORA_CONFIG: &str = "
+train:
+  batch_size: 4
+  seq_len: 16
+  steps: 6
+  lr: 1.0e-2
+  eval_every: 3
+  eval_batches: 1
+  checkpoint_every: 3
+  lora:
+    rank: 4
+    alpha: 8.0
+    targets: [c_attn, c_fc]
+";
+
+struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    /// A corpus, a base trained on it, and the LoRA config pointing at that base.
+    fn with_base() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let birds = ["owl", "hen", "jay", "emu"];
+        let line =
+            |i: usize| format!("The {} number {i} watches the quiet {}.\n", birds[i % 4], birds[i * 3 % 4]);
+        let text: String = (0..1500).map(line).collect();
+        fs::write(dir.path().join("corpus.txt"), text).unwrap();
+        fs::write(dir.path().join("base.yaml"), BASE_CONFIG).unwrap();
+        fs::write(dir.path().join("lora.yaml"), LORA_CONFIG).unwrap();
+        let workspace = Workspace { dir };
+        let output = run(&mut workspace.train("base.yaml", "base", &[]));
+        assert!(output.status.success(), "{}", common::stderr(&output));
+        workspace
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn train(&self, config: &str, out: &str, extra: &[&str]) -> std::process::Command {
+        let config = self.path(config);
+        let mut args = vec!["--config", path(&config)];
+        args.extend(extra);
+        self.resume(out, &args)
+    }
+
+    /// `train` on the corpus into `out` without a config: with `--resume` in `extra`, the run's own.
+    fn resume(&self, out: &str, extra: &[&str]) -> std::process::Command {
+        let (data, out) = (self.path("corpus.txt"), self.path(out));
+        let mut args = vec!["train", "--threads", "1", "--data", path(&data), "--out", path(&out)];
+        args.extend(extra);
+        truthgpt(&args)
+    }
+
+    /// A LoRA fine-tune of the base into `out`, with `extra` arguments.
+    fn lora(&self, out: &str, extra: &[&str]) -> std::process::Output {
+        let base = format!("train.base={}", self.path("base").display());
+        let mut args = vec!["--set", base.as_str()];
+        args.extend(extra);
+        run(&mut self.train("lora.yaml", out, &args))
+    }
+
+    fn latest(&self, run: &str) -> PathBuf {
+        let latest = fs::read_to_string(self.path(run).join("latest")).unwrap();
+        self.path(run).join(latest.trim())
+    }
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn lora_run_checkpoints_only_adapters_and_resumes_exactly() {
+    let ws = Workspace::with_base();
+    let base_weights = fs::read(ws.latest("base").join("model.safetensors")).unwrap();
+
+    let straight = ws.lora("straight", &[]);
+    assert!(straight.status.success(), "{}", common::stderr(&straight));
+    let said = stdout(&straight);
+    assert!(said.contains("LoRA adapters on 4 modules"), "{said}");
+    assert!(said.contains("parameters train ("), "{said}");
+
+    let first = ws.lora("resumed", &["--stop-at", "3"]);
+    assert!(first.status.success(), "{}", common::stderr(&first));
+    let rest = run(&mut ws.resume("resumed", &["--resume"]));
+    assert!(rest.status.success(), "{}", common::stderr(&rest));
+
+    let (straight_dir, resumed_dir) = (ws.latest("straight"), ws.latest("resumed"));
+    assert!(straight_dir.ends_with("step-00000006"), "{}", straight_dir.display());
+    assert!(!straight_dir.join("model.safetensors").exists(), "a LoRA checkpoint holds only adapters");
+    let adapters = fs::read(straight_dir.join("adapter.safetensors")).unwrap();
+    assert!(adapters.len() * 10 < base_weights.len(), "{} vs {} bytes", adapters.len(), base_weights.len());
+    assert_eq!(adapters, fs::read(resumed_dir.join("adapter.safetensors")).unwrap(), "resume is exact");
+    let base_after = fs::read(ws.latest("base").join("model.safetensors")).unwrap();
+    assert_eq!(base_weights, base_after, "the base is frozen");
+
+    let model = path(&straight_dir).to_string();
+    let generated =
+        run(&mut truthgpt(&["generate", "--model", &model, "--prompt", "The owl", "--max-tokens", "4"]));
+    assert!(generated.status.success(), "{}", common::stderr(&generated));
+    let data = ws.path("corpus.txt");
+    let evaluated = run(&mut truthgpt(&["eval", "--model", &model, "--data", path(&data)]));
+    assert!(evaluated.status.success(), "{}", common::stderr(&evaluated));
+}
+
+#[test]
+fn lora_run_refuses_a_base_changed_since() {
+    let ws = Workspace::with_base();
+    assert!(ws.lora("lora", &["--stop-at", "3"]).status.success());
+    let more = run(&mut ws.resume("base", &["--resume", "--steps", "6"]));
+    assert!(more.status.success(), "{}", common::stderr(&more));
+    let model = path(&ws.latest("lora")).to_string();
+    let err = assert_fails_cleanly(&run(&mut truthgpt(&["generate", "--model", &model, "--prompt", "a"])));
+    assert!(err.contains("changed since"), "{err}");
+    let err = assert_fails_cleanly(&run(&mut ws.resume("lora", &["--resume"])));
+    assert!(err.contains("changed since"), "{err}");
+}
+
+#[test]
+fn bad_fine_tune_settings_are_clear_errors() {
+    let ws = Workspace::with_base();
+    let err = assert_fails_cleanly(&ws.lora("a", &["--set", "train.lora.rank=0"]));
+    assert!(err.contains("train.lora.rank"), "{err}");
+    let err = assert_fails_cleanly(&ws.lora("b", &["--set", r#"train.lora.targets=["q_proj"]"#]));
+    assert!(err.contains("no linear layer is named `q_proj`") && err.contains("c_attn"), "{err}");
+    let missing = format!("train.base={}", ws.path("nowhere").display());
+    let err = assert_fails_cleanly(&run(&mut ws.train("lora.yaml", "c", &["--set", &missing])));
+    assert!(err.contains("nowhere"), "{err}");
+    let err = assert_fails_cleanly(&run(&mut ws.train("base.yaml", "d", &["--set", "train.lora.rank=4"])));
+    assert!(err.contains("train.base"), "{err}");
+}
+
+#[test]
+fn full_fine_tune_starts_from_the_base() {
+    let ws = Workspace::with_base();
+    let base = format!("train.base={}", ws.path("base").display());
+    let args = ["--set", base.as_str(), "--steps", "1"];
+    let output = run(&mut ws.train("base.yaml", "full", &args));
+    let said = stdout(&output);
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    assert!(said.contains("parameters train (100.00%)"), "{said}");
+    // Validation before the first step is the base's own final validation: same weights, same data.
+    let base_metrics = fs::read_to_string(ws.path("base/metrics.jsonl")).unwrap();
+    let tuned_metrics = fs::read_to_string(ws.path("full/metrics.jsonl")).unwrap();
+    let val = |line: &str| {
+        line.split("\"val_loss\":").nth(1).map(|v| v.split([',', '}']).next().unwrap().to_string())
+    };
+    let base_final = base_metrics.lines().filter_map(val).last().unwrap();
+    let tuned_first = tuned_metrics.lines().filter_map(val).next().unwrap();
+    assert_eq!(base_final, tuned_first);
+}
