@@ -2,10 +2,13 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::{assert_fails_cleanly, run, stdout, truthgpt};
+use safetensors::SafeTensors;
+use truthgpt_train::run::{read_metrics, Record};
 
 /// A GPT-2-shaped model small enough to train a few steps in well under a second.
 const BASE_CONFIG: &str = "
@@ -97,6 +100,13 @@ impl Workspace {
     }
 }
 
+/// Every tensor of a safetensors file, by name, as raw bytes (the header's metadata map has no
+/// fixed order, so whole files are not compared).
+fn tensors(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let file = SafeTensors::deserialize(bytes).unwrap();
+    file.tensors().into_iter().map(|(name, view)| (name, view.data().to_vec())).collect()
+}
+
 fn path(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -122,7 +132,8 @@ fn lora_run_checkpoints_only_adapters_and_resumes_exactly() {
     assert!(!straight_dir.join("model.safetensors").exists(), "a LoRA checkpoint holds only adapters");
     let adapters = fs::read(straight_dir.join("adapter.safetensors")).unwrap();
     assert!(adapters.len() * 10 < base_weights.len(), "{} vs {} bytes", adapters.len(), base_weights.len());
-    assert_eq!(adapters, fs::read(resumed_dir.join("adapter.safetensors")).unwrap(), "resume is exact");
+    let resumed = fs::read(resumed_dir.join("adapter.safetensors")).unwrap();
+    assert_eq!(tensors(&adapters), tensors(&resumed), "resume is exact");
     let base_after = fs::read(ws.latest("base").join("model.safetensors")).unwrap();
     assert_eq!(base_weights, base_after, "the base is frozen");
 
@@ -172,12 +183,13 @@ fn full_fine_tune_starts_from_the_base() {
     assert!(output.status.success(), "{}", common::stderr(&output));
     assert!(said.contains("parameters train (100.00%)"), "{said}");
     // Validation before the first step is the base's own final validation: same weights, same data.
-    let base_metrics = fs::read_to_string(ws.path("base/metrics.jsonl")).unwrap();
-    let tuned_metrics = fs::read_to_string(ws.path("full/metrics.jsonl")).unwrap();
-    let val = |line: &str| {
-        line.split("\"val_loss\":").nth(1).map(|v| v.split([',', '}']).next().unwrap().to_string())
+    let val_losses = |run: &str| -> Vec<f64> {
+        let records = read_metrics(&ws.path(run).join("metrics.jsonl")).unwrap();
+        records
+            .into_iter()
+            .filter_map(|r| if let Record::Eval(e) = r { Some(e.val_loss) } else { None })
+            .collect()
     };
-    let base_final = base_metrics.lines().filter_map(val).last().unwrap();
-    let tuned_first = tuned_metrics.lines().filter_map(val).next().unwrap();
+    let (base_final, tuned_first) = (*val_losses("base").last().unwrap(), val_losses("full")[0]);
     assert_eq!(base_final, tuned_first);
 }
