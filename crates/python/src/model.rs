@@ -408,7 +408,7 @@ impl Model {
         model: truthgpt_model::Model,
         tokenizer: Option<Tokenizer>,
     ) -> Self {
-        let state = TrainerState { step: 0, tokens_seen: 0, seed: config.train.seed, elapsed_secs: 0.0 };
+        let state = TrainerState::start(config.train.seed);
         Model { config, engine: Engine::Inference(model), tokenizer, state }
     }
 

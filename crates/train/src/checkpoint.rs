@@ -54,6 +54,13 @@ pub struct TrainerState {
     pub elapsed_secs: f64,
 }
 
+impl TrainerState {
+    /// The state of a run before its first step.
+    pub fn start(seed: u64) -> Self {
+        TrainerState { step: 0, tokens_seen: 0, seed, elapsed_secs: 0.0 }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
     format: u32,

@@ -38,7 +38,7 @@ pub fn start(config: &Config) -> Result<FineTune> {
     let base_path = config.train.base.clone().expect("load_base checked train.base");
     config.train.base = Some(std::fs::canonicalize(&base_path).at(&base_path)?);
     config.model = base.config.model.clone();
-    config.validate().map_err(|source| TrainError::Config { path: base_path.clone(), source })?;
+    config.validate()?;
     let tokenizer = base.tokenizer.ok_or_else(|| {
         TrainError::FineTune(format!("{} has no tokenizer to fine-tune with", base_path.display()))
     })?;
@@ -47,8 +47,7 @@ pub fn start(config: &Config) -> Result<FineTune> {
         Some(lora) => adapter::attach(&mut model, lora, config.train.seed)?,
         None => Vec::new(),
     };
-    let seed = config.train.seed;
-    let state = TrainerState { step: 0, tokens_seen: 0, seed, elapsed_secs: 0.0 };
+    let state = TrainerState::start(config.train.seed);
     let trainer = Trainer::new(model, config.train.clone());
     Ok(FineTune { config, trainer, state, tokenizer, adapted })
 }

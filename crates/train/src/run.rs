@@ -107,7 +107,7 @@ pub struct Outcome {
 /// A fresh trainer and state for `config`.
 pub fn fresh(config: &Config) -> (Trainer, TrainerState) {
     let model = Model::new(&config.model, config.train.seed);
-    let state = TrainerState { step: 0, tokens_seen: 0, seed: config.train.seed, elapsed_secs: 0.0 };
+    let state = TrainerState::start(config.train.seed);
     (Trainer::new(model, config.train.clone()), state)
 }
 
