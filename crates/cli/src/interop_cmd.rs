@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use truthgpt_interop::gguf::{self, GgufDtype};
-use truthgpt_interop::hf;
+use truthgpt_interop::{hf, peft};
 use truthgpt_model::Mode;
-use truthgpt_train::checkpoint;
+use truthgpt_train::{checkpoint, SavedModel};
 
 use crate::args::{GgufDtypeArg, LogitsArgs};
 
@@ -57,7 +57,7 @@ fn kept_tokenizer_config(dir: &Path) -> anyhow::Result<Option<Vec<u8>>> {
 }
 
 pub fn export_hf(model: &Path, out: &Path) -> anyhow::Result<()> {
-    let saved = checkpoint::load_model_f32(model)?;
+    let saved = merged(checkpoint::load_model_f32(model)?)?;
     let chat_template = hf::chat_template(&saved.dir)?;
     let exported = hf::export(&saved.model, saved.tokenizer.as_ref(), chat_template.as_ref(), out)?;
     eprintln!(
@@ -70,8 +70,37 @@ pub fn export_hf(model: &Path, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A LoRA run exports as one model, its adapters merged into the base (`export peft` writes the
+/// adapters alone).
+fn merged(mut saved: SavedModel) -> anyhow::Result<SavedModel> {
+    if saved.model.has_lora() {
+        saved.model = saved.model.into_merged().context("merging the run's adapters into its base")?;
+    }
+    Ok(saved)
+}
+
+pub fn export_peft(model: &Path, out: &Path, base: Option<&str>) -> anyhow::Result<()> {
+    let saved = checkpoint::load_model(model)?;
+    if !saved.model.has_lora() {
+        bail!(
+            "{} is not a LoRA run: it has no adapters to export (export hf writes whole models)",
+            model.display()
+        );
+    }
+    let recorded = saved.config.train.base.as_ref().map(|p| p.display().to_string());
+    let base = base.map(str::to_owned).or(recorded).unwrap_or_default();
+    peft::save(out, &saved.model, &base)?;
+    eprintln!(
+        "wrote {} (PEFT LoRA: {} adapters, rank {}, base {base})",
+        out.display(),
+        saved.model.adapters().len(),
+        saved.model.adapters()[0].1.rank
+    );
+    Ok(())
+}
+
 pub fn export_gguf(model: &Path, out: &Path, dtype: GgufDtypeArg) -> anyhow::Result<()> {
-    let saved = checkpoint::load_model_f32(model)?;
+    let saved = merged(checkpoint::load_model_f32(model)?)?;
     let dtype = match dtype {
         GgufDtypeArg::F32 => GgufDtype::F32,
         GgufDtypeArg::F16 => GgufDtype::F16,

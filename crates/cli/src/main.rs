@@ -12,6 +12,7 @@ mod bench_serve;
 mod config_cmd;
 mod data_cmd;
 mod device_cmd;
+mod finetune_cmd;
 mod interop_cmd;
 mod progress;
 mod quantize_cmd;
@@ -90,11 +91,15 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
         }
         Command::Data(DataCommand::Prepare(args)) => data_cmd::prepare(&args),
         Command::Train(args) => run_cmd::train(&args),
+        Command::Finetune(args) => finetune_cmd::run(&args),
         Command::Generate(args) => run_cmd::generate(&args),
         Command::Eval(args) => run_cmd::eval(&args),
         Command::Plot(args) => run_cmd::plot(&args),
         Command::Import(ImportCommand::Hf { dir, out }) => interop_cmd::import_hf(&dir, &out),
         Command::Export(ExportCommand::Hf { model, out }) => interop_cmd::export_hf(&model, &out),
+        Command::Export(ExportCommand::Peft { model, out, base }) => {
+            interop_cmd::export_peft(&model, &out, base.as_deref())
+        }
         Command::Export(ExportCommand::Gguf { model, out, dtype }) => {
             interop_cmd::export_gguf(&model, &out, dtype)
         }
@@ -122,7 +127,11 @@ fn resolve_model_args(command: &mut Command) -> anyhow::Result<()> {
         Command::Eval(args) => &mut args.model,
         Command::Logits(args) => &mut args.model,
         Command::Quantize(args) => &mut args.model,
-        Command::Export(ExportCommand::Hf { model, .. } | ExportCommand::Gguf { model, .. }) => model,
+        Command::Export(
+            ExportCommand::Hf { model, .. }
+            | ExportCommand::Gguf { model, .. }
+            | ExportCommand::Peft { model, .. },
+        ) => model,
         Command::Bench(BenchCommand::Serve(args)) => &mut args.model,
         _ => return Ok(()),
     };

@@ -3,66 +3,86 @@
 use std::io::Write;
 
 use anyhow::{bail, Context};
+use truthgpt_config::Config;
 use truthgpt_data::{shards, TokenDataset, TokenStream};
 use truthgpt_model::Sampling;
+use truthgpt_model::Trainer;
 use truthgpt_train::checkpoint::{self, LATEST};
 use truthgpt_train::finetune::{self, FineTune};
 use truthgpt_train::run::{self, RunOptions};
-use truthgpt_train::{plot, source, Request, TextStream, TrainError};
+use truthgpt_train::source::TrainingData;
+use truthgpt_train::{plot, source, Request, TextStream, TrainError, TrainerState};
 
 use crate::args::{EvalArgs, GenerateArgs, PlotArgs, TrainArgs};
 use crate::progress::{stop_on_ctrl_c, Progress};
 use crate::{bench::init_threads, config_cmd};
 
 pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    if !args.resume {
+        return train_fresh(args, load_config(args)?);
+    }
     init_threads(args.threads)?;
-    let stop = stop_on_ctrl_c();
-    let has_run = args.out.join(LATEST).is_file();
-    let (config, trainer, state, data) = if args.resume {
-        if !has_run {
-            return Err(TrainError::NothingToResume { path: args.out.clone() }.into());
+    if !args.out.join(LATEST).is_file() {
+        return Err(TrainError::NothingToResume { path: args.out.clone() }.into());
+    }
+    let checkpoint = checkpoint::load_checkpoint(&args.out)?;
+    let mut config = checkpoint.saved.config.clone();
+    if let Some(steps) = args.steps {
+        config.train.steps = steps;
+        config.validate()?;
+    }
+    let path = data_path(args, &config)?;
+    let (mut trainer, tokenizer, state) = checkpoint.into_trainer();
+    trainer.config = config.train.clone();
+    let data = source::load(&path, &config, Some(tokenizer))
+        .with_context(|| format!("loading {}", path.display()))?;
+    println!("resuming {} at step {}", args.out.display(), state.step);
+    fit(args, &config, trainer, state, &data)
+}
+
+/// The config a fresh run of `args` trains with: preset, file, environment, `--set`, `--steps`.
+pub fn load_config(args: &TrainArgs) -> anyhow::Result<Config> {
+    let mut set = args.layers.set.clone();
+    if let Some(steps) = args.steps {
+        set.push(format!("train.steps={steps}"));
+    }
+    config_cmd::load(args.layers.preset.as_deref(), args.config.as_deref(), &set)
+}
+
+/// A new run in `args.out` with `config`: from scratch, or from `train.base` when it is set.
+pub fn train_fresh(args: &TrainArgs, config: Config) -> anyhow::Result<()> {
+    init_threads(args.threads)?;
+    if args.out.join(LATEST).is_file() {
+        bail!(
+            "{} already holds a run; pass --resume to continue it, or choose another --out",
+            args.out.display()
+        );
+    }
+    let (config, trainer, state, tokenizer) = match config.train.base {
+        Some(_) => {
+            let tune = finetune::start(&config)?;
+            print_fine_tune(&tune);
+            (tune.config, tune.trainer, tune.state, Some(tune.tokenizer))
         }
-        let checkpoint = checkpoint::load_checkpoint(&args.out)?;
-        let mut config = checkpoint.saved.config.clone();
-        if let Some(steps) = args.steps {
-            config.train.steps = steps;
-            config.validate()?;
+        None => {
+            let (trainer, state) = run::fresh(&config);
+            (config, trainer, state, None)
         }
-        let path = data_path(args, &config)?;
-        let (mut trainer, tokenizer, state) = checkpoint.into_trainer();
-        trainer.config = config.train.clone();
-        let data = source::load(&path, &config, Some(tokenizer))
-            .with_context(|| format!("loading {}", path.display()))?;
-        println!("resuming {} at step {}", args.out.display(), state.step);
-        (config, trainer, state, data)
-    } else {
-        if has_run {
-            bail!(
-                "{} already holds a run; pass --resume to continue it, or choose another --out",
-                args.out.display()
-            );
-        }
-        let mut set = args.layers.set.clone();
-        if let Some(steps) = args.steps {
-            set.push(format!("train.steps={steps}"));
-        }
-        let config = config_cmd::load(args.layers.preset.as_deref(), args.config.as_deref(), &set)?;
-        let (config, trainer, state, tokenizer) = match config.train.base {
-            Some(_) => {
-                let tune = finetune::start(&config)?;
-                print_fine_tune(&tune);
-                (tune.config, tune.trainer, tune.state, Some(tune.tokenizer))
-            }
-            None => {
-                let (trainer, state) = run::fresh(&config);
-                (config, trainer, state, None)
-            }
-        };
-        let path = data_path(args, &config)?;
-        let data =
-            source::load(&path, &config, tokenizer).with_context(|| format!("loading {}", path.display()))?;
-        (config, trainer, state, data)
     };
+    let path = data_path(args, &config)?;
+    let data =
+        source::load(&path, &config, tokenizer).with_context(|| format!("loading {}", path.display()))?;
+    fit(args, &config, trainer, state, &data)
+}
+
+fn fit(
+    args: &TrainArgs,
+    config: &Config,
+    trainer: Trainer,
+    state: TrainerState,
+    data: &TrainingData,
+) -> anyhow::Result<()> {
+    let stop = stop_on_ctrl_c();
     println!(
         "training {} parameters on {} tokens ({} held out for validation), vocabulary {}",
         trainer.model.num_params(),
@@ -73,7 +93,7 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let options = RunOptions { out: args.out.clone(), stop_at: args.stop_at };
     let mut progress = Progress::new();
     let outcome =
-        run::run(&config, trainer, state, &data.tokenizer, &data.dataset, &options, &mut progress, &stop);
+        run::run(config, trainer, state, &data.tokenizer, &data.dataset, &options, &mut progress, &stop);
     progress.finish();
     let outcome = outcome?;
     let verb = if outcome.interrupted { "stopped" } else { "finished" };

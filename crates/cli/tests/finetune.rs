@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use common::{assert_fails_cleanly, run, stdout, truthgpt};
 use safetensors::SafeTensors;
+use truthgpt_engine::close::max_abs_diff;
 use truthgpt_train::run::{read_metrics, Record};
 
 /// A GPT-2-shaped model small enough to train a few steps in well under a second.
@@ -192,4 +193,81 @@ fn full_fine_tune_starts_from_the_base() {
     };
     let (base_final, tuned_first) = (*val_losses("base").last().unwrap(), val_losses("full")[0]);
     assert_eq!(base_final, tuned_first);
+}
+
+/// `truthgpt logits` of `model` for a few ids.
+fn logits(model: &Path) -> Vec<f32> {
+    let output = run(&mut truthgpt(&["logits", "--model", path(model), "--ids", "5,17,42,7,99,3"]));
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let rows = json["logits"].as_array().unwrap();
+    rows.iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect()
+}
+
+#[test]
+fn finetune_command_trains_adapters_and_exports_them_merged_or_for_peft() {
+    let ws = Workspace::with_base();
+    let (base, data, out) = (ws.path("base"), ws.path("corpus.txt"), ws.path("tuned"));
+    let args = [
+        "finetune",
+        "--threads",
+        "1",
+        "--model",
+        path(&base),
+        "--data",
+        path(&data),
+        "--out",
+        path(&out),
+        "--lora-rank",
+        "2",
+        "--lora-alpha",
+        "4",
+        "--lora-targets",
+        "c_attn,c_proj",
+        "--steps",
+        "3",
+        "--set",
+        "train.lr=1e-2",
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "train.seq_len=16",
+    ];
+    let output = run(&mut truthgpt(&args));
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    // c_proj is both the attention's and the MLP's output projection, as in PEFT.
+    assert!(stdout(&output).contains("LoRA adapters on 6 modules"), "{}", stdout(&output));
+    assert!(ws.latest("tuned").join("adapter.safetensors").is_file());
+
+    let peft_dir = ws.path("peft");
+    let exported = run(&mut truthgpt(&["export", "peft", path(&out), "--out", path(&peft_dir)]));
+    assert!(exported.status.success(), "{}", common::stderr(&exported));
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(peft_dir.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((config["r"].as_u64(), config["lora_alpha"].as_f64()), (Some(2), Some(4.0)));
+    assert_eq!(config["target_modules"], serde_json::json!(["c_attn", "c_proj"]));
+    assert_eq!(config["base_model_name_or_path"].as_str(), Some(path(&base)));
+    assert!(SafeTensors::deserialize(&fs::read(peft_dir.join("adapter_model.safetensors")).unwrap()).is_ok());
+
+    // `export hf` of the run merges the adapters: the same logits as the adapted run.
+    let merged = ws.path("merged");
+    let exported = run(&mut truthgpt(&["export", "hf", path(&out), "--out", path(&merged)]));
+    assert!(exported.status.success(), "{}", common::stderr(&exported));
+    let (adapted, merged, plain) = (logits(&out), logits(&merged), logits(&base));
+    let diff = max_abs_diff(&adapted, &merged);
+    assert!(diff <= 1e-4, "the merged export differs by {diff}");
+    let moved = max_abs_diff(&adapted, &plain);
+    assert!(moved > 1e-4, "the adapters changed nothing ({moved})");
+
+    let err = assert_fails_cleanly(&run(&mut truthgpt(&["export", "peft", path(&base), "--out", "x"])));
+    assert!(err.contains("not a LoRA run"), "{err}");
+    let err = assert_fails_cleanly(&run(&mut truthgpt(&[
+        "finetune",
+        "--model",
+        path(&base),
+        "--full",
+        "--lora-rank",
+        "2",
+    ])));
+    assert!(err.contains("cannot be used with"), "{err}");
 }

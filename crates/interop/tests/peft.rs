@@ -18,11 +18,15 @@ fn adapter(name: &str) -> PathBuf {
 }
 
 /// Each adapter, its base, and what it exercises.
-const ADAPTERS: [(&str, &str); 3] = [
+const ADAPTERS: [(&str, &str); 4] = [
     ("llama", "llama"),    // every projection: q, k, v rows of our fused qkv, gate and up of fc1
     ("llama_qv", "llama"), // q and v only, alpha / r = 8
     ("gpt2", "gpt2"),      // Conv1D (fan_in_fan_out), rsLoRA, c_proj in attention and MLP
+    // Ours: `truthgpt finetune` then `export peft` of a GQA Llama base, the expected values from
+    // PEFT reading those files (scripts/check_peft_export.py --fixture).
+    (OURS, "../peft/ours/base"),
 ];
+const OURS: &str = "ours/adapter";
 
 fn base(name: &str) -> Model {
     hf::load(&fixture(name)).unwrap().model
@@ -34,7 +38,8 @@ fn peft_adapters_give_peft_logits_loss_and_gradients() {
         let dir = adapter(name);
         let mut model = base(base_name);
         let loaded = peft::load(&dir, &mut model).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(loaded.base_digest.is_none(), "PEFT records no digest");
+        let digest = (name == OURS).then(|| peft::base_digest(&model));
+        assert_eq!(loaded.base_digest, digest, "{name}: only ours record the base's digest");
         let (ids, targets) = (int_tensor(&dir, "ids"), int_tensor(&dir, "targets"));
         let t = ids.len();
         let logits = model.forward(&ids, 1, t, Mode::Eval).unwrap().to_vec();

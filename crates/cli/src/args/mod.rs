@@ -6,9 +6,11 @@ use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod compress;
 mod layers;
 
 pub use bench::*;
+pub use compress::*;
 pub use layers::Layers;
 
 /// TruthGPT: train, evaluate and generate with transformer language models (dense and MoE).
@@ -41,6 +43,9 @@ pub enum Command {
     Data(DataCommand),
     /// Train a model; Ctrl-C saves a checkpoint and exits.
     Train(TrainArgs),
+    /// Fine-tune a model with LoRA adapters (or every weight with --full): `train` with
+    /// train.base and train.lora set from these flags. Checkpoints hold only the adapters.
+    Finetune(FinetuneArgs),
     /// Generate text from a saved model, streaming it to stdout.
     Generate(GenerateArgs),
     /// Validation loss and perplexity of a saved model on a corpus.
@@ -293,6 +298,20 @@ pub enum ExportCommand {
         /// The directory to write; it must not exist.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+    },
+    /// A LoRA run's adapters in Hugging Face PEFT's format (adapter_config.json and
+    /// adapter_model.safetensors), for `PeftModel.from_pretrained` over the base's `export hf`.
+    Peft {
+        /// A LoRA run (`finetune` or `train` with train.lora), or one of its checkpoints.
+        #[arg(value_name = "RUN")]
+        model: PathBuf,
+        /// The directory to write; it must not exist.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Recorded as base_model_name_or_path: where PEFT finds the base's HF export
+        /// [default: the run's train.base].
+        #[arg(long, value_name = "PATH_OR_NAME")]
+        base: Option<String>,
     },
     /// A GGUF file for llama.cpp (Llama-family models: Llama, Mistral, Mixtral, Qwen2).
     Gguf {

@@ -1,0 +1,27 @@
+//! `truthgpt finetune`: `train` from a base, with the LoRA settings as flags.
+
+use crate::args::FinetuneArgs;
+use crate::run_cmd;
+
+pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
+    if args.train.resume {
+        return run_cmd::train(&args.train);
+    }
+    let mut config = run_cmd::load_config(&args.train)?;
+    config.train.base = args.model.clone();
+    config.train.lora = match args.full {
+        true => None,
+        false => {
+            let mut lora = config.train.lora.take().unwrap_or_default();
+            lora.rank = args.lora_rank.unwrap_or(lora.rank);
+            lora.alpha = args.lora_alpha.unwrap_or(lora.alpha);
+            if !args.lora_targets.is_empty() {
+                lora.targets = args.lora_targets.clone();
+            }
+            lora.rslora |= args.rslora;
+            Some(lora)
+        }
+    };
+    config.validate()?;
+    run_cmd::train_fresh(&args.train, config)
+}
