@@ -15,6 +15,7 @@ mod device_cmd;
 mod finetune_cmd;
 mod interop_cmd;
 mod progress;
+mod prune_cmd;
 mod quantize_cmd;
 mod quickstart;
 mod registry_cmd;
@@ -104,6 +105,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
             interop_cmd::export_gguf(&model, &out, dtype)
         }
         Command::Quantize(args) => quantize_cmd::run(&args),
+        Command::Prune(args) => prune_cmd::run(&args),
         Command::Logits(args) => interop_cmd::logits(&args),
         Command::Serve(args) => serve_cmd::serve(&args),
         Command::Device(args) => device_cmd::run(&args),
@@ -127,6 +129,7 @@ fn resolve_model_args(command: &mut Command) -> anyhow::Result<()> {
         Command::Eval(args) => &mut args.model,
         Command::Logits(args) => &mut args.model,
         Command::Quantize(args) => &mut args.model,
+        Command::Prune(args) => &mut args.model,
         Command::Export(
             ExportCommand::Hf { model, .. }
             | ExportCommand::Gguf { model, .. }

@@ -1,4 +1,4 @@
-//! One-shot pruning of linear layers (issue 20, item 4).
+//! One-shot pruning of linear layers (issue 20, item 4), and of whole models ([`model`]).
 //!
 //! Weights are row-major `W: (O, I)` (one row per output, as `y = W x`); calibration inputs are
 //! row-major `X: (N, I)`, the activations a linear saw on a calibration set (collected through
@@ -15,8 +15,10 @@
 //! every group of M consecutive inputs, e.g. 2:4).
 
 mod linalg;
+pub mod model;
 mod sparsegpt;
 
+pub use model::{prune_model, Calibration, ModelReport};
 pub use sparsegpt::sparsegpt;
 
 /// Errors of pruning.
@@ -32,6 +34,19 @@ pub enum CompressError {
     Shape { op: &'static str, expected: usize, got: usize },
     #[error("the Hessian is not positive definite even after damping (pivot {pivot} at column {col})")]
     NotPositiveDefinite { col: usize, pivot: f64 },
+    #[error("cannot prune this model: {0}")]
+    Unsupported(String),
+    #[error("{name}: {source}")]
+    Linear { name: String, source: Box<CompressError> },
+    #[error(transparent)]
+    Model(#[from] truthgpt_model::ModelError),
+}
+
+impl CompressError {
+    /// This error, said of the linear layer `name`.
+    pub(crate) fn at(self, name: &str) -> CompressError {
+        CompressError::Linear { name: name.to_owned(), source: Box::new(self) }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, CompressError>;
@@ -51,6 +66,15 @@ pub enum Pattern {
     Unstructured(f32),
     /// `n` zeros in every group of `m` consecutive inputs of a row.
     NM { n: usize, m: usize },
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pattern::Unstructured(s) => write!(f, "{}% unstructured", s * 100.0),
+            Pattern::NM { n, m } => write!(f, "{n}:{m}"),
+        }
+    }
 }
 
 impl Pattern {

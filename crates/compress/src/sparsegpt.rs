@@ -8,24 +8,21 @@
 //! reference, the unstructured mask is chosen per row (`floor(S·I)` zeros in every row, spread over
 //! blocks cumulatively) so the count is exact, like Wanda's per-output comparison group.
 
+use rayon::prelude::*;
+use truthgpt_engine::matmul::{matmul, Op};
+
 use crate::linalg::{cholesky_upper, spd_inverse};
 use crate::{check, lowest_k, Pattern, Result, SparseGptOptions};
 
 /// `U = chol_upper((2 X^T X / N + λI)^-1)`; also returns the columns with a zero diagonal (dead).
+/// `X^T X` is one f32 product on the engine's GEMM, as the reference accumulates `H` in f32; the
+/// inverse and its factor are taken in f64.
 fn hessian_factor(x: &[f32], inp: usize, percdamp: f64) -> Result<(Vec<f64>, Vec<bool>)> {
-    let n = (x.len() / inp).max(1) as f64;
-    let mut h = vec![0f64; inp * inp];
-    for row in x.chunks_exact(inp) {
-        for i in 0..inp {
-            let xi = f64::from(row[i]);
-            if xi == 0.0 {
-                continue;
-            }
-            for (hv, &xj) in h[i * inp..(i + 1) * inp].iter_mut().zip(row) {
-                *hv += xi * f64::from(xj);
-            }
-        }
-    }
+    let rows = x.len() / inp.max(1);
+    let n = rows.max(1) as f64;
+    let mut gram = vec![0f32; inp * inp];
+    matmul(&mut gram, Op::T(x), Op::N(x), inp, rows, inp, false);
+    let mut h: Vec<f64> = gram.into_iter().map(f64::from).collect();
     h.iter_mut().for_each(|v| *v *= 2.0 / n);
     let mut dead = vec![false; inp];
     for (i, d) in dead.iter_mut().enumerate() {
@@ -64,11 +61,8 @@ pub fn sparsegpt(
         Pattern::NM { m, .. } => opt.block.max(m).div_ceil(m) * m,
         Pattern::Unstructured(_) => opt.block.max(1),
     };
-    let mut zeros = 0;
-    for row in w.chunks_exact_mut(inp).take(out) {
-        zeros += prune_row(row, &u, &dead, pattern, block);
-    }
-    Ok(zeros)
+    // Rows are independent given `U`.
+    Ok(w.par_chunks_exact_mut(inp).map(|row| prune_row(row, &u, &dead, pattern, block)).sum())
 }
 
 /// One row of SparseGPT: `row` is overwritten by its pruned, error-compensated values.

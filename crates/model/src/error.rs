@@ -11,6 +11,8 @@ pub enum ModelError {
     BatchShape { b: usize, t: usize, expected: usize, got: usize },
     #[error("backward called before a forward with targets")]
     NoForward,
+    #[error("{0} needs a forward before it that kept every block's activations (no checkpointing)")]
+    NoActivations(&'static str),
     #[error("the prompt has {tokens} tokens; model.max_seq_len = {max} leaves no room to generate")]
     PromptTooLong { tokens: usize, max: usize },
     #[error("sampling: {0}")]

@@ -373,6 +373,30 @@ impl Model {
         Ok(&s.logits[..n * self.config.vocab_size])
     }
 
+    /// Runs block `layer` again (in eval mode) on the input it had in the last forward, after its
+    /// weights changed, overwriting its activations and its output, which is the next block's
+    /// input; the later blocks and the logits are left stale. One-shot pruning calls it layer by
+    /// layer, so each block is calibrated on the outputs of the already-pruned blocks before it.
+    pub fn rerun_block(&mut self, layer: usize) -> Result<()> {
+        let Model { params, blocks, state, checkpointing, config, .. } = self;
+        let s = state
+            .as_mut()
+            .filter(|_| !*checkpointing && layer < config.n_layers)
+            .ok_or(ModelError::NoActivations("rerunning a block"))?;
+        let (n, c, unique) = (s.b * s.t, config.d_model, blocks.len());
+        let (x, y) = s.residual.split_at_mut((layer + 1) * n * c);
+        blocks[layer % unique].forward(
+            params,
+            &mut s.acts[layer],
+            y,
+            &x[layer * n * c..],
+            s.b,
+            s.t,
+            Pass::Eval,
+        );
+        Ok(())
+    }
+
     /// What block `layer`'s linear layers read in the last forward, for calibrating quantization
     /// (AWQ): `None` unless that forward kept every block's activations (no checkpointing) and the
     /// block is pre-norm and dense.

@@ -32,3 +32,44 @@ pub struct FinetuneArgs {
     #[command(flatten)]
     pub train: TrainArgs,
 }
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("amount").required(true).args(["sparsity", "pattern"]))]
+pub struct PruneArgs {
+    /// A model, run or Hugging Face directory, or a GGUF file (dequantized first; a LoRA run's
+    /// adapters are merged first).
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// `magnitude`: |w|; `wanda`: |w|·‖x‖ (Sun et al. 2023); `sparsegpt`: OBS-style
+    /// reconstruction (Frantar & Alistarh 2023). Each compares weights within an output row.
+    #[arg(long, value_enum, default_value = "wanda")]
+    pub method: PruneMethod,
+    /// Unstructured: this fraction of every output row's weights set to zero, in [0, 1).
+    #[arg(long, value_name = "S")]
+    pub sparsity: Option<f32>,
+    /// N:M semi-structured: N zeros in every M consecutive weights of a row (`2:4`).
+    #[arg(long, value_name = "N:M")]
+    pub pattern: Option<String>,
+    /// Calibration text (text, JSONL or a directory of them) for wanda and sparsegpt.
+    #[arg(long, value_name = "PATH", required_if_eq_any([("method", "wanda"), ("method", "sparsegpt")]))]
+    pub calib: Option<PathBuf>,
+    /// Calibration windows, read from the start of --calib.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub calib_windows: usize,
+    /// Tokens per calibration window (at most the model's context).
+    #[arg(long, value_name = "T", default_value_t = 256)]
+    pub calib_seq_len: usize,
+    /// The model directory to write; it must not exist.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Size of the rayon pool; default: one per logical CPU.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PruneMethod {
+    Magnitude,
+    Wanda,
+    Sparsegpt,
+}

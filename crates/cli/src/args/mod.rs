@@ -61,6 +61,9 @@ pub enum Command {
     /// Quantize a model to a GGUF file for llama.cpp (and us), by round-to-nearest or calibrated
     /// with AWQ; tensor types as llama-quantize picks them (docs/quantize.md).
     Quantize(QuantizeArgs),
+    /// Prune a model one-shot: unstructured or N:M (2:4) sparsity in every block's linear
+    /// layers by magnitude, Wanda or SparseGPT, calibrated layer by layer on a little text.
+    Prune(PruneArgs),
     /// Print a model's logits for token ids as JSON, {"logits": [[...], ...]}: one row per
     /// position, the whole vocabulary, f32 precision. For parity checks against other tools.
     Logits(LogitsArgs),
