@@ -271,3 +271,13 @@ fn finetune_command_trains_adapters_and_exports_them_merged_or_for_peft() {
     ])));
     assert!(err.contains("cannot be used with"), "{err}");
 }
+
+#[test]
+fn fine_tune_windows_are_checked_against_the_base_context() {
+    let ws = Workspace::with_base();
+    // The base's context is 32; the schema's default (64) is not what counts.
+    let err = assert_fails_cleanly(&ws.lora("long", &["--set", "train.seq_len=48"]));
+    assert!(err.contains("at most model.max_seq_len = 32"), "{err}");
+    let fits = ws.lora("fits", &["--set", "train.seq_len=32", "--steps", "1"]);
+    assert!(fits.status.success(), "{}", common::stderr(&fits));
+}

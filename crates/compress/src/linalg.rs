@@ -87,7 +87,8 @@ mod tests {
 
     /// `B B^T + I` for a deterministic, badly scaled `B`: symmetric positive definite.
     fn spd(d: usize) -> Vec<f64> {
-        let b: Vec<f64> = (0..d * d).map(|i| ((i * 7919 % 101) as f64 - 50.0) * (1.0 + (i % d) as f64)).collect();
+        let b: Vec<f64> =
+            (0..d * d).map(|i| ((i * 7919 % 101) as f64 - 50.0) * (1.0 + (i % d) as f64)).collect();
         let mut a = vec![0f64; d * d];
         for i in 0..d {
             for j in 0..d {

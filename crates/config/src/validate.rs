@@ -163,8 +163,10 @@ impl Config {
         let t = &self.train;
         v.positive("train.batch_size", t.batch_size);
         v.positive("train.seq_len", t.seq_len);
+        // A fine-tune's `model:` is the base's, put in place once the base is read, which checks
+        // this then (`finetune::start`); before, the schema's default context would be used.
         v.check(
-            t.seq_len <= m.max_seq_len,
+            t.base.is_some() || t.seq_len <= m.max_seq_len,
             "train.seq_len",
             t.seq_len,
             format!("at most model.max_seq_len = {}", m.max_seq_len),

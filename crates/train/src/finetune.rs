@@ -2,7 +2,7 @@
 //! With `train.lora` the base stays frozen and only the adapters train (and are checkpointed);
 //! without it every weight trains, as in a run from scratch.
 
-use truthgpt_config::Config;
+use truthgpt_config::{Config, TrainConfig};
 use truthgpt_data::Tokenizer;
 use truthgpt_model::Trainer;
 
@@ -38,6 +38,11 @@ pub fn start(config: &Config) -> Result<FineTune> {
     let base_path = config.train.base.clone().expect("load_base checked train.base");
     config.train.base = Some(std::fs::canonicalize(&base_path).at(&base_path)?);
     config.model = base.config.model.clone();
+    // Validation skips the model-dependent rules while `train.base` is set (the `model:` section
+    // is a placeholder until here); check them now, against the base's architecture.
+    let as_plain_run =
+        Config { train: TrainConfig { base: None, lora: None, ..config.train.clone() }, ..config.clone() };
+    as_plain_run.validate()?;
     config.validate()?;
     let tokenizer = base.tokenizer.ok_or_else(|| {
         TrainError::FineTune(format!("{} has no tokenizer to fine-tune with", base_path.display()))
