@@ -7,8 +7,9 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
     if args.train.resume {
         return run_cmd::train(&args.train);
     }
-    let mut config = run_cmd::load_config(&args.train)?;
-    config.train.base = args.model.clone();
+    let model = args.model.as_ref().expect("clap requires --model without --resume");
+    // Set before validation, which then leaves the context to the base's architecture.
+    let mut config = run_cmd::load_config(&args.train, &[format!("train.base={}", model.display())])?;
     config.train.lora = match args.full {
         true => None,
         false => {

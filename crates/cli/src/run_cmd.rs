@@ -19,7 +19,7 @@ use crate::{bench::init_threads, config_cmd};
 
 pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     if !args.resume {
-        return train_fresh(args, load_config(args)?);
+        return train_fresh(args, load_config(args, &[])?);
     }
     init_threads(args.threads)?;
     if !args.out.join(LATEST).is_file() {
@@ -40,9 +40,11 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     fit(args, &config, trainer, state, &data)
 }
 
-/// The config a fresh run of `args` trains with: preset, file, environment, `--set`, `--steps`.
-pub fn load_config(args: &TrainArgs) -> anyhow::Result<Config> {
-    let mut set = args.layers.set.clone();
+/// The config a fresh run of `args` trains with: preset, file, environment, `--set`, `--steps`;
+/// `first` are overrides below `--set`.
+pub fn load_config(args: &TrainArgs, first: &[String]) -> anyhow::Result<Config> {
+    let mut set = first.to_vec();
+    set.extend_from_slice(&args.layers.set);
     if let Some(steps) = args.steps {
         set.push(format!("train.steps={steps}"));
     }
