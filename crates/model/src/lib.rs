@@ -40,4 +40,4 @@ pub use model::{LinearInputs, Mode, Model};
 pub use paged::{KvPool, SeqKv};
 pub use params::Grads;
 pub use sequence::{FinishReason, Limits, Sequence, Step, Usage};
-pub use train::{Batch, StepStats, Trainer};
+pub use train::{Batch, StepStats, Teacher, Trainer};

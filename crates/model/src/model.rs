@@ -9,9 +9,10 @@
 use std::collections::HashMap;
 use truthgpt_config::{ModelConfig, NormPosition, Positional};
 
+use truthgpt_engine::loss::{self, DistillationLoss};
 use truthgpt_engine::matmul::{Gemm, Precision};
 use truthgpt_engine::qmatmul::QMatrix;
-use truthgpt_engine::{embedding, loss, rng::dropout_inplace};
+use truthgpt_engine::{embedding, rng::dropout_inplace};
 
 use crate::block::{Block, BlockActs, BlockScratch, DropoutSeeds, FeedForward, Pass};
 use crate::error::{ModelError, Result};
@@ -475,6 +476,40 @@ impl Model {
             &mut s.losses,
             targets,
             v,
+            grad_scale / n as f32,
+        ))
+    }
+
+    /// [`Model::loss_and_grad`] for knowledge distillation: the gradient of `alpha * tau^2 *
+    /// KL(softmax(teacher / tau) || softmax(logits / tau)) + (1 - alpha) * cross_entropy`, where
+    /// `teacher` holds a teacher's logits for the same (B, T) tokens
+    /// ([`truthgpt_engine::loss::distillation_fused`]).
+    pub fn distillation_loss_and_grad(
+        &mut self,
+        targets: &[u32],
+        teacher: &[f32],
+        (tau, alpha): (f32, f32),
+        grad_scale: f32,
+    ) -> Result<DistillationLoss> {
+        self.check_targets(targets)?;
+        let (v, n) = (self.config.vocab_size, targets.len());
+        if teacher.len() != n * v {
+            return Err(ModelError::Tensor {
+                name: "teacher logits".into(),
+                problem: format!("{} values for {n} positions of a {v}-token vocabulary", teacher.len()),
+            });
+        }
+        let s = self.state.as_mut().expect("checked");
+        s.logits_are_grads = true;
+        let mut kl = vec![0.0; n];
+        Ok(loss::distillation_fused(
+            &mut s.logits[..n * v],
+            teacher,
+            &mut s.losses,
+            &mut kl,
+            targets,
+            v,
+            (tau, alpha),
             grad_scale / n as f32,
         ))
     }

@@ -20,7 +20,7 @@ pub struct Batch<'a> {
 /// What one optimiser step saw.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
-    /// Mean cross-entropy over the micro-batches.
+    /// Mean cross-entropy over the micro-batches (of the data, also when distilling).
     pub loss: f32,
     /// Mean MoE balancing and z losses (summed over layers).
     pub aux_loss: f32,
@@ -30,10 +30,23 @@ pub struct StepStats {
     pub lr: f32,
 }
 
+/// A frozen model whose softened logits the trained one learns from (knowledge distillation).
+#[derive(Debug, Clone)]
+pub struct Teacher {
+    /// Runs forwards only, so it may be quantized.
+    pub model: Model,
+    /// Softmax temperature `tau` of both distributions in the KL term.
+    pub temperature: f32,
+    /// Weight of the KL term; `1 - alpha` weighs the cross-entropy on the data.
+    pub alpha: f32,
+}
+
 /// A model, its optimiser state and the step counter.
 #[derive(Debug, Clone)]
 pub struct Trainer {
     pub model: Model,
+    /// With a teacher, each step minimises the distillation loss instead of the cross-entropy.
+    pub teacher: Option<Teacher>,
     pub config: TrainConfig,
     /// AdamW first and second moments of the trainable parameters, in the layout of
     /// [`Model::grads`] (all parameters, or the adapters' over a frozen base).
@@ -64,7 +77,7 @@ impl Trainer {
             }
         }
         let n = trainable.len();
-        Trainer { model, config, m: vec![0.0; n], v: vec![0.0; n], step: 0, spans }
+        Trainer { model, teacher: None, config, m: vec![0.0; n], v: vec![0.0; n], step: 0, spans }
     }
 
     /// One optimiser step over `micro_batches` (their gradients are averaged). Every batch is
@@ -122,7 +135,16 @@ impl Trainer {
             let seed = self.config.seed ^ (self.step << 16) ^ micro as u64;
             let dropout_seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             self.model.forward(batch.tokens, batch.b, batch.t, Mode::Train { dropout_seed })?;
-            loss += self.model.loss_and_grad(batch.targets, scale)? * scale;
+            // The reported loss is the cross-entropy either way, comparable across runs.
+            let cross_entropy = match &mut self.teacher {
+                Some(teacher) => {
+                    let soft = teacher.model.forward(batch.tokens, batch.b, batch.t, Mode::Eval)?;
+                    let weights = (teacher.temperature, teacher.alpha);
+                    self.model.distillation_loss_and_grad(batch.targets, soft, weights, scale)?.cross_entropy
+                }
+                None => self.model.loss_and_grad(batch.targets, scale)?,
+            };
+            loss += cross_entropy * scale;
             let (a, zl) = self.model.router_losses();
             (aux, z) = (aux + a * scale, z + zl * scale);
             self.model.backward(scale)?;

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Sparsity against perplexity for `truthgpt prune` (magnitude, Wanda, SparseGPT) on a real model,
+# with and without recovery by a LoRA fine-tune over the frozen, still-sparse pruned base.
+#
+#   scripts/bench_prune.sh            # SmolLM2-135M-Instruct (scripts/fetch_smollm2_gguf.sh)
+#
+# Calibration: the first CALIB_WINDOWS x CALIB_SEQ_LEN tokens of Hamlet; evaluation: Macbeth
+# (EVAL_WINDOWS windows of the model's train.seq_len); recovery: RECOVER_STEPS LoRA steps (rank 8,
+# every projection) on four other plays. All text is the repository's data/shakespeare. Prints
+# a Markdown table (docs/benchmarks.md has the figures). 2 threads, as every benchmark here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=${MODEL:-/work/gguf-real/SmolLM2-135M-Instruct.Q4_1.gguf}
+BIN=${BIN:-target/release/truthgpt}
+OUT=${OUT:-$(mktemp -d)}
+THREADS=${THREADS:-2}
+CALIB_WINDOWS=${CALIB_WINDOWS:-16}
+CALIB_SEQ_LEN=${CALIB_SEQ_LEN:-256}
+EVAL_WINDOWS=${EVAL_WINDOWS:-256}
+RECOVER_STEPS=${RECOVER_STEPS:-40}
+SETTINGS=${SETTINGS:-"0.25 0.5 0.7 2:4"}
+RECOVER=${RECOVER:-"0.5 2:4"}
+METHODS=${METHODS:-"magnitude wanda sparsegpt"}
+[[ -x $BIN ]] || cargo build --release -p truthgpt
+[[ -f $MODEL ]] || { echo "no $MODEL: run scripts/fetch_smollm2_gguf.sh" >&2; exit 1; }
+export RAYON_NUM_THREADS=$THREADS
+mkdir -p "$OUT/recover-data"
+cp data/shakespeare/{lear,othello,tempest,twelfth_night}.txt "$OUT/recover-data/"
+
+ppl() { "$BIN" eval --model "$1" --data data/shakespeare/macbeth.txt --max-windows "$EVAL_WINDOWS" |
+  sed -E 's/.*perplexity ([0-9.]+).*/\1/'; }
+
+echo "dense: $(ppl "$MODEL")" | tee "$OUT/results.txt"
+for setting in $SETTINGS; do
+  if [[ $setting == *:* ]]; then amount=(--pattern "$setting"); else amount=(--sparsity "$setting"); fi
+  for method in $METHODS; do
+    name="$method-${setting/:/of}"
+    "$BIN" prune --model "$MODEL" --method "$method" "${amount[@]}" --threads "$THREADS" \
+      --calib data/shakespeare/hamlet.txt --calib-windows "$CALIB_WINDOWS" --calib-seq-len "$CALIB_SEQ_LEN" \
+      --out "$OUT/$name" 2>"$OUT/$name.log"
+    line="$method $setting $(ppl "$OUT/$name")"
+    if [[ " $RECOVER " == *" $setting "* ]]; then
+      "$BIN" finetune --model "$OUT/$name" --data "$OUT/recover-data" --out "$OUT/$name-lora" \
+        --steps "$RECOVER_STEPS" --lora-rank 8 --lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
+        --set train.batch_size=4 --set train.seq_len=128 --set train.lr=2e-4 --set train.warmup_steps=4 \
+        --set train.eval_every=0 --threads "$THREADS" >"$OUT/$name-lora.log"
+      line="$line $(ppl "$OUT/$name-lora")"
+    fi
+    echo "$line" | tee -a "$OUT/results.txt"
+  done
+done
+echo "| method | sparsity | perplexity | after ${RECOVER_STEPS} LoRA steps |"
+echo "|---|---|---|---|"
+awk 'NR == 1 { print "| dense | 0 | " $2 " | |"; next } { print "| " $1 " | " $2 " | " $3 " | " ($4 ? $4 : "") " |" }' "$OUT/results.txt"
+echo "(runs in $OUT)"
