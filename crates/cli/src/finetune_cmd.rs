@@ -1,6 +1,7 @@
-//! `truthgpt finetune`: `train` from a base, with the LoRA settings as flags.
+//! `truthgpt finetune` and `truthgpt distill`: `train` with a base (and LoRA settings) or a
+//! teacher given as flags.
 
-use crate::args::FinetuneArgs;
+use crate::args::{DistillArgs, FinetuneArgs};
 use crate::run_cmd;
 
 pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
@@ -23,6 +24,20 @@ pub fn run(args: &FinetuneArgs) -> anyhow::Result<()> {
             Some(lora)
         }
     };
+    config.validate()?;
+    run_cmd::train_fresh(&args.train, config)
+}
+
+pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
+    if args.train.resume {
+        return run_cmd::train(&args.train);
+    }
+    let teacher = args.teacher.as_ref().expect("clap requires --teacher without --resume");
+    let mut config =
+        run_cmd::load_config(&args.train, &[format!("train.distill.teacher={}", teacher.display())])?;
+    let distill = config.train.distill.as_mut().expect("train.distill.teacher was just set");
+    distill.temperature = args.temperature.unwrap_or(distill.temperature);
+    distill.alpha = args.alpha.unwrap_or(distill.alpha);
     config.validate()?;
     run_cmd::train_fresh(&args.train, config)
 }

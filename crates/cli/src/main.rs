@@ -93,6 +93,7 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
         Command::Data(DataCommand::Prepare(args)) => data_cmd::prepare(&args),
         Command::Train(args) => run_cmd::train(&args),
         Command::Finetune(args) => finetune_cmd::run(&args),
+        Command::Distill(args) => finetune_cmd::distill(&args),
         Command::Generate(args) => run_cmd::generate(&args),
         Command::Eval(args) => run_cmd::eval(&args),
         Command::Plot(args) => run_cmd::plot(&args),

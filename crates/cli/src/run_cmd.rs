@@ -1,6 +1,7 @@
 //! `truthgpt train`, `generate`, `eval` and `plot`.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use truthgpt_config::Config;
@@ -8,6 +9,7 @@ use truthgpt_data::{shards, TokenDataset, TokenStream};
 use truthgpt_model::Sampling;
 use truthgpt_model::Trainer;
 use truthgpt_train::checkpoint::{self, LATEST};
+use truthgpt_train::distill;
 use truthgpt_train::finetune::{self, FineTune};
 use truthgpt_train::run::{self, RunOptions};
 use truthgpt_train::source::TrainingData;
@@ -34,6 +36,9 @@ pub fn train(args: &TrainArgs) -> anyhow::Result<()> {
     let path = data_path(args, &config)?;
     let (mut trainer, tokenizer, state) = checkpoint.into_trainer();
     trainer.config = config.train.clone();
+    if let Some(loaded) = distill::load_teacher(&config)? {
+        distill::attach(&mut trainer, loaded.teacher)?;
+    }
     let data = source::load(&path, &config, Some(tokenizer))
         .with_context(|| format!("loading {}", path.display()))?;
     println!("resuming {} at step {}", args.out.display(), state.step);
@@ -60,17 +65,39 @@ pub fn train_fresh(args: &TrainArgs, config: Config) -> anyhow::Result<()> {
             args.out.display()
         );
     }
-    let (config, trainer, state, tokenizer) = match config.train.base {
-        Some(_) => {
+    let teacher = distill::load_teacher(&config)?;
+    let (config, mut trainer, state, tokenizer) = match (&config.train.base, &teacher) {
+        (Some(_), _) => {
             let tune = finetune::start(&config)?;
             print_fine_tune(&tune);
             (tune.config, tune.trainer, tune.state, Some(tune.tokenizer))
         }
-        None => {
+        (None, Some(loaded)) => {
+            // A student from scratch reads the teacher's tokens.
+            let Some(tokenizer) = loaded.tokenizer.clone() else {
+                bail!("the teacher has no tokenizer for the student to share");
+            };
+            let mut config = config;
+            config.model.vocab_size = loaded.teacher.model.config.vocab_size;
+            let (trainer, state) = run::fresh(&config);
+            (config, trainer, state, Some(tokenizer))
+        }
+        (None, None) => {
             let (trainer, state) = run::fresh(&config);
             (config, trainer, state, None)
         }
     };
+    if let Some(loaded) = teacher {
+        let d = config.train.distill.as_ref().expect("a teacher comes from train.distill");
+        println!(
+            "distilling from {} ({} parameters): temperature {}, alpha {}",
+            d.teacher.display(),
+            loaded.teacher.model.num_params(),
+            d.temperature,
+            d.alpha
+        );
+        distill::attach(&mut trainer, loaded.teacher)?;
+    }
     let path = data_path(args, &config)?;
     let data =
         source::load(&path, &config, tokenizer).with_context(|| format!("loading {}", path.display()))?;
@@ -188,8 +215,9 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
 }
 
 pub fn plot(args: &PlotArgs) -> anyhow::Result<()> {
-    let out = args.out.clone().unwrap_or_else(|| args.run.join("curves.png"));
-    plot::plot_run(&args.run, &out)?;
+    let out = args.out.clone().unwrap_or_else(|| args.runs[0].join("curves.png"));
+    let runs: Vec<&Path> = args.runs.iter().map(PathBuf::as_path).collect();
+    plot::plot_runs(&runs, &out)?;
     println!("wrote {}", out.display());
     Ok(())
 }

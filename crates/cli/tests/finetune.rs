@@ -281,3 +281,60 @@ fn fine_tune_windows_are_checked_against_the_base_context() {
     let fits = ws.lora("fits", &["--set", "train.seq_len=32", "--steps", "1"]);
     assert!(fits.status.success(), "{}", common::stderr(&fits));
 }
+
+/// `distill` from the base into a smaller student, with `extra` arguments.
+fn distill(ws: &Workspace, out: &str, extra: &[&str]) -> std::process::Output {
+    let (teacher, data, out) = (ws.path("base"), ws.path("corpus.txt"), ws.path(out));
+    let mut args = vec!["distill", "--threads", "1", "--teacher", path(&teacher), "--data", path(&data)];
+    args.extend(["--out", path(&out), "--temperature", "2", "--alpha", "0.7", "--steps", "4"]);
+    for set in ["model.d_model=16", "model.n_layers=1", "model.d_ff=32", "model.max_seq_len=32"] {
+        args.extend(["--set", set]);
+    }
+    args.extend([
+        "--set",
+        "train.seq_len=16",
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "train.checkpoint_every=2",
+    ]);
+    args.extend(extra);
+    run(&mut truthgpt(&args))
+}
+
+#[test]
+fn distill_trains_a_student_on_the_teachers_vocabulary_and_resumes_exactly() {
+    let ws = Workspace::with_base();
+    let teacher_weights = fs::read(ws.latest("base").join("model.safetensors")).unwrap();
+    let straight = distill(&ws, "straight", &[]);
+    assert!(straight.status.success(), "{}", common::stderr(&straight));
+    assert!(stdout(&straight).contains("distilling from"), "{}", stdout(&straight));
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(ws.latest("straight").join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model"]["vocab_size"], 300, "the student reads the teacher's vocabulary");
+    assert_eq!(config["train"]["distill"]["alpha"], 0.7);
+
+    let first = distill(&ws, "resumed", &["--stop-at", "2"]);
+    assert!(first.status.success(), "{}", common::stderr(&first));
+    let rest = run(&mut ws.resume("resumed", &["--resume"]));
+    assert!(rest.status.success(), "{}", common::stderr(&rest));
+    let weights = |run: &str| tensors(&fs::read(ws.latest(run).join("model.safetensors")).unwrap());
+    assert_eq!(weights("straight"), weights("resumed"), "resume with a teacher is exact");
+    assert_eq!(
+        fs::read(ws.latest("base").join("model.safetensors")).unwrap(),
+        teacher_weights,
+        "teacher frozen"
+    );
+
+    let err = assert_fails_cleanly(&distill(&ws, "a", &["--set", "train.distill.temperature=0"]));
+    assert!(err.contains("train.distill.temperature"), "{err}");
+    let err = assert_fails_cleanly(&distill(
+        &ws,
+        "b",
+        &["--set", "model.max_seq_len=64", "--set", "train.seq_len=48"],
+    ));
+    assert!(err.contains("teacher's context (32"), "{err}");
+    let err =
+        assert_fails_cleanly(&run(&mut truthgpt(&["distill", "--teacher", "/nowhere/t", "--data", "x"])));
+    assert!(err.contains("/nowhere/t"), "{err}");
+}

@@ -30,7 +30,7 @@ pub use model::{
     NormPosition, PimoeConfig, Positional, RopeScaling, RopeScalingKind,
 };
 pub use presets::PRESETS;
-pub use train::{LoraConfig, Precision, Schedule, TrainConfig};
+pub use train::{DistillConfig, LoraConfig, Precision, Schedule, TrainConfig};
 
 /// Largest `moe.top_k`: the MoE backward keeps per-token gate gradients on the stack.
 pub const MAX_TOP_K: usize = 64;

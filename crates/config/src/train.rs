@@ -69,6 +69,28 @@ pub struct TrainConfig {
     pub base: Option<PathBuf>,
     /// Train low-rank adapters over the frozen `base` instead of every weight.
     pub lora: Option<LoraConfig>,
+    /// Learn from a teacher model's softened logits as well as from the data.
+    pub distill: Option<DistillConfig>,
+}
+
+/// Knowledge distillation (Hinton et al. 2015): each step minimises
+/// `alpha * temperature^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE`.
+/// The teacher runs forwards only (it may be a quantized GGUF file) and must share the
+/// student's vocabulary; a run from scratch takes the teacher's tokenizer and vocabulary size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistillConfig {
+    /// A model, run or Hugging Face directory, or a GGUF file.
+    pub teacher: PathBuf,
+    pub temperature: f32,
+    /// Weight of the teacher's term, in [0, 1]; 0 is plain training.
+    pub alpha: f32,
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        DistillConfig { teacher: PathBuf::new(), temperature: 2.0, alpha: 0.5 }
+    }
 }
 
 /// LoRA adapters (Hu et al. 2021): each targeted projection `W` becomes `W + scale * B A`, with
@@ -116,6 +138,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 3,
             base: None,
             lora: None,
+            distill: None,
         }
     }
 }

@@ -215,6 +215,27 @@ impl Config {
             );
         }
 
+        if let Some(distill) = &t.distill {
+            v.check(
+                !distill.teacher.as_os_str().is_empty(),
+                "train.distill.teacher",
+                "\"\"",
+                "the teacher model's path",
+            );
+            v.check(
+                distill.temperature.is_finite() && distill.temperature > 0.0,
+                "train.distill.temperature",
+                distill.temperature,
+                "a positive number",
+            );
+            v.check(
+                (0.0..=1.0).contains(&distill.alpha),
+                "train.distill.alpha",
+                distill.alpha,
+                "a weight in [0, 1]",
+            );
+        }
+
         let d = &self.data;
         v.check(!d.jsonl_field.is_empty(), "data.jsonl_field", "\"\"", "a field name");
         v.check(

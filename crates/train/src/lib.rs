@@ -12,6 +12,7 @@
 
 pub mod adapter;
 pub mod checkpoint;
+pub mod distill;
 mod error;
 pub mod eval;
 pub mod finetune;

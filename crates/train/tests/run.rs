@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use common::{assert_bit_identical, config, data, metrics, resume, train};
 use truthgpt_engine::close::assert_close;
 use truthgpt_train::checkpoint::TrainerState;
-use truthgpt_train::plot::plot_run;
+use truthgpt_train::plot::{plot_run, plot_runs};
 use truthgpt_train::run::{self, EvalRecord, RunOptions, StepRecord, METRICS};
 use truthgpt_train::{Observer, TrainError};
 
@@ -175,6 +175,16 @@ fn a_run_plots_as_a_png_and_a_log_without_steps_is_refused() {
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
     // The IHDR chunk's width and height.
     assert_eq!((&bytes[16..20], &bytes[20..24]), (&1000u32.to_be_bytes()[..], &700u32.to_be_bytes()[..]));
+
+    // Two runs overlaid: another picture, and one run missing its log fails it, naming the file.
+    let other = tempfile::tempdir().unwrap();
+    train(&config, &data, other.path(), Some(3));
+    let both = out.path().join("both.png");
+    plot_runs(&[out.path(), other.path()], &both).unwrap();
+    let overlaid = fs::read(&both).unwrap();
+    assert!(overlaid.starts_with(b"\x89PNG\r\n\x1a\n") && overlaid != bytes, "two runs draw another PNG");
+    let err = plot_runs(&[out.path(), &out.path().join("nowhere")], &both).unwrap_err();
+    assert!(err.to_string().contains("nowhere"), "{err}");
 
     let evals_only = tempfile::tempdir().unwrap();
     let line = fs::read_to_string(out.path().join(METRICS)).unwrap().lines().next().unwrap().to_string();

@@ -1,5 +1,4 @@
-//! Arguments of the commands that make a model from another: `finetune` (and, with it, the
-//! adapters' export), `prune` and `distill`.
+//! Arguments of the commands that make a model from another: `finetune`, `prune` and `distill`.
 
 use std::path::PathBuf;
 
@@ -72,4 +71,21 @@ pub enum PruneMethod {
     Magnitude,
     Wanda,
     Sparsegpt,
+}
+
+#[derive(Debug, Args)]
+pub struct DistillArgs {
+    /// The teacher: a model, run or Hugging Face directory, or a GGUF file (quantized teachers
+    /// run quantized). Sets train.distill.teacher.
+    #[arg(long, value_name = "PATH", required_unless_present = "resume")]
+    pub teacher: Option<PathBuf>,
+    /// Softmax temperature of both distributions [default: train.distill.temperature, else 2].
+    #[arg(long, value_name = "TAU", conflicts_with = "resume")]
+    pub temperature: Option<f32>,
+    /// Weight of the teacher's KL term; 1 - alpha weighs the data's cross-entropy
+    /// [default: train.distill.alpha, else 0.5].
+    #[arg(long, value_name = "A", conflicts_with = "resume")]
+    pub alpha: Option<f32>,
+    #[command(flatten)]
+    pub train: TrainArgs,
 }

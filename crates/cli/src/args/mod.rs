@@ -50,7 +50,7 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Validation loss and perplexity of a saved model on a corpus.
     Eval(EvalArgs),
-    /// Draw a run's loss and learning-rate curves to a PNG.
+    /// Draw runs' loss and learning-rate curves to a PNG (several runs overlaid).
     Plot(PlotArgs),
     /// Convert another tool's model into a model directory of ours.
     #[command(subcommand)]
@@ -61,6 +61,10 @@ pub enum Command {
     /// Quantize a model to a GGUF file for llama.cpp (and us), by round-to-nearest or calibrated
     /// with AWQ; tensor types as llama-quantize picks them (docs/quantize.md).
     Quantize(QuantizeArgs),
+    /// Distil a teacher into a student: `train` with train.distill set from these flags. The
+    /// student's architecture comes from --config (alias --student-config), --preset and --set,
+    /// or from train.base; its vocabulary and tokenizer from the teacher.
+    Distill(DistillArgs),
     /// Prune a model one-shot: unstructured or N:M (2:4) sparsity in every block's linear
     /// layers by magnitude, Wanda or SparseGPT, calibrated layer by layer on a little text.
     Prune(PruneArgs),
@@ -436,7 +440,7 @@ pub struct PrepareArgs {
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// A .yaml, .yml, .json or .toml config (not with --resume: the checkpoint has its config).
-    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    #[arg(long, value_name = "FILE", conflicts_with = "resume", alias = "student-config")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub layers: Layers,
@@ -506,9 +510,10 @@ pub struct EvalArgs {
 
 #[derive(Debug, Args)]
 pub struct PlotArgs {
-    /// A run directory (with metrics.jsonl).
-    pub run: PathBuf,
-    /// Where to write the PNG (default: RUN/curves.png).
+    /// Run directories (with metrics.jsonl); several are overlaid, a colour each.
+    #[arg(required = true, value_name = "RUN")]
+    pub runs: Vec<PathBuf>,
+    /// Where to write the PNG (default: the first RUN's curves.png).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
 }
