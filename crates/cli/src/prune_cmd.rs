@@ -3,10 +3,10 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use truthgpt_compress::{prune_model, Calibration, Method, Pattern};
+use truthgpt_compress::{prune_channels, prune_model, Calibration, Method, Pattern};
 use truthgpt_train::{checkpoint, source};
 
-use crate::args::{PruneArgs, PruneMethod};
+use crate::args::{PruneArgs, PruneMethod, Structure};
 use crate::bench::init_threads;
 
 pub fn run(args: &PruneArgs) -> anyhow::Result<()> {
@@ -50,6 +50,24 @@ pub fn run(args: &PruneArgs) -> anyhow::Result<()> {
         windows: tokens.len() / seq_len,
         seq_len,
     });
+    if let (Some(Structure::Channels), Pattern::Unstructured(fraction)) = (args.structured, pattern) {
+        let (pruned, report) = prune_channels(&mut saved.model, fraction, method, calibration)?;
+        saved.config.model = pruned.config.clone();
+        checkpoint::save_model(&args.out, &saved.config, &pruned, saved.tokenizer.as_ref())?;
+        eprintln!(
+            "removed {} of {} feed-forward channels in every block of {} by {:?}: {} parameters, from {}; \
+             wrote {} in {:.1}s",
+            report.d_ff_before - report.d_ff_after,
+            report.d_ff_before,
+            args.model.display(),
+            args.method,
+            report.params_after,
+            report.params_before,
+            args.out.display(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     let report = prune_model(&mut saved.model, method, pattern, calibration)?;
     checkpoint::save_model(&args.out, &saved.config, &saved.model, saved.tokenizer.as_ref())?;
     let (zeros, weights) = (report.zeros(), report.weights());

@@ -1,4 +1,5 @@
-//! One-shot pruning of linear layers (issue 20, item 4), and of whole models ([`model`]).
+//! One-shot pruning of linear layers (issue 20, item 4), of whole models ([`model`]), and
+//! structured removal of feed-forward channels ([`structured`]).
 //!
 //! Weights are row-major `W: (O, I)` (one row per output, as `y = W x`); calibration inputs are
 //! row-major `X: (N, I)`, the activations a linear saw on a calibration set (collected through
@@ -17,9 +18,11 @@
 mod linalg;
 pub mod model;
 mod sparsegpt;
+pub mod structured;
 
 pub use model::{prune_model, Calibration, ModelReport};
 pub use sparsegpt::sparsegpt;
+pub use structured::{prune_channels, ChannelReport};
 
 /// Errors of pruning.
 #[derive(Debug, thiserror::Error)]

@@ -43,12 +43,17 @@ pub struct PruneArgs {
     /// reconstruction (Frantar & Alistarh 2023). Each compares weights within an output row.
     #[arg(long, value_enum, default_value = "wanda")]
     pub method: PruneMethod,
-    /// Unstructured: this fraction of every output row's weights set to zero, in [0, 1).
+    /// Unstructured: this fraction of every output row's weights set to zero, in [0, 1); with
+    /// --structured, the fraction of the units removed.
     #[arg(long, value_name = "S")]
     pub sparsity: Option<f32>,
     /// N:M semi-structured: N zeros in every M consecutive weights of a row (`2:4`).
-    #[arg(long, value_name = "N:M")]
+    #[arg(long, value_name = "N:M", conflicts_with = "structured")]
     pub pattern: Option<String>,
+    /// Remove whole units instead of zeroing weights: `channels` drops --sparsity of every
+    /// block's feed-forward channels (model.d_ff shrinks), by magnitude or wanda.
+    #[arg(long, value_enum)]
+    pub structured: Option<Structure>,
     /// Calibration text (text, JSONL or a directory of them) for wanda and sparsegpt.
     #[arg(long, value_name = "PATH", required_if_eq_any([("method", "wanda"), ("method", "sparsegpt")]))]
     pub calib: Option<PathBuf>,
@@ -64,6 +69,11 @@ pub struct PruneArgs {
     /// Size of the rayon pool; default: one per logical CPU.
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Structure {
+    Channels,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

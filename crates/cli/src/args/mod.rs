@@ -66,7 +66,8 @@ pub enum Command {
     /// or from train.base; its vocabulary and tokenizer from the teacher.
     Distill(DistillArgs),
     /// Prune a model one-shot: unstructured or N:M (2:4) sparsity in every block's linear
-    /// layers by magnitude, Wanda or SparseGPT, calibrated layer by layer on a little text.
+    /// layers by magnitude, Wanda or SparseGPT, calibrated block by block on a little text; or
+    /// remove whole feed-forward channels (--structured channels) so the model shrinks.
     Prune(PruneArgs),
     /// Print a model's logits for token ids as JSON, {"logits": [[...], ...]}: one row per
     /// position, the whole vocabulary, f32 precision. For parity checks against other tools.
