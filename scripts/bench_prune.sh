@@ -29,8 +29,19 @@ cp data/shakespeare/{lear,othello,tempest,twelfth_night}.txt "$OUT/recover-data/
 
 ppl() { "$BIN" eval --model "$1" --data data/shakespeare/macbeth.txt --max-windows "$EVAL_WINDOWS" |
   sed -E 's/.*perplexity ([0-9.]+).*/\1/'; }
+# The recovery recipe: LoRA over the frozen (sparse) base, on other plays than the evaluation's.
+recover() {
+  "$BIN" finetune --model "$1" --data "$OUT/recover-data" --out "$1-lora" \
+    --steps "$RECOVER_STEPS" --lora-rank 8 --lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
+    --set train.batch_size=4 --set train.seq_len=128 --set train.lr=2e-4 --set train.warmup_steps=4 \
+    --set train.eval_every=0 --threads "$THREADS" >"$1-lora.log"
+  ppl "$1-lora"
+}
 
-echo "dense: $(ppl "$MODEL")" | tee "$OUT/results.txt"
+# Dense, and dense with the same LoRA steps (in f32: sparsity 0 is the model dequantized), so the
+# recovered rows can be told apart from what the LoRA steps on Shakespeare give any model.
+"$BIN" prune --model "$MODEL" --method magnitude --sparsity 0 --out "$OUT/dense" 2>"$OUT/dense.log"
+echo "dense 0 $(ppl "$OUT/dense") ${RECOVER:+$(recover "$OUT/dense")}" | tee "$OUT/results.txt"
 for setting in $SETTINGS; do
   if [[ $setting == *:* ]]; then amount=(--pattern "$setting"); else amount=(--sparsity "$setting"); fi
   for method in $METHODS; do
@@ -40,16 +51,12 @@ for setting in $SETTINGS; do
       --out "$OUT/$name" 2>"$OUT/$name.log"
     line="$method $setting $(ppl "$OUT/$name")"
     if [[ " $RECOVER " == *" $setting "* ]]; then
-      "$BIN" finetune --model "$OUT/$name" --data "$OUT/recover-data" --out "$OUT/$name-lora" \
-        --steps "$RECOVER_STEPS" --lora-rank 8 --lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
-        --set train.batch_size=4 --set train.seq_len=128 --set train.lr=2e-4 --set train.warmup_steps=4 \
-        --set train.eval_every=0 --threads "$THREADS" >"$OUT/$name-lora.log"
-      line="$line $(ppl "$OUT/$name-lora")"
+      line="$line $(recover "$OUT/$name")"
     fi
     echo "$line" | tee -a "$OUT/results.txt"
   done
 done
 echo "| method | sparsity | perplexity | after ${RECOVER_STEPS} LoRA steps |"
 echo "|---|---|---|---|"
-awk 'NR == 1 { print "| dense | 0 | " $2 " | |"; next } { print "| " $1 " | " $2 " | " $3 " | " ($4 ? $4 : "") " |" }' "$OUT/results.txt"
+awk '{ print "| " $1 " | " $2 " | " $3 " | " ($4 ? $4 : "") " |" }' "$OUT/results.txt"
 echo "(runs in $OUT)"
