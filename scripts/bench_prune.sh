@@ -56,7 +56,30 @@ for setting in $SETTINGS; do
     echo "$line" | tee -a "$OUT/results.txt"
   done
 done
+# Structured: whole feed-forward channels removed (model.d_ff shrinks), by Wanda's channel score;
+# evaluation time against the dense f32 model, alternating, median of ROUNDS.
+ROUNDS=${ROUNDS:-3}
+seconds() { local t0 t1; t0=$(date +%s.%N); "$BIN" eval --model "$1" --data data/shakespeare/macbeth.txt \
+  --max-windows 64 >/dev/null; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
+median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+for fraction in ${STRUCTURED:-0.25 0.5}; do
+  name="channels-$fraction"
+  "$BIN" prune --model "$MODEL" --method wanda --structured channels --sparsity "$fraction" --threads "$THREADS" \
+    --calib data/shakespeare/hamlet.txt --calib-windows "$CALIB_WINDOWS" --calib-seq-len "$CALIB_SEQ_LEN" \
+    --out "$OUT/$name" 2>"$OUT/$name.log"
+  dense_times=() pruned_times=()
+  for _ in $(seq "$ROUNDS"); do
+    dense_times+=("$(seconds "$OUT/dense")")
+    pruned_times+=("$(seconds "$OUT/$name")")
+  done
+  dense_s=$(printf '%s\n' "${dense_times[@]}" | median)
+  pruned_s=$(printf '%s\n' "${pruned_times[@]}" | median)
+  echo "structured $fraction $(ppl "$OUT/$name") $(grep -oE '[0-9]+ parameters, from [0-9]+' "$OUT/$name.log") \
+eval ${pruned_s}s vs dense ${dense_s}s ($(echo "scale=2; $dense_s / $pruned_s" | bc)x)" | tee -a "$OUT/structured.txt"
+done
+
 echo "| method | sparsity | perplexity | after ${RECOVER_STEPS} LoRA steps |"
 echo "|---|---|---|---|"
 awk '{ print "| " $1 " | " $2 " | " $3 " | " ($4 ? $4 : "") " |" }' "$OUT/results.txt"
+cat "$OUT/structured.txt"
 echo "(runs in $OUT)"
