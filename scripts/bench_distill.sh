@@ -10,15 +10,11 @@
 # validation losses and draws both runs' curves into one plot. 2 threads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${BIN:-target/release/truthgpt}
-OUT=${OUT:-$(mktemp -d)}
-THREADS=${THREADS:-2}
+source scripts/bench_common.sh
 STEPS=${STEPS:-400}
 ALPHA=${ALPHA:-0.7}
 TAU=${TAU:-2}
 PLOT=${PLOT:-docs/distill.png}
-[[ -x $BIN ]] || cargo build --release -p truthgpt
-export RAYON_NUM_THREADS=$THREADS
 TEACHER=${TEACHER:-$OUT/teacher}
 [[ -e $TEACHER ]] || "$BIN" quickstart --out "$TEACHER" >"$OUT/teacher.log"
 student=(--data data/shakespeare --steps "$STEPS" --threads "$THREADS" --temperature "$TAU"

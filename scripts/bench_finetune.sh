@@ -12,22 +12,14 @@
 # (they train on four other plays). 2 threads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODEL=${MODEL:-/work/gguf-real/SmolLM2-135M-Instruct.Q4_1.gguf}
-BIN=${BIN:-target/release/truthgpt}
-OUT=${OUT:-$(mktemp -d)}
-THREADS=${THREADS:-2}
+source scripts/bench_common.sh
+need_model
 STEPS=${STEPS:-30}
 RANK=${RANK:-16}
-EVAL_WINDOWS=${EVAL_WINDOWS:-256}
-[[ -x $BIN ]] || cargo build --release -p truthgpt
-[[ -f $MODEL ]] || { echo "no $MODEL: run scripts/fetch_smollm2_gguf.sh" >&2; exit 1; }
-export RAYON_NUM_THREADS=$THREADS
 mkdir -p "$OUT/data"
 cp data/shakespeare/{lear,othello,tempest,twelfth_night}.txt "$OUT/data/"
 "$BIN" export hf "$MODEL" --out "$OUT/base-f32" 2>/dev/null
 
-ppl() { "$BIN" eval --model "$1" --data data/shakespeare/macbeth.txt --max-windows "$EVAL_WINDOWS" |
-  sed -E 's/.*perplexity ([0-9.]+).*/\1/'; }
 common=(--data "$OUT/data" --steps "$STEPS" --threads "$THREADS" --set train.batch_size=4
   --set train.seq_len=128 --set train.warmup_steps=3 --set train.eval_every=0 --set train.checkpoint_every=0)
 lora=(--lora-rank "$RANK" --lora-alpha $((2 * RANK)) --lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)

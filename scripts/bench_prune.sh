@@ -10,25 +10,17 @@
 # a Markdown table (docs/benchmarks.md has the figures). 2 threads, as every benchmark here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODEL=${MODEL:-/work/gguf-real/SmolLM2-135M-Instruct.Q4_1.gguf}
-BIN=${BIN:-target/release/truthgpt}
-OUT=${OUT:-$(mktemp -d)}
-THREADS=${THREADS:-2}
+source scripts/bench_common.sh
+need_model
 CALIB_WINDOWS=${CALIB_WINDOWS:-16}
 CALIB_SEQ_LEN=${CALIB_SEQ_LEN:-256}
-EVAL_WINDOWS=${EVAL_WINDOWS:-256}
 RECOVER_STEPS=${RECOVER_STEPS:-40}
 SETTINGS=${SETTINGS:-"0.25 0.5 0.7 2:4"}
 RECOVER=${RECOVER:-"0.5 2:4"}
 METHODS=${METHODS:-"magnitude wanda sparsegpt"}
-[[ -x $BIN ]] || cargo build --release -p truthgpt
-[[ -f $MODEL ]] || { echo "no $MODEL: run scripts/fetch_smollm2_gguf.sh" >&2; exit 1; }
-export RAYON_NUM_THREADS=$THREADS
 mkdir -p "$OUT/recover-data"
 cp data/shakespeare/{lear,othello,tempest,twelfth_night}.txt "$OUT/recover-data/"
 
-ppl() { "$BIN" eval --model "$1" --data data/shakespeare/macbeth.txt --max-windows "$EVAL_WINDOWS" |
-  sed -E 's/.*perplexity ([0-9.]+).*/\1/'; }
 # The recovery recipe: LoRA over the frozen (sparse) base, on other plays than the evaluation's.
 recover() {
   "$BIN" finetune --model "$1" --data "$OUT/recover-data" --out "$1-lora" \
