@@ -15,9 +15,9 @@ need_model
 CALIB_WINDOWS=${CALIB_WINDOWS:-16}
 CALIB_SEQ_LEN=${CALIB_SEQ_LEN:-256}
 RECOVER_STEPS=${RECOVER_STEPS:-40}
-SETTINGS=${SETTINGS:-"0.25 0.5 0.7 2:4"}
-RECOVER=${RECOVER:-"0.5 2:4"}
-METHODS=${METHODS:-"magnitude wanda sparsegpt"}
+SETTINGS=${SETTINGS-"0.25 0.5 0.7 2:4"}  # empty: none
+RECOVER=${RECOVER-"0.5 2:4"}
+METHODS=${METHODS-"magnitude wanda sparsegpt"}
 mkdir -p "$OUT/recover-data"
 cp data/shakespeare/{lear,othello,tempest,twelfth_night}.txt "$OUT/recover-data/"
 
@@ -54,7 +54,7 @@ ROUNDS=${ROUNDS:-3}
 seconds() { local t0 t1; t0=$(date +%s.%N); "$BIN" eval --model "$1" --data data/shakespeare/macbeth.txt \
   --max-windows 64 >/dev/null; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-for fraction in ${STRUCTURED:-0.25 0.5}; do
+for fraction in ${STRUCTURED-0.25 0.5}; do
   name="channels-$fraction"
   "$BIN" prune --model "$MODEL" --method wanda --structured channels --sparsity "$fraction" --threads "$THREADS" \
     --calib data/shakespeare/hamlet.txt --calib-windows "$CALIB_WINDOWS" --calib-seq-len "$CALIB_SEQ_LEN" \
