@@ -31,6 +31,8 @@ pub enum CompressError {
     Sparsity(f32),
     #[error("pattern {n}:{m} is not N:M with 0 < N < M")]
     Pattern { n: usize, m: usize },
+    #[error("pattern `{0}` is not N:M, two integers such as 2:4")]
+    PatternText(String),
     #[error("pattern {n}:{m} needs the input width {inp} to be a multiple of {m}")]
     PatternWidth { n: usize, m: usize, inp: usize },
     #[error("shape mismatch in {op}: expected {expected} values, got {got}")]
@@ -94,7 +96,7 @@ impl Pattern {
 
     /// Parses `"2:4"`.
     pub fn parse_nm(s: &str) -> Result<Pattern> {
-        let bad = || CompressError::Pattern { n: 0, m: 0 };
+        let bad = || CompressError::PatternText(s.to_owned());
         let (a, b) = s.split_once(':').ok_or_else(bad)?;
         let n: usize = a.trim().parse().map_err(|_| bad())?;
         let m: usize = b.trim().parse().map_err(|_| bad())?;

@@ -138,7 +138,7 @@ fn issue20_bad_input_is_an_error() {
     ));
     assert!(matches!(Pattern::parse_nm("4:4"), Err(CompressError::Pattern { .. })));
     assert!(matches!(Pattern::parse_nm("0:4"), Err(CompressError::Pattern { .. })));
-    assert!(matches!(Pattern::parse_nm("two:four"), Err(CompressError::Pattern { .. })));
+    assert!(matches!(Pattern::parse_nm("two:four"), Err(CompressError::PatternText(t)) if t == "two:four"));
     assert_eq!(Pattern::parse_nm("2:4").unwrap(), Pattern::NM { n: 2, m: 4 });
     assert!(matches!(
         magnitude(&mut w, 4, 8, Pattern::NM { n: 2, m: 3 }),
