@@ -3,6 +3,7 @@
 MODEL=${MODEL:-/work/gguf-real/SmolLM2-135M-Instruct.Q4_1.gguf}
 BIN=${BIN:-target/release/truthgpt}
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 THREADS=${THREADS:-2}
 EVAL_WINDOWS=${EVAL_WINDOWS:-256}
 export RAYON_NUM_THREADS=$THREADS

@@ -191,7 +191,10 @@ impl Model {
     }
 
     pub fn num_params(&self) -> usize {
-        self.params.len()
+        // Quantized tensors live in their modules' blocks, not in `params`; they count too.
+        let quantized: usize =
+            self.specs.iter().filter(|s| s.quantized).map(|s| s.shape.iter().product::<usize>()).sum();
+        self.params.len() + quantized
     }
 
     /// Whether some weights are in quantized blocks: such a model runs forwards (evaluation,
