@@ -11,25 +11,11 @@ use safetensors::SafeTensors;
 use truthgpt_engine::close::max_abs_diff;
 use truthgpt_train::run::{read_metrics, Record};
 
-/// A GPT-2-shaped model small enough to train a few steps in well under a second.
-const BASE_CONFIG: &str = "
-model:
-  vocab_size: 300
-  d_model: 32
-  n_layers: 2
-  n_heads: 2
-  n_kv_heads: 2
-  d_ff: 64
-  max_seq_len: 32
-  dropout: 0.1
-train:
-  batch_size: 4
-  seq_len: 16
-  steps: 4
-  eval_every: 2
-  eval_batches: 1
-  checkpoint_every: 2
-";
+/// The base: `common::tiny_config` with dropout, trained 4 steps.
+fn base_config() -> String {
+    let train = "  batch_size: 4\n  seq_len: 16\n  steps: 4\n  eval_every: 2\n  eval_batches: 1\n  checkpoint_every: 2\n";
+    common::tiny_config("  dropout: 0.1\n", train)
+}
 
 /// The fine-tune's training settings; the architecture comes from the base.
 const LORA_CONFIG: &str = "
@@ -60,7 +46,7 @@ impl Workspace {
             |i: usize| format!("The {} number {i} watches the quiet {}.\n", birds[i % 4], birds[i * 3 % 4]);
         let text: String = (0..1500).map(line).collect();
         fs::write(dir.path().join("corpus.txt"), text).unwrap();
-        fs::write(dir.path().join("base.yaml"), BASE_CONFIG).unwrap();
+        fs::write(dir.path().join("base.yaml"), base_config()).unwrap();
         fs::write(dir.path().join("lora.yaml"), LORA_CONFIG).unwrap();
         let workspace = Workspace { dir };
         let output = run(&mut workspace.train("base.yaml", "base", &[]));

@@ -10,25 +10,11 @@ use std::path::Path;
 use common::{assert_fails_cleanly, run, stderr, stdout, truthgpt};
 use safetensors::SafeTensors;
 
-const BASE_CONFIG: &str = "
-model:
-  vocab_size: 300
-  d_model: 32
-  n_layers: 2
-  n_heads: 2
-  n_kv_heads: 2
-  d_ff: 64
-  max_seq_len: 32
-  ffn: swiglu
-  norm: rmsnorm
-  positional: rope
-train:
-  batch_size: 4
-  seq_len: 16
-  steps: 3
-  eval_every: 3
-  eval_batches: 1
-";
+/// A Llama-style (SwiGLU, RMSNorm, RoPE) variant of `common::tiny_config`, trained 3 steps.
+fn base_config() -> String {
+    let train = "  batch_size: 4\n  seq_len: 16\n  steps: 3\n  eval_every: 3\n  eval_batches: 1\n";
+    common::tiny_config("  ffn: swiglu\n  norm: rmsnorm\n  positional: rope\n", train)
+}
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -39,7 +25,7 @@ fn workspace() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let text: String = (0..800).map(|i| format!("The heron number {i} fishes the grey river.\n")).collect();
     fs::write(dir.path().join("corpus.txt"), text).unwrap();
-    fs::write(dir.path().join("base.yaml"), BASE_CONFIG).unwrap();
+    fs::write(dir.path().join("base.yaml"), base_config()).unwrap();
     let (config, data, out) =
         (dir.path().join("base.yaml"), dir.path().join("corpus.txt"), dir.path().join("base"));
     let trained = run(&mut truthgpt(&[

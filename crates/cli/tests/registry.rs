@@ -11,23 +11,10 @@ use common::{assert_fails_cleanly, run, stderr, stdout, truthgpt};
 use rand::{Rng, SeedableRng};
 use truthgpt_registry::{Registry, VersionRef};
 
-const CONFIG: &str = "
-model:
-  vocab_size: 300
-  d_model: 32
-  n_layers: 2
-  n_heads: 2
-  n_kv_heads: 2
-  d_ff: 64
-  max_seq_len: 32
-train:
-  batch_size: 4
-  seq_len: 16
-  steps: 3
-  eval_every: 3
-  eval_batches: 1
-  checkpoint_every: 3
-";
+fn config() -> String {
+    let train = "  batch_size: 4\n  seq_len: 16\n  steps: 3\n  eval_every: 3\n  eval_batches: 1\n  checkpoint_every: 3\n";
+    common::tiny_config("", train)
+}
 
 struct Ws {
     dir: tempfile::TempDir,
@@ -83,7 +70,7 @@ fn generate(model: &str, registry: Option<&Path>) -> String {
 #[test]
 fn a_trained_model_is_pushed_aliased_pulled_and_generates_from_a_registry_reference() {
     let ws = Ws::new();
-    std::fs::write(ws.path("config.yaml"), CONFIG).unwrap();
+    std::fs::write(ws.path("config.yaml"), config()).unwrap();
     let corpus: String =
         (0..3000).map(|i| format!("The fox number {i} jumps over the lazy dog.\n")).collect();
     std::fs::write(ws.path("corpus.txt"), corpus).unwrap();

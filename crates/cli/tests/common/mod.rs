@@ -36,3 +36,12 @@ pub fn assert_fails_cleanly(output: &Output) -> String {
     assert!(err.contains("error:"), "no error line:\n{err}");
     err
 }
+
+/// A config for a GPT-2-shaped model small enough to train a few steps in well under a second:
+/// its `model:` section plus `model_extra` (indented lines such as `  ffn: swiglu\n`), then
+/// `train`, the `train:` section's lines.
+pub fn tiny_config(model_extra: &str, train: &str) -> String {
+    let model = "model:\n  vocab_size: 300\n  d_model: 32\n  n_layers: 2\n  n_heads: 2\n  n_kv_heads: 2\n  \
+                 d_ff: 64\n  max_seq_len: 32\n";
+    format!("{model}{model_extra}train:\n{train}")
+}
