@@ -113,10 +113,12 @@ fn channel_tensor(name: &str) -> Option<(usize, Tensor)> {
 /// the norm of the channel's `fc1` rows without calibration.
 fn channel_scores(model: &Model, layer: usize, activation_norms: Option<&[f32]>) -> Vec<f32> {
     let d_ff = model.config.d_ff;
+    // Borrowed, not copied: the weights are only read here.
     let linear = |suffix: &str| {
+        let name = format!("blocks.{layer}.ffn.{suffix}");
         let (_, l) =
-            model.linears().into_iter().find(|(n, _)| *n == format!("blocks.{layer}.ffn.{suffix}")).unwrap();
-        (l.weight.of(&model.params).to_vec(), l.inp)
+            model.linears().into_iter().find(|(n, _)| *n == name).expect("a dense block has fc1 and fc2");
+        (l.weight.of(&model.params), l.inp)
     };
     let ((fc1, inp), (fc2, _)) = (linear("fc1"), linear("fc2"));
     let mut out_norm = vec![0f64; d_ff];
